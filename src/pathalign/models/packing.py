@@ -1,0 +1,215 @@
+"""Pack a batch of slides into one token sequence with contiguous attention segments.
+
+Sequence layout, slide after slide: ``[CLS, registers..., patches sorted by fragment]``.
+Two segmentations of that sequence drive attention (DESIGN §4):
+
+* ``global_segments`` (NoPE blocks): one segment per slide, prefix included;
+* ``fragment_segments`` (RoPE blocks): per slide, the prefix tokens on their own, then one
+  segment per tissue fragment; a slide given without fragment ids is a single segment that
+  holds its prefix too, as the published code does.
+
+Nothing here is of size T x T: segments are lengths and offsets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Segments:
+    """Contiguous segments of a packed sequence of ``total`` tokens."""
+
+    lengths: list[int]
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def max_len(self) -> int:
+        return max(self.lengths)
+
+    def offsets(self, device: torch.device | str = "cpu") -> Tensor:
+        """``cu_seqlens``: int32 ``[S+1]`` start offsets plus the total."""
+        key = ("offsets", str(device))
+        if key not in self._cache:
+            off = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int32)
+            self._cache[key] = torch.from_numpy(off).to(device)
+        return self._cache[key]
+
+    def ids(self, device: torch.device | str = "cpu") -> Tensor:
+        """Segment id of every token, int32 ``[T]``."""
+        key = ("ids", str(device))
+        if key not in self._cache:
+            ids = np.repeat(np.arange(len(self.lengths), dtype=np.int32), self.lengths)
+            self._cache[key] = torch.from_numpy(ids).to(device)
+        return self._cache[key]
+
+
+@dataclass
+class PackedSlides:
+    """A batch of slides laid out as one sequence (see module docstring).
+
+    Attributes:
+        features: ``[P, C]`` patch features of all slides, each slide's patches sorted by fragment.
+        coords: float64 ``[P, 2]`` level-0 coordinates in the same order.
+        patch_slots: long ``[P]``: sequence position of each packed patch.
+        prefix_slots: long ``[S, n_prefix]``: sequence positions of each slide's prefix tokens.
+        order: per slide, the permutation applied to its input patches (input index of each packed patch).
+        n_patches: patches per slide.
+        global_segments / fragment_segments: attention segments of the two block kinds.
+        rope_units: per slide, the RoPE unit in level-0 px.
+    """
+
+    features: Tensor
+    coords: Tensor
+    patch_slots: Tensor
+    prefix_slots: Tensor
+    order: list[np.ndarray]
+    n_patches: list[int]
+    global_segments: Segments
+    fragment_segments: Segments
+    rope_units: list[float]
+
+    @property
+    def total(self) -> int:
+        return self.global_segments.total
+
+    def patch_unit_per_token(self) -> Tensor:
+        """float64 ``[P]``: the RoPE unit of each packed patch's slide."""
+        return torch.repeat_interleave(
+            torch.tensor(self.rope_units, dtype=torch.float64), torch.tensor(self.n_patches)
+        )
+
+    def to(self, device: torch.device | str) -> "PackedSlides":
+        self.features = self.features.to(device)
+        self.patch_slots = self.patch_slots.to(device)
+        self.prefix_slots = self.prefix_slots.to(device)
+        return self
+
+
+class SlideInputError(ValueError):
+    """Raised for a slide whose inputs cannot be encoded; the message names the slide."""
+
+
+def _as_numpy(x, name: str, where: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.numpy()
+    try:
+        return np.asarray(x)
+    except Exception as e:  # noqa: BLE001 - any conversion failure is a bad input
+        raise SlideInputError(f"{where}: {name} cannot be read as an array ({e})") from None
+
+
+def validate_slide(features, coords, fragment, input_dim: int, where: str):
+    """Check one slide's inputs and return them as ``(features Tensor, coords ndarray, fragment ndarray|None)``.
+
+    Raises:
+        SlideInputError: naming ``where`` and the problem (shape, length, NaN, dims, empty slide).
+    """
+    feats = features if isinstance(features, Tensor) else torch.from_numpy(np.ascontiguousarray(_as_numpy(features, "features", where)))
+    if feats.ndim != 2:
+        raise SlideInputError(f"{where}: features must be [N, C], got shape {tuple(feats.shape)}")
+    n, c = feats.shape
+    if n == 0:
+        raise SlideInputError(f"{where}: empty slide (0 patches)")
+    if c != input_dim:
+        raise SlideInputError(f"{where}: features have {c} dims per patch, the encoder expects {input_dim}")
+    if not feats.is_floating_point():
+        raise SlideInputError(f"{where}: features must be floating point, got {feats.dtype}")
+    if not bool(torch.isfinite(feats).all()):
+        bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+        raise SlideInputError(f"{where}: features contain NaN or Inf in {bad} of {n} patches")
+    xy = _as_numpy(coords, "coords", where)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise SlideInputError(f"{where}: coords must be [N, 2], got shape {xy.shape}")
+    if xy.shape[0] != n:
+        raise SlideInputError(f"{where}: {n} feature rows but {xy.shape[0]} coords")
+    if not np.issubdtype(xy.dtype, np.number) or not np.isfinite(xy).all():
+        raise SlideInputError(f"{where}: coords must be finite numbers")
+    frag = None
+    if fragment is not None:
+        frag = _as_numpy(fragment, "fragment", where).reshape(-1) if np.ndim(_as_numpy(fragment, "fragment", where)) else None
+        if frag is None or frag.shape[0] != n:
+            got = None if frag is None else frag.shape[0]
+            raise SlideInputError(f"{where}: fragment must be [N] = [{n}], got {got} ids")
+        if not np.issubdtype(frag.dtype, np.integer):
+            if np.issubdtype(frag.dtype, np.floating) and np.isfinite(frag).all() and (frag == np.round(frag)).all():
+                frag = frag.astype(np.int64)
+            else:
+                raise SlideInputError(f"{where}: fragment ids must be integers, got {frag.dtype}")
+    return feats, xy, frag
+
+
+def pack_slides(
+    slides: Sequence[tuple],
+    n_prefix: int,
+    input_dim: int,
+    rope_units: Sequence[float],
+    names: Sequence[str] | None = None,
+) -> PackedSlides:
+    """Lay out ``slides`` (each ``(features [N,C], coords [N,2], fragment [N] | None)``) as one sequence.
+
+    Args:
+        slides: the slides' inputs; features may be numpy or torch, any float dtype.
+        n_prefix: CLS + register tokens per slide.
+        input_dim: expected feature dim ``C``.
+        rope_units: RoPE unit (level-0 px) per slide.
+        names: optional slide names for error messages.
+
+    Returns:
+        A :class:`PackedSlides`.
+    """
+    if len(slides) == 0:
+        raise SlideInputError("no slides to encode")
+    feats_all, coords_all, order_all, n_patches = [], [], [], []
+    global_lengths: list[int] = []
+    fragment_lengths: list[int] = []
+    patch_slots, prefix_slots = [], []
+    start = 0
+    for s, item in enumerate(slides):
+        where = f"slide {s}" + (f" ({names[s]!r})" if names is not None else "")
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise SlideInputError(f"{where}: expected (features, coords[, fragment])")
+        features, coords, fragment = (tuple(item) + (None,))[:3]
+        feats, xy, frag = validate_slide(features, coords, fragment, input_dim, where)
+        n = feats.shape[0]
+        if frag is None:
+            order = np.arange(n)
+            fragment_lengths.append(n_prefix + n)
+        else:
+            order = np.argsort(frag, kind="stable")
+            _, counts = np.unique(frag, return_counts=True)  # sorted ids, same order as the sort
+            fragment_lengths.append(n_prefix)
+            fragment_lengths.extend(int(c) for c in counts)
+        global_lengths.append(n_prefix + n)
+        order_t = torch.from_numpy(order)
+        feats_all.append(feats[order_t])
+        coords_all.append(torch.from_numpy(xy[order].astype(np.float64)))
+        order_all.append(order)
+        n_patches.append(n)
+        prefix_slots.append(torch.arange(start, start + n_prefix))
+        patch_slots.append(torch.arange(start + n_prefix, start + n_prefix + n))
+        start += n_prefix + n
+    dtypes = {f.dtype for f in feats_all}
+    common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
+    return PackedSlides(
+        features=torch.cat([f.to(common) for f in feats_all]),
+        coords=torch.cat(coords_all),
+        patch_slots=torch.cat(patch_slots),
+        prefix_slots=torch.stack(prefix_slots),
+        order=order_all,
+        n_patches=n_patches,
+        global_segments=Segments(global_lengths),
+        fragment_segments=Segments(fragment_lengths),
+        rope_units=[float(u) for u in rope_units],
+    )

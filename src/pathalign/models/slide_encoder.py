@@ -1,0 +1,320 @@
+"""The F-RoPE slide encoder (DESIGN §4): patch features -> slide embedding.
+
+Blocks alternate between NoPE (global attention over each slide, no position) and RoPE
+(2D axial rotary position from the level-0 coordinates, attention restricted to each tissue
+fragment, prefix tokens their own segment). A batch of slides is packed into one sequence
+(:mod:`.packing`) and attention runs segment by segment (:mod:`.attention`), so no default
+path builds anything of size T x T.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import Registry
+from .attention import ATTENTION_BACKENDS, choose_backend
+from .packing import PackedSlides, SlideInputError, pack_slides
+from .rope import apply_rope, rope_cos_sin, rope_periods, rope_positions
+
+POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class SlideEncoderConfig:
+    """Architecture and behaviour of a :class:`SlideEncoder`.
+
+    Attributes:
+        input_dim: patch-feature dim ``C``.
+        dim: token dim ``D``.
+        depth: number of blocks.
+        num_heads: attention heads (head dim ``D/num_heads`` must be divisible by 4).
+        n_registers: register tokens after CLS.
+        nope_interval: block ``i`` is NoPE when ``i % nope_interval == 0``; 0 means every block is
+            NoPE (no position at all).
+        fragment_mask: restrict RoPE blocks to each fragment (False: RoPE blocks attend over the slide).
+        use_rope: apply rotary position in RoPE blocks (False: fragment mask without position).
+        rope_base: base of the RoPE periods.
+        rope_unit: RoPE unit in level-0 px (published: 256).
+        rope_unit_um: if set, the unit in micrometres, converted per slide with its mpp.
+        mlp_ratio / swiglu_align: SwiGLU hidden = ceil(int(ratio*dim*2/3) / align) * align.
+        mlp_hidden: explicit SwiGLU hidden width (overrides ratio/align).
+        layer_norm_eps: LayerNorm epsilon.
+        pooling: ``"mean"`` = concat(mean raw features, mean output patch tokens) as published;
+            ``"cls"`` = the output CLS token.
+        dropout: dropout on attention output and MLP output (training only).
+        attention_backend: ``"auto"`` or a name in ``ATTENTION_BACKENDS``.
+    """
+
+    input_dim: int = 768
+    dim: int = 768
+    depth: int = 6
+    num_heads: int = 12
+    n_registers: int = 7
+    nope_interval: int = 2
+    fragment_mask: bool = True
+    use_rope: bool = True
+    rope_base: float = 100.0
+    rope_unit: float = 256.0
+    rope_unit_um: float | None = None
+    mlp_ratio: float = 4.0
+    swiglu_align: int = 128
+    mlp_hidden: int | None = None
+    layer_norm_eps: float = 1e-5
+    pooling: str = "mean"
+    dropout: float = 0.0
+    attention_backend: str = "auto"
+
+    def __post_init__(self):
+        for name in ("input_dim", "dim", "depth", "num_heads"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"SlideEncoderConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if (self.dim // self.num_heads) % 4:
+            raise ValueError(f"head dim {self.dim // self.num_heads} must be divisible by 4 for 2D RoPE")
+        if self.n_registers < 0 or self.nope_interval < 0:
+            raise ValueError("n_registers and nope_interval must be >= 0")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.rope_unit <= 0 or (self.rope_unit_um is not None and self.rope_unit_um <= 0):
+            raise ValueError("rope units must be positive")
+        if self.attention_backend != "auto":
+            ATTENTION_BACKENDS.get(self.attention_backend)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden is not None:
+            return int(self.mlp_hidden)
+        h = int(self.mlp_ratio * self.dim * 2 / 3)
+        return math.ceil(h / self.swiglu_align) * self.swiglu_align
+
+    @property
+    def n_prefix(self) -> int:
+        return 1 + self.n_registers
+
+    @property
+    def output_dim(self) -> int:
+        return self.input_dim + self.dim if self.pooling == "mean" else self.dim
+
+    def is_rope_block(self, i: int) -> bool:
+        return self.nope_interval > 0 and i % self.nope_interval != 0
+
+    def replace(self, **changes) -> "SlideEncoderConfig":
+        return dataclasses.replace(self, **changes)
+
+
+SLIDE_ENCODER_PRESETS: Registry[SlideEncoderConfig] = Registry("slide-encoder preset")
+SLIDE_ENCODER_PRESETS.register("exaone-path-2.5")(SlideEncoderConfig())
+SLIDE_ENCODER_PRESETS.register("small")(SlideEncoderConfig(input_dim=768, dim=256, depth=4, num_heads=4, n_registers=4))
+SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderConfig(input_dim=768, dim=64, depth=4, num_heads=2, n_registers=2))
+
+
+class SwiGLU(nn.Module):
+    """``w3(silu(w1 x) * w2 x)`` with biases, as published."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(dim, hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class SegmentSelfAttention(nn.Module):
+    """Multi-head self-attention over a packed ``[T, D]`` sequence, within segments."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        t, d = x.shape
+        q, k, v = self.qkv(x).view(t, 3, self.num_heads, d // self.num_heads).unbind(1)  # each [T,H,Dh]
+        if rope is not None:
+            cos, sin = rope  # [T, Dh], identity rows for prefix tokens
+            q = apply_rope(q, cos[:, None, :], sin[:, None, :])
+            k = apply_rope(k, cos[:, None, :], sin[:, None, :])
+        out = ATTENTION_BACKENDS.get(backend)(q, k, v, segments)  # [T,H,Dh]
+        return self.proj(out.reshape(t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then SwiGLU, each with a residual."""
+
+    def __init__(self, cfg: SlideEncoderConfig, rope_block: bool):
+        super().__init__()
+        self.rope_block = rope_block
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.attn = SegmentSelfAttention(cfg.dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, segments, backend: str, rope) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), segments, backend, rope))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, input_dim: int, dim: int, eps: float):
+        super().__init__()
+        self.proj = nn.Linear(input_dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x))
+
+
+class SlideEncoder(nn.Module):
+    """F-RoPE aggregator of patch features into a slide embedding.
+
+    In eval mode ``encode``/``encode_batch`` run without gradients; in train mode gradients
+    flow to the parameters.
+    """
+
+    def __init__(self, config: SlideEncoderConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or SlideEncoderConfig()
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        self.config = cfg
+        self.patch_embed = PatchEmbed(cfg.input_dim, cfg.dim, cfg.layer_norm_eps)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.register_tokens = nn.Parameter(torch.zeros(1, cfg.n_registers, cfg.dim))
+        self.register_buffer("rope_periods", rope_periods(cfg.head_dim, cfg.rope_base), persistent=True)
+        self.blocks = nn.ModuleList(Block(cfg, cfg.is_rope_block(i)) for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.register_tokens, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "SlideEncoder":
+        """A randomly initialised encoder of preset ``name`` (``SLIDE_ENCODER_PRESETS``)."""
+        return cls(SLIDE_ENCODER_PRESETS.get(name), **overrides)
+
+    @classmethod
+    def from_exaone_path(cls, path_or_state_dict, **overrides) -> "SlideEncoder":
+        """Load the published EXAONE Path 2.5 slide encoder (eval mode); see :mod:`.exaone`."""
+        from .exaone import load_exaone_slide_encoder
+
+        return load_exaone_slide_encoder(cls, path_or_state_dict, **overrides)
+
+    # ------------------------------------------------------------------ packing
+    def _rope_units(self, mpps: Sequence[float | None]) -> list[float]:
+        cfg = self.config
+        if cfg.rope_unit_um is None:
+            return [cfg.rope_unit] * len(mpps)
+        units = []
+        for s, mpp in enumerate(mpps):
+            if mpp is None or not mpp > 0:
+                raise SlideInputError(f"slide {s}: rope_unit_um={cfg.rope_unit_um} needs the slide's mpp, got {mpp}")
+            units.append(cfg.rope_unit_um / float(mpp))
+        return units
+
+    def pack(self, slides: Sequence[tuple], mpps: Sequence[float | None] | None = None, names=None) -> PackedSlides:
+        """Validate and pack ``slides`` (see :func:`~pathalign.models.packing.pack_slides`)."""
+        mpps = list(mpps) if mpps is not None else [None] * len(slides)
+        if len(mpps) != len(slides):
+            raise SlideInputError(f"{len(slides)} slides but {len(mpps)} mpp values")
+        return pack_slides(slides, self.config.n_prefix, self.config.input_dim, self._rope_units(mpps), names)
+
+    def _rope_tables(self, packed: PackedSlides, device) -> tuple[Tensor, Tensor]:
+        """cos/sin ``[T, D_h]`` over the whole sequence; prefix rows are the identity rotation."""
+        t, dh = packed.total, self.config.head_dim
+        pos = rope_positions(packed.coords, packed.patch_unit_per_token()[:, None])  # [P, 2] float64
+        cos_p, sin_p = rope_cos_sin(pos, self.rope_periods.detach().cpu())  # [P, Dh]
+        cos = torch.ones(t, dh)
+        sin = torch.zeros(t, dh)
+        slots = packed.patch_slots.cpu()
+        cos[slots] = cos_p
+        sin[slots] = sin_p
+        return cos.to(device), sin.to(device)
+
+    # ------------------------------------------------------------------ forward
+    def forward_packed(self, packed: PackedSlides) -> dict[str, Tensor]:
+        """Run the encoder on a packed batch.
+
+        Returns:
+            dict with ``tokens`` ``[P, D]`` (output patch tokens, packed order), ``cls`` ``[S, D]``,
+            ``slide_embedding`` ``[S, output_dim]``.
+        """
+        cfg = self.config
+        device = self.cls_token.device
+        packed.to(device)
+        feats = packed.features.to(self.patch_embed.proj.weight.dtype)
+        s = len(packed.n_patches)
+        backend = choose_backend(cfg.attention_backend, device, torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else feats.dtype)
+        prefix = torch.cat([self.cls_token, self.register_tokens], dim=1).expand(s, -1, -1)  # [S, P, D]
+        x = feats.new_empty(packed.total, cfg.dim)
+        patch_tokens = self.patch_embed(feats)  # [Np, D]
+        x = x.to(patch_tokens.dtype)
+        x[packed.patch_slots] = patch_tokens
+        x[packed.prefix_slots.reshape(-1)] = prefix.reshape(-1, cfg.dim).to(x.dtype)  # [S*P, D]
+        rope = self._rope_tables(packed, device) if cfg.use_rope and any(b.rope_block for b in self.blocks) else None
+        rope_segments = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
+        for blk in self.blocks:
+            if blk.rope_block:
+                x = blk(x, rope_segments, backend, rope)
+            else:
+                x = blk(x, packed.global_segments, backend, None)
+        x = self.norm(x)
+        tokens = x[packed.patch_slots]  # [Np, D]
+        cls = x[packed.prefix_slots[:, 0]]  # [S, D]
+        if cfg.pooling == "cls":
+            slide = cls
+        else:
+            counts = torch.tensor(packed.n_patches, device=device)
+            slide_of = torch.repeat_interleave(torch.arange(s, device=device), counts)  # [Np]
+            mean_tok = torch.zeros(s, cfg.dim, device=device, dtype=tokens.dtype).index_add_(0, slide_of, tokens)
+            mean_feat = torch.zeros(s, cfg.input_dim, device=device, dtype=torch.float32).index_add_(0, slide_of, packed.features.float())
+            slide = torch.cat([mean_feat, mean_tok.float()], dim=1) / counts[:, None].float()
+        return {"tokens": tokens, "cls": cls, "slide_embedding": slide}
+
+    def encode_batch(self, slides: Sequence[tuple], mpps=None, names=None) -> list[dict[str, Tensor]]:
+        """Encode several slides in one packed pass.
+
+        Args:
+            slides: ``[(features [N,C], coords [N,2] level-0 px, fragment [N] or None), ...]``.
+            mpps: optional per-slide µm/px (needed only with ``rope_unit_um``).
+            names: optional slide names used in error messages.
+
+        Returns:
+            One dict per slide: ``slide_embedding`` ``[output_dim]``, ``patch_tokens`` ``[N, D]``
+            in input order, ``cls`` ``[D]``.
+        """
+        packed = self.pack(slides, mpps, names)
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+            out = self.forward_packed(packed)
+        results, start = [], 0
+        for s, (n, order) in enumerate(zip(packed.n_patches, packed.order)):
+            tok = out["tokens"][start : start + n]
+            inverse = torch.empty(n, dtype=torch.long, device=tok.device)
+            inverse[torch.as_tensor(order, device=tok.device)] = torch.arange(n, device=tok.device)
+            results.append({"slide_embedding": out["slide_embedding"][s], "patch_tokens": tok[inverse], "cls": out["cls"][s]})
+            start += n
+        return results
+
+    def encode(self, features, coords, fragment=None, mpp: float | None = None) -> dict[str, Tensor]:
+        """Encode one slide; see :meth:`encode_batch`. ``fragment=None`` = one fragment for the whole slide."""
+        return self.encode_batch([(features, coords, fragment)], mpps=[mpp])[0]
