@@ -1,0 +1,110 @@
+"""``pathalign synth``: a synthetic multimodal cohort in the real file formats (DESIGN §7).
+
+Writes, under ``--out``:
+
+* ``slides/<slide_id>.tiff`` — pyramidal tiled JPEG TIFFs with mpp, 1-6 tissue fragments each;
+* ``slides.tsv`` (``slide_id``, ``case_id``, ``path``) and ``clinical.tsv`` (``case_id``,
+  ``cancer_type``, ``subtype``, ``tumour_pattern``, ``age``, ``OS_days``, ``OS_event``);
+* ``rna_tpm.tsv.gz`` (genes x samples TPM, with normal samples and second vials),
+  ``mutations.maf`` (GDC MAF with a comment header and silent calls), ``cnv_gistic.tsv``
+  (genes x samples, -2..2), ``methylation_beta.tsv.gz`` (probes x samples, NA allowed);
+* ``truth.parquet`` — the hidden state and which modalities each patient has.
+
+Deterministic for a seed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io_utils import atomic_write_df
+from .omics import cnv_table, maf_table, methylation_table, rna_table
+from .slides import render_slide, texture_bank, write_pyramidal_tiff
+from .state import CANCER_TYPES, PROGRAMS, SUBTYPES, SynthConfig, sample_truth
+
+__all__ = ["SynthConfig", "generate_cohort"]
+
+_BANK = {}
+
+
+def _slide_job(job: dict) -> None:
+    seed = job["seed"]
+    if seed not in _BANK:
+        _BANK.clear()
+        _BANK[seed] = texture_bank(seed)
+    rng = np.random.default_rng([seed, 7, job["index"]])
+    img, _ = render_slide(rng, _BANK[seed], job["cancer_type"], job["sub"], job["pattern"], np.asarray(job["programs"]),
+                          job["size"], int(rng.integers(1, 7)))
+    write_pyramidal_tiff(Path(job["path"]), img, job["mpp"])
+
+
+def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Write a synthetic cohort to ``out``; returns the truth table.
+
+    Args:
+        out: output folder (created).
+        cfg: sizes, rates and seed.
+        workers: processes rendering slides (default: CPU count).
+        progress: print one line per stage.
+    """
+    out = Path(out)
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    truth = sample_truth(cfg)
+    slide_rows, jobs = [], []
+    for i, r in truth.iterrows():
+        for k in range(int(r.n_slides)):
+            slide_id = f"{r.case_id}-01Z-00-DX{k + 1}"
+            path = out / "slides" / f"{slide_id}.tiff"
+            slide_rows.append((slide_id, r.case_id, f"slides/{slide_id}.tiff"))
+            jobs.append(dict(seed=cfg.seed, index=len(jobs), path=str(path), cancer_type=r.cancer_type,
+                             sub=SUBTYPES[r.cancer_type].index(r.subtype.split("_", 1)[1]), pattern=r.tumour_pattern,
+                             programs=[float(r[f"program_{p}"]) for p in PROGRAMS], size=cfg.slide_size, mpp=cfg.mpp))
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_slide_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    else:
+        for job in jobs:
+            _slide_job(job)
+    if progress:
+        print(f"synth: {len(jobs)} slides written in {time.perf_counter() - t0:.1f} s", flush=True)
+    atomic_write_df(pd.DataFrame(slide_rows, columns=["slide_id", "case_id", "path"]), out / "slides.tsv")
+    clinical = truth[["case_id", "cancer_type", "subtype", "tumour_pattern", "age", "OS_days", "OS_event"]]
+    atomic_write_df(clinical, out / "clinical.tsv")
+    atomic_write_df(rna_table(cfg, truth), out / "rna_tpm.tsv.gz", index=True)
+    maf = maf_table(cfg, truth)
+    tmp = out / "mutations.maf.tmp"
+    with open(tmp, "w") as fh:
+        fh.write("#version gdc-1.0.0\n#filedate 20261128\n#annotation.spec gdc-1.0.1-public\n")
+        maf.to_csv(fh, sep="\t", index=False)
+    tmp.replace(out / "mutations.maf")
+    atomic_write_df(cnv_table(cfg, truth), out / "cnv_gistic.tsv", index=True)
+    atomic_write_df(methylation_table(cfg, truth), out / "methylation_beta.tsv.gz", index=True, na_rep="NA")
+    atomic_write_df(truth, out / "truth.parquet")
+    if progress:
+        print(f"synth: {len(truth)} patients ({', '.join(CANCER_TYPES)}), tables written to {out} "
+              f"in {time.perf_counter() - t0:.1f} s", flush=True)
+    return truth
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the cohort is deterministic for a seed)")
+    p.add_argument("--slide-size", type=int, default=2048, help="slide side in level-0 px (default 2048)")
+    p.add_argument("--mpp", type=float, default=0.5, help="µm per level-0 px (default 0.5 = 20x)")
+    p.add_argument("--genes", type=int, default=1000, help="RNA genes")
+    p.add_argument("--workers", type=int, default=None, help="processes rendering slides (default: all cores)")
+
+
+def run(args) -> int:
+    cfg = SynthConfig(patients=args.patients, seed=args.seed, slide_size=args.slide_size, mpp=args.mpp, genes=args.genes)
+    generate_cohort(args.out, cfg, workers=args.workers)
+    return 0

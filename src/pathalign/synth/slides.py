@@ -1,0 +1,177 @@
+"""Synthetic H&E-like whole-slide images written as pyramidal tiled TIFF with mpp.
+
+A slide holds 1-6 tissue fragments on a bright background. Inside each fragment the tissue
+is tumour, stroma, immune infiltrate or necrosis; the composition follows the patient's
+programs, the textures its cancer type and subtype, and the *arrangement* its hidden
+spatial pattern: tumour in the centre of every fragment (``central``) or along its rim
+(``peripheral``), with the same tumour area either way, so that only a model that knows
+where a patch sits inside its fragment can tell the two apart.
+
+Colours are made by Beer–Lambert mixing of haematoxylin and eosin optical densities, so
+stain deconvolution recovers them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from .state import CANCER_TYPES, PATTERNS
+
+# optical density per unit stain (R, G, B), Ruifrok & Johnston
+OD_HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
+OD_EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
+BANK = 512  # texture tile side (px)
+CLASSES = ("tumour", "stroma", "immune", "necrosis")
+TYPE_STYLE = {  # nucleus radius (px), tumour nuclear density, eosin strength
+    "BRCA": (5, 0.0045, 0.55),
+    "LUAD": (7, 0.0030, 0.45),
+    "COAD": (4, 0.0060, 0.65),
+}
+
+
+def _nuclei(rng, shape, density: float, radius: float, jitter: float = 0.35) -> np.ndarray:
+    """A haematoxylin density map with ``density`` nuclei per px of ``radius``."""
+    img = np.zeros(shape, np.float32)
+    n = int(density * shape[0] * shape[1])
+    ys, xs = rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)
+    rs = np.maximum(1, radius * (1 + jitter * rng.standard_normal(n))).astype(int)
+    for y, x, r in zip(ys, xs, rs):
+        cv2.circle(img, (int(x), int(y)), int(r), 1.0, -1)
+    return cv2.GaussianBlur(img, (0, 0), 1.0)
+
+
+def _fibres(rng, shape, angle: float) -> np.ndarray:
+    """Anisotropic smoothed noise: collagen-like streaks."""
+    noise = rng.standard_normal(shape).astype(np.float32)
+    k = cv2.getGaussianKernel(31, 8.0) @ cv2.getGaussianKernel(31, 1.2).T
+    m = cv2.getRotationMatrix2D((15, 15), np.degrees(angle), 1.0)
+    k = cv2.warpAffine(k.astype(np.float32), m, (31, 31))
+    f = cv2.filter2D(noise, -1, k / k.sum())
+    return (f - f.mean()) / (f.std() + 1e-6)
+
+
+def _to_rgb(h: np.ndarray, e: np.ndarray) -> np.ndarray:
+    od = h[..., None] * OD_HEMATOXYLIN + e[..., None] * OD_EOSIN
+    return np.clip(255 * np.exp(-od), 0, 255).astype(np.uint8)
+
+
+def texture_bank(seed: int) -> dict[tuple[str, int, str], np.ndarray]:
+    """RGB ``[BANK, BANK, 3]`` textures per (cancer type, subtype index, tissue class)."""
+    bank = {}
+    for ti, ctype in enumerate(CANCER_TYPES):
+        radius, density, eosin = TYPE_STYLE[ctype]
+        for sub in (0, 1):
+            rng = np.random.default_rng([seed, 99, ti, sub])
+            shape = (BANK, BANK)
+            # tumour: subtype 0 glandular (nuclei around clear lumina), subtype 1 solid sheets
+            nuc = _nuclei(rng, shape, density * (1.0 if sub else 0.8), radius)
+            e = eosin * (0.6 + 0.25 * rng.random(shape).astype(np.float32))
+            if sub == 0:
+                lumina = _nuclei(rng, shape, 0.00025, 4 * radius, 0.2)
+                nuc *= 1 - np.clip(lumina * 1.5, 0, 1)
+                e *= 1 - 0.8 * np.clip(lumina, 0, 1)
+            bank[(ctype, sub, "tumour")] = _to_rgb(1.3 * nuc + 0.08, e)
+            fib = _fibres(rng, shape, rng.uniform(0, np.pi))
+            snuc = _nuclei(rng, shape, 0.0006, max(2, radius - 2), 0.5)
+            bank[(ctype, sub, "stroma")] = _to_rgb(0.9 * snuc + 0.05, eosin * (0.8 + 0.25 * fib))
+            inuc = _nuclei(rng, shape, 0.009, 3, 0.15)
+            bank[(ctype, sub, "immune")] = _to_rgb(1.6 * inuc + 0.1, eosin * 0.5 + 0.05 * fib)
+            debris = _nuclei(rng, shape, 0.004, 1.5, 0.6)
+            bank[(ctype, sub, "necrosis")] = _to_rgb(0.6 * debris + 0.05, eosin * (0.8 + 0.2 * fib))
+    return bank
+
+
+def _layout(n: int) -> tuple[int, int]:
+    return {1: (1, 1), 2: (1, 2), 3: (2, 2), 4: (2, 2)}.get(n, (2, 3))
+
+
+GEOMETRY_SCALE = 4  # fragment geometry is computed at 1/4 resolution, then upsampled
+
+
+def fragment_depth(rng, size: int, n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fragment id (-1 = background) and normalised depth (0 at the rim, 1 at the centre), ``[size, size]``."""
+    rows, cols = _layout(n_fragments)
+    slots = rng.permutation(rows * cols)[:n_fragments]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frag = np.full((size, size), -1, np.int16)
+    depth = np.zeros((size, size), np.float32)
+    sh, sw = size / rows, size / cols
+    for f, slot in enumerate(slots):
+        cy, cx = (slot // cols + 0.5) * sh, (slot % cols + 0.5) * sw
+        ry = sh * rng.uniform(0.28, 0.4)
+        rx = sw * rng.uniform(0.28, 0.4)
+        theta = rng.uniform(0, np.pi)
+        y0, y1 = int(max(0, cy - sh / 2)), int(min(size, cy + sh / 2))
+        x0, x1 = int(max(0, cx - sw / 2)), int(min(size, cx + sw / 2))
+        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
+        u = dx * np.cos(theta) + dy * np.sin(theta)
+        v = -dx * np.sin(theta) + dy * np.cos(theta)
+        phi = np.arctan2(v, u)
+        wobble = 1 + 0.12 * np.sin(3 * phi + rng.uniform(0, 6.3)) + 0.06 * np.sin(5 * phi + rng.uniform(0, 6.3))
+        r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2) / wobble
+        inside = r < 1
+        frag[y0:y1, x0:x1][inside] = f
+        depth[y0:y1, x0:x1][inside] = 1 - r[inside]
+    return frag, depth
+
+
+def tissue_classes(rng, size: int, n_fragments: int, pattern: str, programs: np.ndarray):
+    """Per-pixel class index (0 background, 1 + index in ``CLASSES``) and fragment id, ``[size, size]``."""
+    small = size // GEOMETRY_SCALE
+    frag, depth = fragment_depth(rng, small, n_fragments)
+    immune, prolif, stroma, hypoxia = programs
+    f_tumour = float(np.clip(0.45 + 0.08 * prolif - 0.06 * stroma, 0.25, 0.65))
+    if pattern == PATTERNS[0]:  # central: depth > d holds area (1-d)^2 of an ellipse
+        tumour = depth > 1 - np.sqrt(f_tumour)
+    else:  # peripheral: the rim band of the same area
+        tumour = (depth < 1 - np.sqrt(1 - f_tumour)) & (frag >= 0)
+    blob = cv2.resize(rng.random((small // 8, small // 8)).astype(np.float32), (small, small), interpolation=cv2.INTER_CUBIC)
+    immune_frac = float(np.clip(0.15 + 0.08 * immune, 0.02, 0.4))
+    necrosis_frac = float(np.clip(0.05 + 0.06 * hypoxia, 0.0, 0.3))
+    cls = np.zeros((small, small), np.uint8)
+    cls[frag >= 0] = 1 + CLASSES.index("stroma")
+    cls[tumour] = 1 + CLASSES.index("tumour")
+    cls[(frag >= 0) & ~tumour & (blob < immune_frac)] = 1 + CLASSES.index("immune")
+    cls[tumour & (blob > 1 - necrosis_frac)] = 1 + CLASSES.index("necrosis")
+    up = (size, size)
+    return (cv2.resize(cls, up, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(frag, up, interpolation=cv2.INTER_NEAREST))
+
+
+def render_slide(rng, bank, ctype: str, sub: int, pattern: str, programs: np.ndarray, size: int,
+                 n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB ``[size, size, 3]`` slide and its per-pixel fragment map."""
+    cls, frag = tissue_classes(rng, size, n_fragments, pattern, programs)
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = np.array([242, 240, 244], np.uint8)
+    reps = (size // BANK + 2, size // BANK + 2, 1)
+    for k, name in enumerate(CLASSES):
+        mask = (cls == k + 1).view(np.uint8)
+        if not mask.any():
+            continue
+        oy, ox = rng.integers(0, BANK, 2)
+        tile = np.ascontiguousarray(np.tile(bank[(ctype, sub, name)], reps)[oy:oy + size, ox:ox + size])
+        cv2.copyTo(tile, mask, img)
+    jitter = np.diag(rng.normal(1.0, 0.04, 3)).astype(np.float32)  # scanner/stain variation
+    img = cv2.transform(img, jitter)
+    noise = cv2.resize(rng.normal(0, 3, (size // 8, size // 8)).astype(np.float32), (size, size))
+    img = cv2.add(img, cv2.merge([noise] * 3), dtype=cv2.CV_8U)
+    return img, frag
+
+
+def write_pyramidal_tiff(path: Path, rgb: np.ndarray, mpp: float, magnification: float = 20.0,
+                         downsamples=(1, 4), tile: int = 256) -> None:
+    """Write a tiled, JPEG-compressed pyramidal TIFF (one page per level) with mpp, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    desc = f"pathalign synthetic slide|AppMag = {magnification:g}|MPP = {mpp:g}"
+    with tifffile.TiffWriter(tmp, bigtiff=False) as tw:
+        for i, ds in enumerate(downsamples):
+            level = rgb if ds == 1 else cv2.resize(rgb, (rgb.shape[1] // ds, rgb.shape[0] // ds), interpolation=cv2.INTER_AREA)
+            res = 1e4 / (mpp * ds)  # px per cm
+            tw.write(level, tile=(tile, tile), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                     resolution=(res, res), resolutionunit="CENTIMETER", description=desc if i == 0 else None,
+                     subfiletype=0 if i == 0 else 1, metadata=None)
+    tmp.replace(path)
