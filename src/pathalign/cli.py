@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
+    "cohort": ("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
     "encode-example": ("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder"),
 }
 

@@ -1,0 +1,115 @@
+"""Readers of molecular tables: matrices (TSV/CSV/Parquet, gzip, either orientation) and MAF.
+
+Every reader returns a samples x features ``DataFrame`` of floats (index = sample ids as
+written in the file) and raises :class:`CohortInputError` naming the file, row and column of
+anything it cannot read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .ids import CohortInputError, IdRule
+
+NON_SILENT_CLASSES = frozenset({
+    "Missense_Mutation", "Nonsense_Mutation", "Nonstop_Mutation", "Frame_Shift_Del", "Frame_Shift_Ins",
+    "In_Frame_Del", "In_Frame_Ins", "Splice_Site", "Translation_Start_Site",
+})
+MAF_REQUIRED = ("Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification")
+ORIENTATIONS = ("auto", "samples-as-columns", "samples-as-rows")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A TSV/CSV/Parquet file (gzip allowed) as strings-in-first-column DataFrame, no index set."""
+    path = Path(path)
+    if not path.is_file():
+        raise CohortInputError(f"{path}: no such file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            df = pd.read_parquet(path)
+            if df.index.name is not None or not isinstance(df.index, pd.RangeIndex):
+                df = df.reset_index()
+            return df
+        sep = "," if ".csv" in name else "\t"
+        return pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
+                           keep_default_na=True)
+    except Exception as e:  # noqa: BLE001
+        raise CohortInputError(f"{path}: cannot read table ({type(e).__name__}: {e})") from None
+
+
+def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto") -> pd.DataFrame:
+    """A numeric matrix as samples x features.
+
+    Args:
+        path: TSV/CSV/Parquet (``.gz`` allowed); the first column holds row names.
+        rule: the id rule; sample ids are recognised by it.
+        orientation: ``auto`` (the axis whose names are sample ids), ``samples-as-columns``
+            (features x samples, Xena style) or ``samples-as-rows``.
+    """
+    if orientation not in ORIENTATIONS:
+        raise CohortInputError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+    raw = read_table(path)
+    if raw.shape[1] < 2:
+        raise CohortInputError(f"{path}: needs a row-name column and at least one data column")
+    row_names = raw.iloc[:, 0].astype(str).str.strip()
+    body = raw.iloc[:, 1:]
+    col_names = pd.Index([str(c).strip() for c in body.columns])
+    if orientation == "auto":
+        col_hits = np.mean([rule.looks_like_sample(c) for c in col_names])
+        row_hits = np.mean([rule.looks_like_sample(r) for r in row_names])
+        if max(col_hits, row_hits) < 0.5:
+            raise CohortInputError(
+                f"{path}: no axis holds sample ids under the '{rule.kind}' rule "
+                f"(first columns: {list(col_names[:3])}, first rows: {list(row_names[:3])}); "
+                "set the orientation or check the id rule")
+        orientation = "samples-as-columns" if col_hits >= row_hits else "samples-as-rows"
+    values = body.apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() & body.notna()
+    if bad.any().any():
+        r, c = np.argwhere(bad.to_numpy())[0]
+        raise CohortInputError(f"{path}: non-numeric value {body.iat[r, c]!r} at row {r + 2} "
+                               f"('{row_names.iat[r]}'), column '{col_names[c]}'")
+    df = pd.DataFrame(values.to_numpy(np.float64), index=row_names.to_numpy(), columns=col_names)
+    if orientation == "samples-as-columns":
+        df = df.T
+    df.index.name, df.columns.name = "sample", "feature"
+    dup = df.columns[df.columns.duplicated()]
+    if len(dup):
+        raise CohortInputError(f"{path}: feature {dup[0]!r} appears more than once")
+    return df
+
+
+def read_maf(paths, rule: IdRule | None = None) -> pd.DataFrame:
+    """Binary samples x genes matrix of non-silent mutations from one or more MAF files.
+
+    ``#`` comment lines are skipped; a gene counts once per sample however many calls it has;
+    silent and non-coding classes (``Silent``, ``Intron``, ``3'UTR`` ...) are ignored.
+    """
+    frames = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        if not path.is_file():
+            raise CohortInputError(f"{path}: no such file")
+        try:
+            maf = pd.read_csv(path, sep="\t", comment="#", dtype=str, low_memory=False,
+                              compression="infer")
+        except Exception as e:  # noqa: BLE001
+            raise CohortInputError(f"{path}: cannot read MAF ({type(e).__name__}: {e})") from None
+        missing = [c for c in MAF_REQUIRED if c not in maf.columns]
+        if missing:
+            raise CohortInputError(f"{path}: MAF lacks required column(s) {missing}")
+        hits = maf[maf.Variant_Classification.isin(NON_SILENT_CLASSES)]
+        samples = maf.Tumor_Sample_Barcode.dropna().unique()
+        frames.append((hits[["Tumor_Sample_Barcode", "Hugo_Symbol"]], samples))
+    all_hits = pd.concat([h for h, _ in frames])
+    samples = sorted(set().union(*[set(s) for _, s in frames]))
+    genes = sorted(all_hits.Hugo_Symbol.dropna().unique())
+    index, columns = pd.Index(samples, name="sample"), pd.Index(genes, name="feature")
+    values = np.zeros((len(index), len(columns)))
+    if len(all_hits):
+        pairs = all_hits.dropna().drop_duplicates()
+        values[index.get_indexer(pairs.Tumor_Sample_Barcode), columns.get_indexer(pairs.Hugo_Symbol)] = 1.0
+    return pd.DataFrame(values, index=index, columns=columns)
