@@ -24,3 +24,14 @@ def rel_err(a, b) -> float:
 def needs_cuda():
     return pytest.mark.skipif(not (torch.cuda.is_available() and os.environ.get("PATHALIGN_GPU_TESTS")),
                               reason="GPU tests: set PATHALIGN_GPU_TESTS=1 on a CUDA machine")
+
+
+@pytest.fixture(scope="session")
+def small_synth(tmp_path_factory):
+    """A small synthetic cohort (generated once per test session)."""
+    from pathalign.synth import SynthConfig, generate_cohort
+
+    out = tmp_path_factory.mktemp("synth")
+    truth = generate_cohort(out, SynthConfig(patients=24, seed=3, slide_size=768, genes=200, probes=120),
+                            workers=1, progress=False)
+    return out, truth
