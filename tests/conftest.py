@@ -32,6 +32,20 @@ def small_synth(tmp_path_factory):
     from pathalign.synth import SynthConfig, generate_cohort
 
     out = tmp_path_factory.mktemp("synth")
-    truth = generate_cohort(out, SynthConfig(patients=24, seed=3, slide_size=768, genes=200, probes=120),
+    truth = generate_cohort(out, SynthConfig(patients=80, seed=3, slide_size=768, genes=200, probes=120),
                             workers=1, progress=False)
     return out, truth
+
+
+@pytest.fixture(scope="session")
+def small_cohort(small_synth, tmp_path_factory):
+    """``cohort build`` on the small synthetic cohort (molecular tables and slides table)."""
+    from pathalign.cohort import CohortSources, build_cohort
+
+    syn, truth = small_synth
+    out = tmp_path_factory.mktemp("cohort")
+    build_cohort(CohortSources(clinical=str(syn / "clinical.tsv"), slides=str(syn / "slides.tsv"),
+                               rna=str(syn / "rna_tpm.tsv.gz"), maf=[str(syn / "mutations.maf")],
+                               cnv=str(syn / "cnv_gistic.tsv"), methylation=str(syn / "methylation_beta.tsv.gz")),
+                 out, progress=False)
+    return out

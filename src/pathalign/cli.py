@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
     "cohort": ("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
+    "pretrain-rna": ("pathalign.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
     "encode-example": ("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder"),
 }
 

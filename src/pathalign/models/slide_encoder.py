@@ -9,16 +9,15 @@ path builds anything of size T x T.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
 from .attention import ATTENTION_BACKENDS, choose_backend
+from .layers import SwiGLU, swiglu_hidden
 from .packing import PackedSlides, SlideInputError, pack_slides
 from .rope import apply_rope, rope_cos_sin, rope_periods, rope_positions
 
@@ -95,8 +94,7 @@ class SlideEncoderConfig:
     def hidden_dim(self) -> int:
         if self.mlp_hidden is not None:
             return int(self.mlp_hidden)
-        h = int(self.mlp_ratio * self.dim * 2 / 3)
-        return math.ceil(h / self.swiglu_align) * self.swiglu_align
+        return swiglu_hidden(self.dim, self.mlp_ratio, self.swiglu_align)
 
     @property
     def n_prefix(self) -> int:
@@ -117,19 +115,6 @@ SLIDE_ENCODER_PRESETS: Registry[SlideEncoderConfig] = Registry("slide-encoder pr
 SLIDE_ENCODER_PRESETS.register("exaone-path-2.5")(SlideEncoderConfig())
 SLIDE_ENCODER_PRESETS.register("small")(SlideEncoderConfig(input_dim=768, dim=256, depth=4, num_heads=4, n_registers=4))
 SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderConfig(input_dim=768, dim=64, depth=4, num_heads=2, n_registers=2))
-
-
-class SwiGLU(nn.Module):
-    """``w3(silu(w1 x) * w2 x)`` with biases, as published."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden)
-        self.w2 = nn.Linear(dim, hidden)
-        self.w3 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
 
 
 class SegmentSelfAttention(nn.Module):

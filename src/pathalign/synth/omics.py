@@ -27,13 +27,13 @@ def rna_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     lat = latent_matrix(truth)
     genes = [f"GENE{i:05d}" for i in range(cfg.genes)]
     base = rng.normal(3.0, 1.5, cfg.genes)
-    w = _loadings(rng, lat.shape[1], cfg.genes, 0.15, 1.0)
+    w = _loadings(rng, lat.shape[1], cfg.genes, 0.25, 1.0)
     w[-1] *= 1.5  # the spatial pattern moves a subset of genes (so alignment can teach it to the slide encoder)
     cols, values = [], []
     idx = np.flatnonzero(truth["has_rna"].to_numpy())
     for i in idx:
         case = truth.case_id.iat[i]
-        expr = base + lat[i] @ w + rng.normal(0, 0.6, cfg.genes)
+        expr = base + lat[i] @ w + rng.normal(0, 0.5, cfg.genes)
         cols.append(_aliquot(case, "01A", "R", rng, "07"))
         values.append(expr)
         if rng.random() < cfg.duplicate_vial_rate:  # a second vial: the TCGA rule keeps vial A

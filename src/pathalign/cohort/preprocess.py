@@ -1,0 +1,210 @@
+"""Training-time preprocessing of molecular matrices, fitted on training patients only.
+
+Each modality has a transform with ``fit(df)``, ``transform(df) -> float32 [n, d]`` and a
+JSON-serialisable ``state_dict()``, stored with the model so that new patients are embedded
+with the same transform. Missing values are never silently zero: they are imputed with the
+training mean *and* flagged by an indicator column for every feature that had missing
+values in training (``na_features``); values missing at inference in other features are
+imputed with the training mean and counted in ``last_imputed``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..registry import Registry
+from .ids import CohortInputError
+
+TRANSFORMS: Registry[type] = Registry("molecular transform")
+
+
+def _to_tpm(values: np.ndarray, units: str, lengths: np.ndarray | None) -> np.ndarray:
+    """RNA values (samples x genes) of ``units`` → TPM."""
+    if units == "tpm":
+        return values
+    if units == "log2tpm":
+        return np.exp2(values) - 1
+    if units in ("fpkm", "log2fpkm"):
+        fpkm = values if units == "fpkm" else np.exp2(values) - 1
+        return fpkm / np.nansum(fpkm, axis=1, keepdims=True) * 1e6
+    if units == "counts":
+        if lengths is None:
+            raise CohortInputError("RNA counts need gene lengths to make TPM")
+        rate = values / (lengths[None, :] / 1e3)
+        return rate / np.nansum(rate, axis=1, keepdims=True) * 1e6
+    raise CohortInputError(f"unknown RNA units {units!r}")
+
+
+@dataclass
+class _Base:
+    """Shared fit/transform; subclasses define ``_values`` (raw → model space) and ``_select``."""
+
+    features: list[str] = field(default_factory=list)
+    fill: list[float] = field(default_factory=list)  # training mean in model space, used to impute
+    center: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    na_features: list[str] = field(default_factory=list)
+    standardise: bool = True
+
+    def __post_init__(self):
+        self.last_imputed = 0
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.features) + len(self.na_features)
+
+    def _values(self, df: pd.DataFrame) -> np.ndarray:
+        return df.to_numpy(np.float64)
+
+    def _select(self, values: np.ndarray, names: list[str]) -> list[str]:
+        return names
+
+    def fit(self, df: pd.DataFrame):
+        """Fit on the training patients' raw matrix ``df`` (patients x features)."""
+        if len(df) < 2:
+            raise CohortInputError(f"{type(self).__name__}: need at least 2 training patients, got {len(df)}")
+        names = list(map(str, df.columns))
+        values = self._values(df)
+        self.features = self._select(values, names)
+        sel = values[:, [names.index(f) for f in self.features]]
+        with np.errstate(all="ignore"):
+            mean = np.nan_to_num(np.nanmean(sel, axis=0))
+            std = np.nanstd(sel, axis=0)
+        std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+        self.fill = mean.tolist()
+        self.center = mean.tolist() if self.standardise else [0.0] * len(mean)
+        self.scale = std.tolist() if self.standardise else [1.0] * len(mean)
+        self.na_features = [f for f, has in zip(self.features, np.isnan(sel).any(axis=0)) if has]
+        return self
+
+    def transform_masked(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Selected features standardised, ``(values float32 [n, F], observed bool [n, F])``; unobserved values are 0."""
+        if not self.features:
+            raise CohortInputError(f"{type(self).__name__} is not fitted")
+        lookup = {str(n): i for i, n in enumerate(df.columns)}
+        values = self._values(df)
+        out = np.full((len(df), len(self.features)), np.nan)
+        present = [(j, lookup[f]) for j, f in enumerate(self.features) if f in lookup]
+        if present:
+            cols_out, cols_in = zip(*present)
+            out[:, list(cols_out)] = values[:, list(cols_in)]
+        observed = ~np.isnan(out)
+        out = (out - np.asarray(self.center)) / np.asarray(self.scale)
+        return np.where(observed, out, 0.0).astype(np.float32), observed
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """``float32 [n, output_dim]``: selected features, imputed with the training mean and standardised,
+        then one missing-value indicator per feature in ``na_features``."""
+        values, observed = self.transform_masked(df)
+        fill = (np.asarray(self.fill) - np.asarray(self.center)) / np.asarray(self.scale)
+        values = np.where(observed, values, fill[None, :].astype(np.float32))
+        na_idx = [self.features.index(f) for f in self.na_features]
+        flagged = np.zeros(len(self.features), bool)
+        flagged[na_idx] = True
+        self.last_imputed = int((~observed[:, ~flagged]).sum())
+        return np.concatenate([values, ~observed[:, na_idx]], axis=1).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state (``from_state_dict`` restores it)."""
+        return {"kind": type(self).kind, **{k: v for k, v in vars(self).items() if k != "last_imputed"}}
+
+    @staticmethod
+    def from_state_dict(state: dict):
+        state = dict(state)
+        return TRANSFORMS.get(state.pop("kind"))(**state)
+
+
+@TRANSFORMS.register("rna")
+@dataclass
+class RNATransform(_Base):
+    """log2(TPM+1) (from the declared units), top-variance genes (or a given list), standardised."""
+
+    kind = "rna"
+    units: str = "tpm"
+    n_genes: int = 2000
+    genes: list[str] | None = None
+    gene_lengths: dict[str, float] | None = None
+
+    def _values(self, df):
+        lengths = None
+        if self.units == "counts":
+            if not self.gene_lengths:
+                raise CohortInputError("RNA counts need gene lengths (cohort build --gene-lengths)")
+            lengths = np.array([self.gene_lengths.get(str(g), np.nan) for g in df.columns])
+            if np.isnan(lengths).any():
+                bad = [str(g) for g, l in zip(df.columns, lengths) if np.isnan(l)][:5]
+                raise CohortInputError(f"no gene length for {bad}")
+        return np.log2(np.clip(_to_tpm(df.to_numpy(np.float64), self.units, lengths), 0, None) + 1)
+
+    def _select(self, values, names):
+        if self.genes is not None:
+            missing = [g for g in self.genes if g not in names]
+            if missing:
+                raise CohortInputError(f"requested genes not in the RNA matrix: {missing[:5]}")
+            return list(self.genes)
+        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
+        order = np.argsort(-var, kind="stable")[: self.n_genes]
+        return [names[i] for i in sorted(order)]
+
+
+@TRANSFORMS.register("snp")
+@dataclass
+class SNPTransform(_Base):
+    """Binary mutation status of genes mutated in at least ``min_freq`` of training patients (top ``max_genes``)."""
+
+    kind = "snp"
+    min_freq: float = 0.02
+    max_genes: int = 1000
+    standardise: bool = False
+
+    def _select(self, values, names):
+        freq = np.nanmean(values, axis=0)
+        keep = [i for i in np.argsort(-freq, kind="stable")[: self.max_genes] if freq[i] >= self.min_freq]
+        if not keep:
+            raise CohortInputError(f"no gene is mutated in >= {self.min_freq:.0%} of training patients")
+        return [names[i] for i in sorted(keep)]
+
+
+@TRANSFORMS.register("cnv")
+@dataclass
+class CNVTransform(_Base):
+    """Gene-level copy number clipped (GISTIC -2..2, log2 ratios -3..3), top-variance genes, standardised."""
+
+    kind = "cnv"
+    cnv_kind: str = "gistic"
+    max_genes: int = 2000
+
+    def _values(self, df):
+        lim = 2.0 if self.cnv_kind == "gistic" else 3.0
+        return np.clip(df.to_numpy(np.float64), -lim, lim)
+
+    def _select(self, values, names):
+        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
+        return [names[i] for i in sorted(np.argsort(-var, kind="stable")[: self.max_genes])]
+
+
+@TRANSFORMS.register("methylation")
+@dataclass
+class MethylationTransform(_Base):
+    """Beta values of the top-variance probes; NaN imputed with the training mean plus indicator columns."""
+
+    kind = "methylation"
+    max_probes: int = 2000
+
+    def _select(self, values, names):
+        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
+        return [names[i] for i in sorted(np.argsort(-var, kind="stable")[: self.max_probes])]
+
+
+def make_transform(modality: str, cohort_meta: dict, **options):
+    """The transform of ``modality`` configured from the cohort's recorded units."""
+    units = cohort_meta.get("units", {})
+    if modality == "rna":
+        options.setdefault("units", units.get("rna", "tpm"))
+        if options["units"] == "counts":
+            options.setdefault("gene_lengths", cohort_meta.get("gene_lengths"))
+    if modality == "cnv":
+        options.setdefault("cnv_kind", units.get("cnv", "gistic"))
+    return TRANSFORMS.get(modality)(**options)
