@@ -10,8 +10,13 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
+# name -> (module, one-line help[, defaults set on the parsed arguments])
+SUBCOMMANDS: dict[str, tuple] = {
+    "segment": ("pathalign.slides.cli", "segment slides into tissue fragments (GeoJSON + thumbnail)", {"stage": "segment"}),
+    "patch": ("pathalign.slides.cli", "patch tissue at a target magnification (coords.h5)", {"stage": "patch"}),
+    "extract": ("pathalign.slides.cli", "extract patch features (features.h5)", {"stage": "extract"}),
+    "preprocess": ("pathalign.slides.cli", "segment, patch and extract in one go (torchrun-shardable)",
+                   {"stage": "extract"}),
     "synth": ("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
     "cohort": ("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
     "pretrain-rna": ("pathalign.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
@@ -22,12 +27,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathalign", description="Align whole-slide images with molecular profiles.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (module, help_text, *defaults) in SUBCOMMANDS.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
-        p.set_defaults(_module=mod)
+        p.set_defaults(_module=mod, **(defaults[0] if defaults else {}))
     return parser
 
 

@@ -60,30 +60,50 @@ def _length_groups(segments: Segments) -> list[tuple[int, list[int]]]:
     return segments._cache[key]
 
 
+def _segment_plan(segments: Segments) -> list[tuple[int, int, list[int]]]:
+    """Calls of the segment backend: ``(length, group size, starts)`` per group of equal-length segments (cached)."""
+    key = "segment_plan"
+    if key not in segments._cache:
+        offsets = segments.offsets("cpu").tolist()
+        segments._cache[key] = [(length, len(members), [offsets[m] for m in members])
+                                for length, members in _length_groups(segments)]
+    return segments._cache[key]
+
+
 @ATTENTION_BACKENDS.register("segment")
 def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments) -> Tensor:
-    """One unmasked 4-D SDPA call per group of equal-length segments; no ``[T, T]`` tensor."""
+    """One unmasked 4-D SDPA call per group of equal-length segments; no ``[T, T]`` tensor.
+
+    Outputs are gathered once into sequence order (``index_select``), so the backward pass is
+    one scatter-add rather than a copy per segment.
+    """
     if len(segments.lengths) == 1:
         return F.scaled_dot_product_attention(_heads_first(q), _heads_first(k), _heads_first(v))[0].transpose(0, 1)
-    offsets = segments.offsets("cpu").tolist()
-    out = torch.empty_like(q)
-    for length, members in _length_groups(segments):
-        if len(members) == 1:
-            s = offsets[members[0]]
-            sl = slice(s, s + length)
+    outs, order = [], []
+    for length, g, starts in _segment_plan(segments):
+        if g == 1:
+            sl = slice(starts[0], starts[0] + length)
             o = F.scaled_dot_product_attention(_heads_first(q[sl]), _heads_first(k[sl]), _heads_first(v[sl]))
-            out[sl] = o[0].transpose(0, 1)
+            outs.append(o[0].transpose(0, 1))  # [L,H,Dh]
+            order.append(torch.arange(starts[0], starts[0] + length))
             continue
-        starts = torch.tensor([offsets[m] for m in members], device=q.device)
-        index = (starts[:, None] + torch.arange(length, device=q.device)[None, :]).reshape(-1)  # [G*L]
-        g = len(members)
+        index = (torch.tensor(starts)[:, None] + torch.arange(length)[None, :]).reshape(-1)  # [G*L]
+        idx = index.to(q.device)
 
         def gather(x: Tensor) -> Tensor:
-            return x[index].view(g, length, *x.shape[1:]).transpose(1, 2)  # [G*L,H,Dh] -> [G,H,L,Dh]
+            return x.index_select(0, idx).view(g, length, *x.shape[1:]).transpose(1, 2)  # [G*L,H,Dh] -> [G,H,L,Dh]
 
         o = F.scaled_dot_product_attention(gather(q), gather(k), gather(v))  # [G,H,L,Dh]
-        out[index] = o.transpose(1, 2).reshape(g * length, *q.shape[1:])
-    return out
+        outs.append(o.transpose(1, 2).reshape(g * length, *q.shape[1:]))
+        order.append(index)
+    key = "segment_inverse"
+    if key not in segments._cache:
+        perm = torch.cat(order)  # sequence position of each row of cat(outs)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(len(perm))
+        segments._cache[key] = inverse
+    inverse = segments._cache[key].to(q.device)
+    return torch.cat(outs).index_select(0, inverse)
 
 
 @ATTENTION_BACKENDS.register("nested")

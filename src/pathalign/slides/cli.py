@@ -1,0 +1,59 @@
+"""Slide pipeline commands: ``segment``, ``patch``, ``extract`` and ``preprocess`` (all three).
+
+Each runs its stage and any missing earlier stage on SLIDES (files, folders or globs),
+writing under ``--out``. Under ``torchrun --nproc_per_node=K -m pathalign preprocess ...``
+the slides are sharded across ranks (one GPU each) and rank 0 prints the summary.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="slide files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--encoder", default="pathalign-stats", help="patch encoder (pathalign-stats, uni, virchow2, ...)")
+    p.add_argument("--weights", default=None, help="local weights of the patch encoder (file or Hub snapshot folder)")
+    p.add_argument("--magnification", type=float, default=20.0, help="target magnification (default 20)")
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the target magnification")
+    p.add_argument("--tissue-threshold", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading patches")
+    p.add_argument("--batch-size", type=int, default=64, help="patches per inference batch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--mpp", type=float, default=None, help="µm/px for slides whose file has none")
+    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide or tiffslide")
+    p.add_argument("--seg-mpp", type=float, default=2.0, help="segmentation resolution (µm/px)")
+    p.add_argument("--saturation-threshold", type=int, default=None, help="fixed saturation threshold (default Otsu)")
+    p.add_argument("--min-fragment-um2", type=float, default=10_000, help="smallest kept fragment (µm²)")
+    p.add_argument("--min-hole-um2", type=float, default=4_000, help="smallest kept hole (µm²)")
+    p.add_argument("--float32", action="store_true", help="store features as float32 (default float16)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from .encoders import PatchEncoderError
+    from .patch import PatchConfig
+    from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder, _dist_info
+    from .segment import SegmentConfig
+
+    try:
+        if args.stage == "extract":
+            validate_encoder(args.encoder)
+        cfg = PipelineConfig(
+            out=args.out, stage=args.stage, encoder=args.encoder, weights=args.weights, batch_size=args.batch_size,
+            workers=args.workers, device=args.device, backend=args.backend, mpp=args.mpp,
+            features_dtype="float32" if args.float32 else "float16", progress=not args.quiet,
+            segment=SegmentConfig(seg_mpp=args.seg_mpp, saturation_threshold=args.saturation_threshold,
+                                  min_fragment_um2=args.min_fragment_um2, min_hole_um2=args.min_hole_um2),
+            patch=PatchConfig(args.magnification, args.patch_size, args.tissue_threshold))
+        slides = find_slides(args.slides)
+        if not slides:
+            print("error: no slides found in " + " ".join(args.slides))
+            return 1
+        summary = run_pipeline(slides, cfg)
+    except (PatchEncoderError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    if _dist_info()[0] == 0:
+        print(format_summary(summary))
+    return 0 if (summary.status != "failed").all() else 3

@@ -1,0 +1,213 @@
+"""Slides in, ``features.h5`` out: segment → patch → extract, per slide, resumable, batch-safe.
+
+Output folder layout::
+
+    DIR/segmentation/<slide_id>.geojson   tissue fragments (level-0 px, holes as interior rings)
+    DIR/segmentation/<slide_id>.png       thumbnail with fragment outlines and ids
+    DIR/coords/<slide_id>.h5              coords + fragment (+ attrs)
+    DIR/features_<encoder>/<slide_id>.h5  features + coords + fragment
+    DIR/summary_<stage>.tsv               the last run's per-slide report
+
+A slide whose complete output exists is skipped; a partial one (no ``complete`` flag, or a
+leftover temporary file) is redone. A slide that fails is reported with its reason and the
+batch goes on. Under ``torchrun`` the slides are sharded across ranks and the summary is
+gathered on rank 0.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..io_utils import atomic_write_df
+from .encoders import PatchEncoderError, build_patch_encoder
+from .extract import PatchDataset, extract_features
+from .features_io import is_complete, read_patch_features, write_patch_file
+from .patch import PatchConfig, patch_slide
+from .reader import SlideError, open_slide
+from .segment import SegmentConfig, read_geojson, segment_slide, write_segmentation
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+STAGES = ("segment", "patch", "extract")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the slide pipeline needs; built once at the entry point."""
+
+    out: Path
+    stage: str = "extract"
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    encoder: str = "pathalign-stats"
+    weights: str | None = None
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+    mpp: float | None = None
+    features_dtype: str = "float16"
+    progress: bool = True
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}")
+        if self.features_dtype not in ("float16", "float32"):
+            raise ValueError("features_dtype must be float16 or float32")
+
+    @property
+    def features_dir(self) -> Path:
+        return self.out / f"features_{self.encoder}"
+
+
+def find_slides(inputs: list[str]) -> list[Path]:
+    """Slide files from paths, folders (non-recursive) and glob patterns, de-duplicated, sorted."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += [c for c in sorted(p.iterdir()) if c.suffix.lower() in SLIDE_SUFFIXES]
+        elif any(ch in item for ch in "*?["):
+            found += [Path(m) for m in sorted(glob.glob(item))]
+        else:
+            found.append(p)  # a missing file is reported per slide, not here
+    seen, out = set(), []
+    for p in found:
+        key = str(p.resolve()) if p.exists() else str(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def slide_id_of(path: Path) -> str:
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def _segment(path: Path, cfg: PipelineConfig, slide) -> list:
+    gj = cfg.out / "segmentation" / f"{slide_id_of(path)}.geojson"
+    if gj.is_file() and (cfg.out / "segmentation" / f"{slide_id_of(path)}.png").is_file():
+        return read_geojson(gj)
+    seg = segment_slide(slide, cfg.segment)
+    write_segmentation(seg, slide, cfg.out / "segmentation", slide_id_of(path))
+    return seg.fragments
+
+
+def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
+    """Run the configured stages on one slide; returns its summary row (never raises for bad slides)."""
+    sid = slide_id_of(path)
+    row = {"slide_id": sid, "path": str(path), "status": "done", "reason": "", "patches": 0, "fragments": 0,
+           "seconds": 0.0}
+    t0 = time.perf_counter()
+    coords_path = cfg.out / "coords" / f"{sid}.h5"
+    feats_path = cfg.features_dir / f"{sid}.h5"
+    final = {"segment": cfg.out / "segmentation" / f"{sid}.geojson", "patch": coords_path, "extract": feats_path}[cfg.stage]
+    try:
+        if (cfg.stage == "segment" and final.is_file()) or (cfg.stage != "segment" and is_complete(final)):
+            if cfg.stage != "segment":
+                pf = read_patch_features(final)
+                row.update(patches=len(pf), fragments=len(np.unique(pf.fragment)))
+            row.update(status="skipped", reason="complete output exists")
+            return row
+        with open_slide(path, cfg.backend, cfg.mpp) as slide:
+            fragments = _segment(path, cfg, slide)
+            row["fragments"] = len(fragments)
+            if cfg.stage == "segment":
+                return row
+            if is_complete(coords_path):
+                pf = read_patch_features(coords_path)
+                coords, frag, attrs = pf.coords, pf.fragment, pf.attrs
+            else:
+                grid = patch_slide(slide, fragments, cfg.patch)
+                coords, frag, attrs = grid.coords, grid.fragment, grid.attrs
+                write_patch_file(coords_path, coords, frag, attrs, file_attrs={"slide": str(path)})
+            row["patches"] = int(len(coords))
+            row["fragments"] = int(len(np.unique(frag)))
+            if len(coords) == 0:
+                row.update(status="no tissue", reason="zero patches (no tissue found at this threshold)")
+                if cfg.stage == "extract":  # record an empty, complete features file so reruns skip it
+                    write_patch_file(feats_path, coords, frag, attrs, np.zeros((0, encoder.dim), cfg.features_dtype),
+                                     {"encoder": cfg.encoder, "slide": str(path)})
+                return row
+            if cfg.stage == "patch":
+                return row
+        ds = PatchDataset(path, coords, int(attrs["read_level"]), int(attrs["read_size"]), int(attrs["patch_size"]),
+                          cfg.backend, cfg.mpp)
+        feats = extract_features(encoder, ds, cfg.batch_size, cfg.workers, cfg.device,
+                                 np.float16 if cfg.features_dtype == "float16" else np.float32, cfg.progress, sid)
+        write_patch_file(feats_path, coords, frag, attrs, feats, {"encoder": cfg.encoder, "slide": str(path)})
+    except (SlideError, OSError, ValueError) as e:
+        row.update(status="failed", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one bad slide must not stop ten thousand
+        row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+        if os.environ.get("PATHALIGN_DEBUG"):
+            traceback.print_exc()
+    finally:
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
+    """Process ``slides`` (sharded across torchrun ranks); returns the summary (complete on rank 0)."""
+    rank, world, local = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{local}"
+    encoder = None
+    if cfg.stage == "extract":
+        encoder = build_patch_encoder(cfg.encoder, cfg.weights, cfg.device)
+    mine = slides[rank::world]
+    rows = []
+    bar = tqdm(mine, desc=f"slides (rank {rank})" if world > 1 else "slides", disable=not cfg.progress, unit="slide")
+    for path in bar:
+        bar.set_postfix_str(path.name[:40])
+        rows.append(process_slide(path, cfg, encoder))
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(rows, gathered, dst=0)
+        if rank == 0:
+            rows = [r for part in gathered for r in part]
+    summary = pd.DataFrame(rows, columns=["slide_id", "path", "status", "reason", "patches", "fragments", "seconds"])
+    if rank == 0:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_df(summary, cfg.out / f"summary_{cfg.stage}.tsv")
+    return summary
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """Human-readable summary: counts, then one line per slide that was not simply done."""
+    counts = summary.status.value_counts().to_dict()
+    head = (f"{len(summary)} slides: " + ", ".join(f"{v} {k}" for k, v in counts.items()) +
+            f"; {int(summary.patches.sum())} patches, {int(summary.fragments.sum())} fragments, "
+            f"{summary.seconds.sum():.1f} s")
+    lines = [head, "", "| slide | status | patches | fragments | seconds | reason |", "|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.slide_id} | {r.status} | {r.patches} | {r.fragments} | {r.seconds:.1f} | {r.reason[:120]} |")
+    return "\n".join(lines)
+
+
+def validate_encoder(name: str) -> None:
+    """Fail early, before any slide, on an unknown encoder name."""
+    from .encoders import PATCH_ENCODERS
+
+    if name not in PATCH_ENCODERS:
+        raise PatchEncoderError(f"unknown patch encoder {name!r}; known: {', '.join(PATCH_ENCODERS.names())}")

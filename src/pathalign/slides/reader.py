@@ -1,0 +1,167 @@
+"""Whole-slide image reading behind one interface, with OpenSlide and a pure-Python fallback.
+
+``open_slide(path)`` tries OpenSlide (``openslide-python`` + the ``openslide-bin`` wheel),
+then ``tiffslide`` (tifffile-based, TIFF/SVS). Microns per pixel come from the file; when
+the file has none, from ``mpp=`` given by the caller, and otherwise opening fails with an
+error naming the slide — never guessed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import Registry
+
+SLIDE_BACKENDS: Registry[type] = Registry("slide reader backend")
+
+
+class SlideError(RuntimeError):
+    """A slide that cannot be read; the message names the file."""
+
+
+class SlideReader:
+    """Common surface of every backend (level 0 = full resolution)."""
+
+    backend = "base"
+
+    def __init__(self, path: str | Path, mpp: float | None = None):
+        self.path = Path(path)
+        self._handle = self._open()
+        props = self._properties()
+        file_mpp = props.get("mpp")
+        if file_mpp is None or not np.isfinite(file_mpp) or file_mpp <= 0:
+            if mpp is None:
+                raise SlideError(f"{self.path}: the slide carries no microns-per-pixel; pass --mpp for it")
+            file_mpp = float(mpp)
+        self.mpp: float = float(file_mpp)
+        self.objective_power: float | None = props.get("objective_power")
+
+    # -- backend hooks
+    def _open(self):
+        raise NotImplementedError
+
+    def _properties(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [tuple(map(int, d)) for d in self._handle.level_dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return [float(d) for d in self._handle.level_downsamples]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def magnification(self) -> float:
+        """Level-0 magnification: the objective power when recorded, else 10 / mpp (0.5 µm/px = 20x)."""
+        return float(self.objective_power) if self.objective_power else 10.0 / self.mpp
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The highest-resolution level whose downsample is at most ``downsample`` (with 1% slack)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * 1.01:
+                best = i
+        return best
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB ``uint8 [h, w, 3]`` of ``size`` (w, h) at ``level``; ``location`` (x, y) in level-0 px."""
+        try:
+            img = self._handle.read_region((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])))
+        except Exception as e:  # noqa: BLE001 - any decoder failure names the slide
+            raise SlideError(f"{self.path}: cannot read region {location} level {level} ({type(e).__name__}: {e})") from None
+        arr = np.asarray(img)
+        if arr.ndim == 3 and arr.shape[2] == 4:  # RGBA: composite transparent pixels onto white
+            alpha = arr[..., 3:4].astype(np.float32) / 255.0
+            arr = (arr[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        return np.ascontiguousarray(arr[..., :3])
+
+    def read_level(self, level: int) -> np.ndarray:
+        """A whole level as RGB (use on low-resolution levels only)."""
+        w, h = self.level_dimensions[level]
+        return self.read_region((0, 0), level, (w, h))
+
+    def close(self) -> None:
+        try:
+            self._handle.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path.name}, {self.dimensions}, {self.level_count} levels, mpp={self.mpp})"
+
+
+def _float(v) -> float | None:
+    try:
+        f = float(v)
+        return f if np.isfinite(f) and f > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+@SLIDE_BACKENDS.register("openslide")
+class OpenSlideReader(SlideReader):
+    backend = "openslide"
+
+    def _open(self):
+        import openslide
+
+        return openslide.OpenSlide(str(self.path))
+
+    def _properties(self) -> dict:
+        p = self._handle.properties
+        return {"mpp": _float(p.get("openslide.mpp-x")), "objective_power": _float(p.get("openslide.objective-power"))}
+
+
+@SLIDE_BACKENDS.register("tiffslide")
+class TiffSlideReader(SlideReader):
+    backend = "tiffslide"
+
+    def _open(self):
+        import tiffslide
+
+        return tiffslide.TiffSlide(str(self.path))
+
+    def _properties(self) -> dict:
+        p = self._handle.properties
+        return {"mpp": _float(p.get("tiffslide.mpp-x")), "objective_power": _float(p.get("tiffslide.objective-power"))}
+
+
+def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None) -> SlideReader:
+    """Open a slide with ``backend`` (``auto``: OpenSlide, then tiffslide).
+
+    Raises:
+        SlideError: the file is missing, not a slide, corrupt, or has no mpp (and none was given).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such slide file")
+    names = ["openslide", "tiffslide"] if backend == "auto" else [backend]
+    errors = []
+    for name in names:
+        try:
+            return SLIDE_BACKENDS.get(name)(path, mpp=mpp)
+        except SlideError as e:
+            if "microns-per-pixel" in str(e):
+                raise
+            errors.append(f"{name}: {e}")
+        except KeyError:
+            raise
+        except Exception as e:  # noqa: BLE001 - backend-specific "not a slide" errors
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+    raise SlideError(f"{path}: cannot open as a slide ({'; '.join(errors)})")
