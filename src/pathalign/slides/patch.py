@@ -3,7 +3,7 @@
 The level-0 patch side is ``patch_size * level0_magnification / target_magnification``.
 Patches tile the slide on a grid from (0, 0) without overlap; a patch is kept when the
 tissue (fragments minus holes) covers at least ``tissue_threshold`` of it, and it belongs to
-the fragment covering most of it. Coverage is measured on a raster with 8 x 8 cells per patch
+the fragment covering most of it. Coverage is measured on a raster with 16 x 16 cells per patch
 drawn from the level-0 polygons, so it does not depend on the segmentation resolution.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from .reader import SlideReader
 from .segment import Fragment, label_map
 
-CELLS = 8  # raster cells per patch side
+CELLS = 16  # raster cells per patch side
 
 
 @dataclass

@@ -126,10 +126,15 @@ def segment_slide(slide: SlideReader, cfg: SegmentConfig | None = None) -> Segme
 def label_map(fragments: list[Fragment], shape: tuple[int, int], scale: float) -> np.ndarray:
     """``int32 [h, w]`` fragment id per pixel (-1 = background) with level-0 coords multiplied by ``scale``."""
     lab = np.full(shape, -1, np.int32)
+    shift = 4  # sub-pixel precision bits for fillPoly; pixel (i, j) covers [i, i+1) in raster units
+
+    def ring(r: np.ndarray) -> np.ndarray:
+        return np.round((r * scale - 0.5) * (1 << shift)).astype(np.int32)
+
     for f in fragments:
-        cv2.fillPoly(lab, [np.round(f.exterior * scale).astype(np.int32)], int(f.id))
+        cv2.fillPoly(lab, [ring(f.exterior)], int(f.id), shift=shift)
         for h in f.holes:
-            cv2.fillPoly(lab, [np.round(h * scale).astype(np.int32)], -1)
+            cv2.fillPoly(lab, [ring(h)], -1, shift=shift)
     return lab
 
 
