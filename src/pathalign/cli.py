@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple] = {
     "synth": ("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
     "cohort": ("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
     "pretrain-rna": ("pathalign.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
+    "train": ("pathalign.train.cli", "train the multimodal alignment (torchrun for DDP)"),
     "encode-example": ("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder"),
 }
 

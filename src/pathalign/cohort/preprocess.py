@@ -208,3 +208,11 @@ def make_transform(modality: str, cohort_meta: dict, **options):
     if modality == "cnv":
         options.setdefault("cnv_kind", units.get("cnv", "gistic"))
     return TRANSFORMS.get(modality)(**options)
+
+
+@TRANSFORMS.register("embedding")
+@dataclass
+class EmbeddingTransform(_Base):
+    """Precomputed embeddings from an external model (e.g. an RNA foundation model): every column, standardised."""
+
+    kind = "embedding"

@@ -54,5 +54,5 @@ class FrozenFMEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            z = self.foundation.encode(x)
+            z = self.foundation.encode(x[:, : self.in_dim])  # missing-value indicator columns, if any, are not FM input
         return self.head(z)

@@ -1,0 +1,1 @@
+"""Alignment training: data, trainer, CLI."""

@@ -1,0 +1,61 @@
+"""Train the alignment on a cohort. Under ``torchrun --nproc_per_node=K -m pathalign train ...`` it
+runs DDP (NCCL on GPU, gloo on CPU), multi-node with the usual torchrun flags; rank 0 alone writes
+logs and checkpoints. Settings come from the preset's ``train`` section, then ``--config`` (YAML,
+keys = TrainConfig fields, ``model:`` = architecture overrides), then the flags below.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cohort", required=True, help="cohort folder (pathalign cohort build)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model export)")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny, small, exaone-path-2.5")
+    p.add_argument("--config", default=None, help="YAML with TrainConfig fields (and a 'model:' section)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (random subset)")
+    p.add_argument("--modality-dropout", type=float, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--modalities", default=None, help="comma-separated subset of wsi,rna,snp,cnv,methylation")
+    p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
+    p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder (pathalign pretrain-rna)")
+    p.add_argument("--rna-embeddings", default=None, help="table of precomputed RNA embeddings (rows = patients)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..cohort import CohortInputError
+    from .trainer import TrainConfig, Trainer, TrainingError
+
+    overrides = {}
+    if args.config:
+        import yaml
+
+        overrides = yaml.safe_load(Path(args.config).read_text()) or {}
+        if "model" in overrides:
+            overrides["model_overrides"] = overrides.pop("model")
+    flags = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens,
+                 modality_dropout=args.modality_dropout, checkpoint_every=args.checkpoint_every,
+                 features=args.features, rna_fm=args.rna_fm, rna_embeddings=args.rna_embeddings, device=args.device,
+                 workers=args.workers, seed=args.seed,
+                 modalities=args.modalities.split(",") if args.modalities else None)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides["progress"] = not args.quiet
+    try:
+        cfg = TrainConfig.from_preset(args.preset, **overrides)
+        metrics = Trainer(args.cohort, args.out, cfg, resume=args.resume).fit()
+    except (TrainingError, CohortInputError, ValueError, KeyError) as e:
+        print(f"error: {e}")
+        return 1
+    print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
+          f"model exported to {Path(args.out) / 'model'}")
+    return 0

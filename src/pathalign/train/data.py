@@ -1,0 +1,194 @@
+"""Training data: preprocessed molecular arrays in memory, slide features read on demand,
+and batches that are a pure function of (seed, step) — so any number of workers, any rank
+layout and any resume point see exactly the same batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..cohort import Cohort, CohortInputError
+from ..cohort.preprocess import TRANSFORMS, make_transform
+from ..slides.features_io import is_complete, read_patch_features
+
+
+def split_patients(manifest: pd.DataFrame, val_fraction: float, seed: int, stratify: str | None = None) -> dict:
+    """Patient-level train/val split (stratified by ``stratify`` when given)."""
+    rng = np.random.default_rng([seed, 11])
+    ids = manifest.case_id.to_numpy()
+    groups = manifest[stratify].astype(str).to_numpy() if stratify and stratify in manifest else np.zeros(len(ids), str)
+    val = []
+    for g in np.unique(groups):
+        members = ids[groups == g]
+        n_val = int(round(val_fraction * len(members)))
+        val += list(rng.choice(members, n_val, replace=False)) if n_val else []
+    val_set = set(val)
+    return {"train": [p for p in ids if p not in val_set], "val": [p for p in ids if p in val_set]}
+
+
+class CohortData:
+    """Model-ready view of a cohort for a set of modalities.
+
+    Args:
+        cohort: the built cohort.
+        features_dir: folder of ``<slide_id>.h5`` patch features (default: the cohort's).
+        modalities: modalities to use.
+        train_ids: patients the preprocessing is fitted on.
+        preprocessing: transform states to reuse (e.g. from a saved model) instead of fitting.
+        transform_options: per-modality options of the transforms (e.g. ``{"rna": {"n_genes": 1000}}``).
+        rna_embeddings: optional table (rows = patients or samples, columns = dims) used as the RNA input.
+    """
+
+    def __init__(self, cohort: Cohort, features_dir: str | Path | None, modalities: list[str], train_ids=None,
+                 preprocessing: dict | None = None, transform_options: dict | None = None,
+                 rna_embeddings: pd.DataFrame | None = None):
+        self.cohort = cohort
+        man = cohort.manifest.reset_index(drop=True)
+        self.ids = man.case_id.tolist()
+        self.index = {p: i for i, p in enumerate(self.ids)}
+        self.modalities = list(modalities)
+        for m in self.modalities:
+            if m not in cohort.modalities and not (m == "rna" and rna_embeddings is not None):
+                raise CohortInputError(f"{cohort.path}: no patient has {m}; drop it from the modalities "
+                                       f"(the cohort has {cohort.modalities})")
+        self.features_dir = Path(features_dir or cohort.meta.get("slides_dir") or "")
+        self.valid = {m: np.zeros(len(self.ids), bool) for m in self.modalities}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.preprocessing: dict = dict(preprocessing or {})
+        opts = transform_options or {}
+        train_ids = list(train_ids if train_ids is not None else self.ids)
+        for m in self.modalities:
+            if m == "wsi":
+                continue
+            if m == "rna" and rna_embeddings is not None:
+                mat = rna_embeddings
+            else:
+                mat = cohort.matrix(m)
+            if m in self.preprocessing:
+                state = self.preprocessing[m]
+                if not isinstance(state, dict) or "kind" not in state:
+                    raise CohortInputError(f"bad preprocessing state for {m}")
+                tr = TRANSFORMS.get(state["kind"]).from_state_dict(state)
+            else:
+                fit_rows = mat.loc[[p for p in train_ids if p in mat.index]]
+                if m == "rna" and rna_embeddings is not None:
+                    tr = TRANSFORMS.get("embedding")()
+                else:
+                    tr = make_transform(m, cohort.meta, **dict(opts.get(m, {})))
+                tr.fit(fit_rows)
+                self.preprocessing[m] = tr.state_dict()
+            rows = [p for p in self.ids if p in mat.index]
+            arr = np.zeros((len(self.ids), tr.output_dim), np.float32)
+            if rows:
+                arr[[self.index[p] for p in rows]] = tr.transform(mat.loc[rows])
+                self.valid[m][[self.index[p] for p in rows]] = True
+            self.arrays[m] = arr
+        self.slides: list[list[str]] = [[] for _ in self.ids]
+        if "wsi" in self.modalities:
+            for i, sids in enumerate(man.slide_ids):
+                self.slides[i] = [s for s in sids if is_complete(self.features_dir / f"{s}.h5")]
+            self.valid["wsi"] = np.array([len(s) > 0 for s in self.slides])
+            if not self.valid["wsi"].any():
+                raise CohortInputError(f"no patient has a complete features file in {self.features_dir}")
+        self.n_valid = np.sum([self.valid[m] for m in self.modalities], axis=0)
+
+    @property
+    def input_dims(self) -> dict[str, int]:
+        dims = {m: a.shape[1] for m, a in self.arrays.items()}
+        if "wsi" in self.modalities:
+            first = next(s for ss in self.slides for s in ss)
+            pf = read_patch_features(self.features_dir / f"{first}.h5")
+            dims["wsi"] = int(pf.features.shape[1])
+        return dims
+
+    def eligible(self, ids) -> np.ndarray:
+        """Indices of ``ids`` with at least two modalities (the ones training samples)."""
+        idx = np.array([self.index[p] for p in ids], int)
+        return idx[self.n_valid[idx] >= 2]
+
+    def load_slide(self, slide_id: str):
+        return _load_slide(str(self.features_dir / f"{slide_id}.h5"))
+
+
+@lru_cache(maxsize=4096)
+def _load_slide(path: str):
+    pf = read_patch_features(path)
+    if pf.features is None:
+        raise CohortInputError(f"{path}: has coords but no features")
+    return (np.asarray(pf.features, np.float32), pf.coords, pf.fragment)
+
+
+@dataclass
+class BatchSpec:
+    """What a batch depends on: everything else is derived from (seed, step)."""
+
+    seed: int
+    batch_size: int
+    max_tokens: int
+    modality_dropout: float
+    rank: int = 0
+    world_size: int = 1
+
+
+class StepBatches(Dataset):
+    """``dataset[step]`` = this rank's share of the global batch of that step (a dict ready for the model)."""
+
+    def __init__(self, data: CohortData, train_idx: np.ndarray, spec: BatchSpec):
+        if len(train_idx) < spec.batch_size:
+            raise CohortInputError(f"batch size {spec.batch_size} exceeds the {len(train_idx)} trainable patients")
+        if spec.batch_size % spec.world_size:
+            raise ValueError(f"batch size {spec.batch_size} is not divisible by {spec.world_size} ranks")
+        self.data, self.train_idx, self.spec = data, np.asarray(train_idx), spec
+        self.steps_per_epoch = len(train_idx) // spec.batch_size
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def patients(self, step: int) -> np.ndarray:
+        """Indices of the global batch of ``step`` (a new permutation every epoch, drop-last)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.spec.seed, 1, epoch]).permutation(self.train_idx)
+        return perm[k * self.spec.batch_size:(k + 1) * self.spec.batch_size]
+
+    def __getitem__(self, step: int) -> dict:
+        spec, data = self.spec, self.data
+        rng = np.random.default_rng([spec.seed, 2, step])
+        glob_idx = self.patients(step)
+        valid = {m: data.valid[m][glob_idx].copy() for m in data.modalities}
+        if spec.modality_dropout > 0:  # drop modalities at random, keeping at least two per patient
+            for r in range(len(glob_idx)):
+                present = [m for m in data.modalities if valid[m][r]]
+                for m in rng.permutation(present):
+                    if sum(valid[x][r] for x in data.modalities) <= 2:
+                        break
+                    if rng.random() < spec.modality_dropout:
+                        valid[m][r] = False
+        choice = [rng.integers(len(data.slides[i])) if data.slides[i] else -1 for i in glob_idx]
+        token_seeds = rng.integers(0, 2**31, len(glob_idx))
+        per = len(glob_idx) // spec.world_size
+        mine = slice(spec.rank * per, (spec.rank + 1) * per)
+        idx = glob_idx[mine]
+        batch = {"patients": [data.ids[i] for i in idx], "step": step,
+                 "valid": {m: torch.from_numpy(v[mine]) for m, v in valid.items()}}
+        for m in data.arrays:
+            batch[m] = torch.from_numpy(data.arrays[m][idx])
+        if "wsi" in data.modalities:
+            slides, rows, names = [], [], []
+            for r, (i, c, ts) in enumerate(zip(idx, np.asarray(choice)[mine], token_seeds[mine])):
+                if not batch["valid"]["wsi"][r]:
+                    continue
+                sid = data.slides[i][c]
+                feats, coords, frag = data.load_slide(sid)
+                if len(feats) > spec.max_tokens:  # random subset, coordinates kept
+                    keep = np.sort(np.random.default_rng(ts).choice(len(feats), spec.max_tokens, replace=False))
+                    feats, coords, frag = feats[keep], coords[keep], frag[keep]
+                slides.append((torch.from_numpy(feats), torch.from_numpy(coords), torch.from_numpy(frag)))
+                rows.append(r)
+                names.append(sid)
+            batch.update(slides=slides, slide_rows=torch.tensor(rows, dtype=torch.long), slide_ids=names)
+        return batch

@@ -1,0 +1,319 @@
+"""``pathalign train``: align the modalities of a cohort; DDP under torchrun; exact resume.
+
+A run folder holds ``checkpoints/step_*.pt`` (model, optimizer, scheduler, step, RNG states,
+sampler position, configs, preprocessing), ``log.csv`` and ``tb/`` (TensorBoard) with the
+loss, per-pair losses and the learned temperatures and biases, ``loss_curves.png``, and the
+final export ``model/`` (``load_model``). Batches are a pure function of (seed, step), so a
+run killed at any moment and resumed ends with the same weights (bit-identical on CPU).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..cohort import load_cohort
+from ..io_utils import atomic_write_json, tmp_path
+from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset
+from .data import BatchSpec, CohortData, StepBatches, split_patients
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss, bad checkpoint, incompatible resume)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run settings (defaults from the preset's ``train`` section)."""
+
+    preset: str = "tiny"
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    max_tokens: int = 512
+    modality_dropout: float = 0.0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_fraction: float = 0.2
+    stratify: str | None = "cancer_type"
+    workers: int = 0
+    device: str = "cpu"
+    modalities: list[str] | None = None
+    model_overrides: dict = field(default_factory=dict)
+    transform_options: dict = field(default_factory=dict)
+    rna_fm: str | None = None
+    rna_embeddings: str | None = None
+    features: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError("steps must be >= 1 and batch_size >= 2")
+        if not 0 <= self.modality_dropout < 1:
+            raise ValueError("modality_dropout must be in [0, 1)")
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
+        base = dict(load_preset(preset).get("train", {}))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset, **base)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up then cosine decay to 0 (as a multiplier of the base lr)."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "token" in name or name.startswith("loss.log_t") or name.startswith("loss.bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _dist() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+class Trainer:
+    """Builds data, model and optimiser from a cohort and a :class:`TrainConfig`; ``fit()`` trains."""
+
+    def __init__(self, cohort_path: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False):
+        self.cfg, self.run = cfg, Path(run_dir)
+        self.rank, self.world, local = _dist()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+            if cfg.device.startswith("cuda"):
+                cfg.device = f"cuda:{local}"
+        self.device = torch.device(cfg.device)
+        self.cohort = load_cohort(cohort_path)
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.state = self._latest_checkpoint() if resume else None
+        if self.state is not None:
+            saved = json.loads(self.state["train_config"])
+            for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities"):
+                if saved.get(key) != asdict(cfg).get(key) and not (key == "modalities" and cfg.modalities is None):
+                    raise TrainingError(f"--resume with a different {key}: checkpoint has {saved.get(key)!r}, "
+                                        f"now {asdict(cfg).get(key)!r}")
+            splits = json.loads(self.state["splits"])
+            preprocessing = json.loads(self.state["preprocessing"])
+        else:
+            splits = split_patients(self.cohort.manifest, cfg.val_fraction, cfg.seed, cfg.stratify)
+            preprocessing = None
+        self.splits = splits
+        modalities = cfg.modalities or self.cohort.modalities
+        rna_fm_cfg = None
+        if cfg.rna_fm and "rna" in modalities:
+            from ..models.rna_fm import RNAFoundationModel
+
+            fm, fm_prep = RNAFoundationModel.load(cfg.rna_fm)
+            preprocessing = dict(preprocessing or {})
+            preprocessing.setdefault("rna", fm_prep)
+            rna_fm_cfg = asdict(fm.config)
+        rna_emb = None
+        if cfg.rna_embeddings:
+            from ..cohort.readers import read_table
+
+            table = read_table(cfg.rna_embeddings)
+            rna_emb = table.set_index(table.columns[0])
+        self.data = CohortData(self.cohort, cfg.features, modalities, splits["train"], preprocessing,
+                               cfg.transform_options, rna_emb)
+        overrides = dict(cfg.model_overrides)
+        if rna_fm_cfg is not None:
+            overrides.update(rna_encoder="frozen_fm", rna_fm=rna_fm_cfg)
+        self.model_config = PathAlignConfig.from_preset(cfg.preset, modalities, self.data.input_dims, **overrides)
+        torch.manual_seed(cfg.seed)
+        self.model = PathAlignModel(self.model_config).to(self.device)
+        if rna_fm_cfg is not None and self.state is None:
+            self.model.encoders["rna"].foundation.load_state_dict(fm.state_dict())
+        self.model.loss.exchange.rank, self.model.loss.exchange.world_size = self.rank, self.world
+        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+        self.start_step = 0
+        if self.state is not None:
+            self.model.load_state_dict(self.state["model"])
+            self.opt.load_state_dict(self.state["optimizer"])
+            self.sched.load_state_dict(self.state["scheduler"])
+            torch.set_rng_state(self.state["rng_torch"])
+            self.start_step = int(self.state["step"])
+        self.train_idx = self.data.eligible(splits["train"])
+        spec = BatchSpec(cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.modality_dropout, self.rank, self.world)
+        self.batches = StepBatches(self.data, self.train_idx, spec)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           find_unused_parameters=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_dir(self) -> Path:
+        return self.run / "checkpoints"
+
+    def _latest_checkpoint(self):
+        pointer = self._ckpt_dir() / "latest.txt"
+        if not pointer.is_file():
+            raise TrainingError(f"--resume: no checkpoint in {self._ckpt_dir()}")
+        path = self._ckpt_dir() / pointer.read_text().strip()
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise TrainingError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Write the full training state after ``step`` steps (rank 0 only), atomically."""
+        d = self._ckpt_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:07d}.pt"
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
+                 "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
+                 "train_config": json.dumps(asdict(self.cfg)), "model_config": json.dumps(asdict(self.model_config)),
+                 "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits)}
+        tmp = tmp_path(d / name)
+        torch.save(state, tmp)
+        os.replace(tmp, d / name)
+        ptmp = tmp_path(d / "latest.txt")
+        ptmp.write_text(name)
+        os.replace(ptmp, d / "latest.txt")
+        for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+        return d / name
+
+    # ------------------------------------------------------------------ training
+    def _loader(self):
+        steps = range(self.start_step, self.cfg.steps)
+        return DataLoader(self.batches, sampler=list(steps), batch_size=None, num_workers=self.cfg.workers,
+                          collate_fn=lambda b: b, prefetch_factor=4 if self.cfg.workers else None,
+                          persistent_workers=False)
+
+    def fit(self) -> dict:
+        """Train to ``cfg.steps``; returns final metrics. Raises :class:`TrainingError` on a non-finite loss."""
+        cfg, log = self.cfg, None
+        is_main = self.rank == 0
+        writer = None
+        if is_main:
+            log = self._open_log()
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.run / "tb"), purge_step=self.start_step + 1)
+            except ImportError:
+                writer = None
+        amp = self.device.type == "cuda"
+        bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", disable=not (cfg.progress and is_main))
+        self.net.train()
+        wait_total = step_total = 0.0
+        t_last = time.perf_counter()
+        step = self.start_step
+        for batch in self._loader():
+            t_data = time.perf_counter()
+            wait = t_data - t_last
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, per_pair = self.net(self._to_device(batch))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({float(loss)}) at step {step + 1}; batch patients: "
+                                    f"{', '.join(batch['patients'])}; last good checkpoint: "
+                                    f"{self._ckpt_dir() / 'latest.txt'}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            step += 1
+            t_last = time.perf_counter()
+            wait_total += wait
+            step_total += t_last - t_data + wait
+            if is_main:
+                row = self._log_row(step, loss, per_pair, gnorm, wait, t_last - t_data + wait)
+                log.writerow(row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(k.replace("loss_", "loss/").replace("t_", "temperature/").replace("b_", "bias/"), v, step)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", steps_s=f"{1 / max(1e-9, row['step_seconds']):.1f}")
+                bar.update(1)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self._flush(log)
+                    self.save_checkpoint(step)
+        bar.close()
+        metrics = {"steps": step, "data_wait_fraction": wait_total / max(step_total, 1e-9)}
+        if is_main:
+            self._flush(log)
+            if writer is not None:
+                writer.close()
+            self.export()
+            from .plots import plot_loss_curves
+
+            plot_loss_curves(self.run / "log.csv", self.run / "loss_curves.png")
+            atomic_write_json(metrics, self.run / "train_metrics.json")
+        return metrics
+
+    def _to_device(self, batch: dict) -> dict:
+        if self.device.type == "cpu":
+            return batch
+        out = dict(batch)
+        for m in self.data.arrays:
+            out[m] = batch[m].to(self.device, non_blocking=True)
+        if "slides" in batch:
+            out["slides"] = [tuple(t.to(self.device, non_blocking=True) for t in s) for s in batch["slides"]]
+        return out
+
+    def _log_row(self, step, loss, per_pair, gnorm, wait, seconds) -> dict:
+        row = {"step": step, "loss": float(loss), "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm),
+               "data_wait": wait, "step_seconds": seconds}
+        for a, b in self.model.loss.pairs:
+            key = f"{a}-{b}"
+            row[f"loss_{key}"] = float(per_pair[key]) if key in per_pair else float("nan")
+            t, bias = self.model.loss.temperature_bias(a, b)
+            row[f"t_{key}"] = float(t.detach().exp())
+            row[f"b_{key}"] = float(bias.detach())
+        return row
+
+    def _open_log(self):
+        path = self.run / "log.csv"
+        fields = list(self._log_row(0, torch.tensor(0.0), {}, torch.tensor(0.0), 0.0, 1.0).keys())
+        kept = []
+        if path.is_file() and self.start_step > 0:  # drop rows logged after the checkpoint we resume from
+            with open(path) as fh:
+                kept = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.start_step]
+        self._log_fh = open(path, "w", newline="")
+        w = csv.DictWriter(self._log_fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(kept)
+        return w
+
+    def _flush(self, _log) -> None:
+        self._log_fh.flush()
+
+    def export(self) -> Path:
+        """Write ``RUN/model`` (safetensors + config.json + preprocessing.json)."""
+        out = self.run / "model"
+        self.model.save(out, self.data.preprocessing, extra={"splits": self.splits, "train_config": asdict(self.cfg),
+                                                             "features_dim": self.data.input_dims.get("wsi")})
+        return out
