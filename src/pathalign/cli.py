@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple] = {
     "cohort": ("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
     "pretrain-rna": ("pathalign.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
     "train": ("pathalign.train.cli", "train the multimodal alignment (torchrun for DDP)"),
+    "embed": ("pathalign.embed", "embed every modality of every patient and slide (embeddings.h5)"),
     "encode-example": ("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder"),
 }
 

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval, linear probes, survival, benchmark runner."""

@@ -1,0 +1,46 @@
+"""Retrieval metrics: cross-modal recall@k (matched pairs on the diagonal) and label-based slide retrieval."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@k of queries (rows) whose match is the same-index column of ``similarity`` [n, n].
+
+    Ties are broken against the query (a tied wrong item ranks first), so constant scores give chance or less.
+    """
+    s = np.asarray(similarity, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        raise ValueError(f"similarity must be a non-empty square matrix, got {s.shape}")
+    true = np.diag(s)[:, None]
+    rank = (s >= true).sum(axis=1) - 1  # number of other items scoring at least as high
+    return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
+
+
+def chance_recall(n: int, ks=(1, 5, 10)) -> dict[str, float]:
+    """Expected recall@k of a random ranking over ``n`` candidates."""
+    return {f"recall@{k}": min(1.0, k / n) for k in ks}
+
+
+def label_retrieval(embeddings: np.ndarray, labels, groups=None, ks=(1, 5)) -> dict[str, float]:
+    """Slide → slide retrieval by cosine similarity: top-k accuracy and mAP@5 by label.
+
+    Items from the same ``groups`` entry (e.g. the same patient) are excluded from each other's results.
+    """
+    x = np.asarray(embeddings, np.float64)
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    labels = np.asarray(labels)
+    groups = np.arange(len(x)) if groups is None else np.asarray(groups)
+    sim = x @ x.T
+    sim[groups[:, None] == groups[None, :]] = -np.inf
+    order = np.argsort(-sim, axis=1, kind="stable")
+    hits = labels[order] == labels[:, None]  # [n, n]
+    allowed = np.isfinite(np.take_along_axis(sim, order, axis=1))
+    hits &= allowed
+    out = {f"top{k}_acc": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+    k = 5
+    prec = np.cumsum(hits[:, :k], axis=1) / np.arange(1, k + 1)
+    n_rel = np.minimum(hits.sum(axis=1), k)
+    ap = (prec * hits[:, :k]).sum(axis=1) / np.clip(n_rel, 1, None)
+    out["mAP@5"] = float(ap.mean())
+    return out
