@@ -32,7 +32,7 @@ def small_synth(tmp_path_factory):
     from pathalign.synth import SynthConfig, generate_cohort
 
     out = tmp_path_factory.mktemp("synth")
-    truth = generate_cohort(out, SynthConfig(patients=80, seed=3, slide_size=768, genes=200, probes=120),
+    truth = generate_cohort(out, SynthConfig(patients=160, seed=3, slide_size=768, genes=200, probes=120),
                             workers=1, progress=False)
     return out, truth
 
@@ -49,3 +49,25 @@ def small_cohort(small_synth, tmp_path_factory):
                                cnv=str(syn / "cnv_gistic.tsv"), methylation=str(syn / "methylation_beta.tsv.gz")),
                  out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def features_cohort(small_synth, tmp_path_factory):
+    """The small synthetic cohort with patch features (built-in encoder, 64-px patches) and a cohort folder."""
+    from pathalign.cohort import CohortSources, build_cohort
+    from pathalign.slides.patch import PatchConfig
+    from pathalign.slides.pipeline import PipelineConfig, run_pipeline
+    from pathalign.slides.segment import SegmentConfig
+
+    syn, truth = small_synth
+    out = tmp_path_factory.mktemp("features")
+    cfg = PipelineConfig(out=out, progress=False, patch=PatchConfig(patch_size=64),
+                         segment=SegmentConfig(min_fragment_um2=2000))  # the test slides are small
+    summary = run_pipeline(sorted((syn / "slides").glob("*.tiff")), cfg)
+    assert (summary.status == "done").all()
+    cohort = out / "cohort"
+    build_cohort(CohortSources(clinical=str(syn / "clinical.tsv"), slides=str(syn / "slides.tsv"),
+                               features=str(cfg.features_dir), rna=str(syn / "rna_tpm.tsv.gz"),
+                               maf=[str(syn / "mutations.maf")], cnv=str(syn / "cnv_gistic.tsv"),
+                               methylation=str(syn / "methylation_beta.tsv.gz")), cohort, progress=False)
+    return cohort, cfg.features_dir, truth

@@ -44,3 +44,41 @@ def label_retrieval(embeddings: np.ndarray, labels, groups=None, ks=(1, 5)) -> d
     ap = (prec * hits[:, :k]).sum(axis=1) / np.clip(n_rel, 1, None)
     out["mAP@5"] = float(ap.mean())
     return out
+
+
+def patient_pair_space(emb: dict, a: str, b: str, patients=None):
+    """Per-patient vectors of modalities ``a`` and ``b`` in their pair space, for the patients having both.
+
+    ``emb`` is what :func:`pathalign.embed.read_embeddings` returns. Slides of one patient are averaged
+    (then re-normalised). Returns ``(patient ids, [n, P] a-side, [n, P] b-side)``.
+    """
+    key, flip = (f"{a}-{b}", False) if f"{a}-{b}" in emb.get("pairs", {}) else (f"{b}-{a}", True)
+    if key not in emb.get("pairs", {}):
+        raise KeyError(f"no pair {a}-{b} in the embeddings (pairs: {sorted(emb.get('pairs', {}))})")
+    pair = emb["pairs"][key]
+
+    def per_patient(m):
+        ids = emb[m]["case_ids"] if m == "wsi" else emb[m]["ids"]
+        vecs = {}
+        for pid, v in zip(ids, pair[m]):
+            vecs.setdefault(pid, []).append(v)
+        out = {}
+        for pid, vs in vecs.items():
+            v = np.mean(vs, axis=0)
+            out[pid] = v / max(np.linalg.norm(v), 1e-12)
+        return out
+
+    va, vb = per_patient(a), per_patient(b)
+    common = [p for p in va if p in vb and (patients is None or p in patients)]
+    return common, np.array([va[p] for p in common]), np.array([vb[p] for p in common])
+
+
+def cross_modal_retrieval(emb: dict, a: str, b: str, patients=None, ks=(1, 5, 10)) -> dict:
+    """Recall@k of ``a`` → ``b`` retrieval through the pair adapters, with chance and the number of patients."""
+    ids, xa, xb = patient_pair_space(emb, a, b, patients)
+    if len(ids) < 2:
+        raise ValueError(f"{a}-{b}: {len(ids)} patients have both modalities; retrieval needs at least 2")
+    out = recall_at_k(xa @ xb.T, ks)
+    out.update({f"chance@{k}": v for k, v in ((int(k.split("@")[1]), v) for k, v in chance_recall(len(ids), ks).items())})
+    out["n"] = len(ids)
+    return out

@@ -74,9 +74,13 @@ class _Exchange:
     def gather(self, x: Tensor) -> Tensor:
         if self.world_size == 1:
             return x
-        from torch.distributed.nn.functional import all_gather
+        import warnings
 
-        return torch.cat(all_gather(x.contiguous()), dim=0)
+        from torch.distributed.nn.functional import all_gather  # autograd-aware: backward = reduce-scatter (sum)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(x.contiguous()), dim=0)
 
     def gather_nograd(self, x: Tensor) -> Tensor:
         if self.world_size == 1:

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder (pathalign pretrain-rna)")
     p.add_argument("--rna-embeddings", default=None, help="table of precomputed RNA embeddings (rows = patients)")
+    p.add_argument("--slide-encoder-weights", default=None,
+                   help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
     p.add_argument("--seed", type=int, default=None)
@@ -45,7 +47,7 @@ def run(args) -> int:
             overrides["model_overrides"] = overrides.pop("model")
     flags = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens,
                  modality_dropout=args.modality_dropout, checkpoint_every=args.checkpoint_every,
-                 features=args.features, rna_fm=args.rna_fm, rna_embeddings=args.rna_embeddings, device=args.device,
+                 features=args.features, rna_fm=args.rna_fm, slide_encoder_weights=args.slide_encoder_weights, rna_embeddings=args.rna_embeddings, device=args.device,
                  workers=args.workers, seed=args.seed,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
@@ -56,6 +58,10 @@ def run(args) -> int:
     except (TrainingError, CohortInputError, ValueError, KeyError) as e:
         print(f"error: {e}")
         return 1
+    import os
+
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
     print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
           f"model exported to {Path(args.out) / 'model'}")
     return 0

@@ -56,6 +56,7 @@ class TrainConfig:
     transform_options: dict = field(default_factory=dict)
     rna_fm: str | None = None
     rna_embeddings: str | None = None
+    slide_encoder_weights: str | None = None
     features: str | None = None
     progress: bool = True
 
@@ -91,6 +92,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
             continue
         (no_decay if p.ndim < 2 or "token" in name or name.startswith("loss.log_t") or name.startswith("loss.bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _identity(batch):
+    return batch
 
 
 def _dist() -> tuple[int, int, int]:
@@ -146,9 +151,14 @@ class Trainer:
         overrides = dict(cfg.model_overrides)
         if rna_fm_cfg is not None:
             overrides.update(rna_encoder="frozen_fm", rna_fm=rna_fm_cfg)
+        if cfg.slide_encoder_weights and "wsi" in modalities:
+            published = self._published_slide_encoder(cfg.slide_encoder_weights, self.data.input_dims["wsi"])
+            overrides["slide_encoder"] = {k: v for k, v in asdict(published.config).items() if k != "input_dim"}
         self.model_config = PathAlignConfig.from_preset(cfg.preset, modalities, self.data.input_dims, **overrides)
         torch.manual_seed(cfg.seed)
         self.model = PathAlignModel(self.model_config).to(self.device)
+        if cfg.slide_encoder_weights and "wsi" in modalities and self.state is None:
+            self.model.slide_encoder.load_state_dict(published.state_dict())
         if rna_fm_cfg is not None and self.state is None:
             self.model.encoders["rna"].foundation.load_state_dict(fm.state_dict())
         self.model.loss.exchange.rank, self.model.loss.exchange.world_size = self.rank, self.world
@@ -170,6 +180,17 @@ class Trainer:
 
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            find_unused_parameters=True)
+
+    @staticmethod
+    def _published_slide_encoder(path: str, feature_dim: int):
+        from ..models import SlideEncoder
+
+        enc = SlideEncoder.from_exaone_path(path)
+        if enc.config.input_dim != feature_dim:
+            raise TrainingError(f"{path}: the published slide encoder expects {enc.config.input_dim}-dim patch features, "
+                                f"but the cohort's features have {feature_dim} dims; extract features with the matching "
+                                f"patch encoder (e.g. --encoder exaone-path-2.5) or train the slide encoder from scratch")
+        return enc
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_dir(self) -> Path:
@@ -208,9 +229,12 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _loader(self):
         steps = range(self.start_step, self.cfg.steps)
+        # a private generator: creating the loader must not draw from the global RNG that dropout uses,
+        # or a resumed run would diverge from an uninterrupted one
+        gen = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(self.batches, sampler=list(steps), batch_size=None, num_workers=self.cfg.workers,
-                          collate_fn=lambda b: b, prefetch_factor=4 if self.cfg.workers else None,
-                          persistent_workers=False)
+                          collate_fn=_identity, prefetch_factor=4 if self.cfg.workers else None,
+                          persistent_workers=False, generator=gen)
 
     def fit(self) -> dict:
         """Train to ``cfg.steps``; returns final metrics. Raises :class:`TrainingError` on a non-finite loss."""
@@ -285,7 +309,7 @@ class Trainer:
         return out
 
     def _log_row(self, step, loss, per_pair, gnorm, wait, seconds) -> dict:
-        row = {"step": step, "loss": float(loss), "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm),
+        row = {"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm),
                "data_wait": wait, "step_seconds": seconds}
         for a, b in self.model.loss.pairs:
             key = f"{a}-{b}"
