@@ -22,6 +22,9 @@ SUBCOMMANDS: dict[str, tuple] = {
     "pretrain-rna": ("pathalign.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
     "train": ("pathalign.train.cli", "train the multimodal alignment (torchrun for DDP)"),
     "embed": ("pathalign.embed", "embed every modality of every patient and slide (embeddings.h5)"),
+    "bench": ("pathalign.evaluate.bench", "benchmark embeddings: probes, survival, retrieval, cross-modal retrieval"),
+    "demo": ("pathalign.demo", "the whole life cycle on a synthetic cohort, with a report (what make demo runs)"),
+    "ablate": ("pathalign.evaluate.ablate", "train and bench the paper's ablations with one seed set"),
     "encode-example": ("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder"),
 }
 

@@ -10,6 +10,7 @@ for Patho-Bench.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
     tmp = tmp_path(out_path)
     with h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = str(model_path)
+        held = (model.extra.get("splits") or {}).get("val")
+        if held is not None:
+            fh.attrs["heldout_patients"] = json.dumps(held)
         for m in mods:
             extra = {"case_ids": ids["wsi_case"]} if m == "wsi" else {}
             _write_group(fh, m, ids[m], embs[m], **extra)
@@ -137,10 +141,47 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
     return {"wsi": len(kept)}
 
 
+def embed_mean_pool(features_dir, out_path, cohort_path=None) -> dict[str, int]:
+    """Baseline: the mean of each slide's patch features (``wsi`` group; ``case_ids`` from the cohort when given)."""
+    features_dir = Path(features_dir)
+    case_of = {}
+    if cohort_path is not None:
+        from .cohort import load_cohort
+
+        for p, sids in zip(*load_cohort(cohort_path).manifest[["case_id", "slide_ids"]].to_numpy().T):
+            case_of.update({s: p for s in sids})
+    ids, embs = [], []
+    for path in sorted(features_dir.glob("*.h5")):
+        if not is_complete(path):
+            continue
+        pf = read_patch_features(path)
+        if pf.features is None or len(pf) == 0:
+            continue
+        ids.append(path.stem)
+        embs.append(np.asarray(pf.features, np.float32).mean(0))
+    if not ids:
+        raise ValueError(f"{features_dir}: no complete features file")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(out_path)
+    with h5py.File(tmp, "w") as fh:
+        fh.attrs["model"] = f"mean-pool:{features_dir}"
+        _write_group(fh, "wsi", ids, np.stack(embs), case_ids=[case_of.get(s, s) for s in ids])
+    os.replace(tmp, out_path)
+    return {"wsi": len(ids)}
+
+
 def read_embeddings(path) -> dict[str, dict]:
     """``{modality: {"ids": [...], "embeddings": array, ...}}`` and ``"pairs"`` → ``{"a-b": {a: arr, b: arr}}``."""
     out: dict = {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such embeddings file")
     with h5py.File(path, "r") as fh:
+        attrs = dict(fh.attrs)
+        out["_attrs"] = {"model": attrs.get("model")}
+        if "heldout_patients" in attrs:
+            out["_attrs"]["heldout_patients"] = json.loads(attrs["heldout_patients"])
         for name, g in fh.items():
             if name == "pairs":
                 out["pairs"] = {k: {m: np.asarray(v[m]) for m in v} | {"t": v.attrs.get("t"), "b": v.attrs.get("b")}
@@ -156,6 +197,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", help="cohort folder")
     p.add_argument("--features", help="patch-features folder (default: the cohort's)")
     p.add_argument("--slide-encoder", help="instead of --model: a bare slide encoder, e.g. exaone-path-2.5")
+    p.add_argument("--mean-pool", action="store_true", help="instead of --model: the mean-pooling baseline of --features")
     p.add_argument("--weights", help="weights of --slide-encoder (published checkpoint)")
     p.add_argument("--out", required=True, help="embeddings.h5 to write")
     p.add_argument("--name", default="pathalign", help="model name used for the Trident-style per-slide folder")
@@ -170,6 +212,10 @@ def run(args) -> int:
                 raise ValueError("--model needs --cohort")
             counts = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
                                       not args.quiet, args.name)
+        elif args.mean_pool:
+            if not args.features:
+                raise ValueError("--mean-pool needs --features DIR")
+            counts = embed_mean_pool(args.features, args.out, args.cohort)
         elif args.slide_encoder:
             if not args.features:
                 raise ValueError("--slide-encoder needs --features DIR")

@@ -25,10 +25,10 @@ OD_HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
 OD_EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
 BANK = 512  # texture tile side (px)
 CLASSES = ("tumour", "stroma", "immune", "necrosis")
-TYPE_STYLE = {  # nucleus radius (px), tumour nuclear density, eosin strength
-    "BRCA": (5, 0.0045, 0.55),
-    "LUAD": (7, 0.0030, 0.45),
-    "COAD": (4, 0.0060, 0.65),
+TYPE_STYLE = {  # nucleus radius (px), tumour nuclear density, eosin strength: close on purpose, so that
+    "BRCA": (5, 0.0045, 0.55),  # cancer types differ subtly in morphology and strongly in molecules
+    "LUAD": (5.5, 0.0040, 0.52),
+    "COAD": (4.5, 0.0050, 0.58),
 }
 
 
@@ -155,8 +155,12 @@ def render_slide(rng, bank, ctype: str, sub: int, pattern: str, programs: np.nda
         oy, ox = rng.integers(0, BANK, 2)
         tile = np.ascontiguousarray(np.tile(bank[(ctype, sub, name)], reps)[oy:oy + size, ox:ox + size])
         cv2.copyTo(tile, mask, img)
-    jitter = np.diag(rng.normal(1.0, 0.04, 3)).astype(np.float32)  # scanner/stain variation
-    img = cv2.transform(img, jitter)
+    # scanner/stain variation (a batch effect unrelated to biology): per-channel gain and gamma
+    gain = rng.normal(1.0, 0.06, 3)
+    gamma = rng.uniform(0.75, 1.3, 3)
+    lut = np.stack([np.clip(255 * gain[c] * (np.arange(256) / 255.0) ** gamma[c], 0, 255) for c in range(3)], 1)
+    stained = np.stack([cv2.LUT(img[..., c], lut[:, c].astype(np.uint8)) for c in range(3)], -1)
+    cv2.copyTo(stained, (cls > 0).view(np.uint8), img)  # the glass stays as it is
     noise = cv2.resize(rng.normal(0, 3, (size // 8, size // 8)).astype(np.float32), (size, size))
     img = cv2.add(img, cv2.merge([noise] * 3), dtype=cv2.CV_8U)
     return img, frag

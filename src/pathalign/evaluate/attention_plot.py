@@ -1,0 +1,100 @@
+"""Attention of one RoPE block from a chosen patch, drawn over the slide thumbnail with fragment outlines.
+
+The weights are computed exactly as the block computes them (same rotation, same segment mask),
+for the one query row, so the picture is a visual check of the fragment mask: every patch of
+another fragment must get zero attention.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.rope import apply_rope
+from ..models.slide_encoder import SlideEncoder
+
+
+def rope_attention(encoder: SlideEncoder, features, coords, fragment, query: int, block: int | None = None) -> np.ndarray:
+    """Head-averaged attention ``[N]`` (input order) of patch ``query`` in RoPE block ``block`` (default: the first)."""
+    cfg = encoder.config
+    rope_blocks = [i for i, b in enumerate(encoder.blocks) if b.rope_block]
+    if not rope_blocks:
+        raise ValueError("the encoder has no RoPE block")
+    block = rope_blocks[0] if block is None else block
+    packed = encoder.pack([(features, coords, fragment)])
+    device = encoder.cls_token.device
+    with torch.no_grad():
+        x = torch.empty(packed.total, cfg.dim, device=device)
+        x[packed.patch_slots.to(device)] = encoder.patch_embed(packed.features.to(device).float())
+        x[packed.prefix_slots.reshape(-1).to(device)] = torch.cat([encoder.cls_token, encoder.register_tokens], 1)[0]
+        rope = encoder._rope_tables(packed, device) if cfg.use_rope else None
+        segs = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
+        from ..models.attention import choose_backend
+
+        backend = choose_backend(cfg.attention_backend, device, torch.float32)
+        for i, blk in enumerate(encoder.blocks):
+            if i == block:
+                break
+            x = blk(x, segs if blk.rope_block else packed.global_segments, backend, rope if blk.rope_block else None)
+        blk = encoder.blocks[block]
+        t, d = x.shape
+        q, k, _ = blk.attn.qkv(blk.norm1(x)).view(t, 3, cfg.num_heads, d // cfg.num_heads).unbind(1)  # [T,H,Dh]
+        if rope is not None:
+            q = apply_rope(q, rope[0][:, None], rope[1][:, None])
+            k = apply_rope(k, rope[0][:, None], rope[1][:, None])
+        order = packed.order[0]
+        slot = int(packed.patch_slots[int(np.flatnonzero(order == query)[0])])
+        ids = segs.ids(device)
+        logits = torch.einsum("hd,thd->ht", q[slot], k) / (d // cfg.num_heads) ** 0.5  # [H, T]
+        logits = logits.masked_fill(ids[None, :] != ids[slot], float("-inf"))
+        attn = F.softmax(logits, dim=-1).mean(0)  # [T]
+    packed_attn = attn[packed.patch_slots.to(device)].cpu().numpy()
+    out = np.empty_like(packed_attn)
+    out[order] = packed_attn
+    return out
+
+
+def plot_attention(slide_path, geojson, features_file, encoder: SlideEncoder, out_png, query: int | None = None,
+                   max_side: int = 900) -> dict:
+    """Draw the attention of one RoPE block from patch ``query`` (default: a central patch of the largest fragment)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..slides.features_io import read_patch_features
+    from ..slides.reader import open_slide
+    from ..slides.segment import low_res_image, read_geojson
+
+    pf = read_patch_features(features_file)
+    feats = torch.from_numpy(np.asarray(pf.features, np.float32))
+    if query is None:
+        big = np.bincount(pf.fragment).argmax()
+        members = np.flatnonzero(pf.fragment == big)
+        centre = pf.coords[members].mean(0)
+        query = int(members[np.argmin(np.linalg.norm(pf.coords[members] - centre, axis=1))])
+    attn = rope_attention(encoder, feats, torch.from_numpy(pf.coords), torch.from_numpy(pf.fragment), query)
+    with open_slide(slide_path) as slide:
+        w0, h0 = slide.dimensions
+        img, ds = low_res_image(slide, slide.mpp * max(w0, h0) / max_side)
+    size = float(pf.attrs["patch_size_level0"])
+    fig, ax = plt.subplots(figsize=(7, 7 * img.shape[0] / img.shape[1]))
+    ax.imshow(img)
+    vmax = attn.max()
+    cmap = plt.get_cmap("inferno")
+    for (x, y), a in zip(pf.coords, attn):
+        ax.add_patch(plt.Rectangle((x / ds, y / ds), size / ds, size / ds, color=cmap(a / vmax), alpha=0.65, lw=0))
+    qx, qy = pf.coords[query]
+    ax.add_patch(plt.Rectangle((qx / ds, qy / ds), size / ds, size / ds, fill=False, ec="cyan", lw=2))
+    for f in read_geojson(geojson):
+        ring = np.vstack([f.exterior, f.exterior[:1]]) / ds
+        ax.plot(ring[:, 0], ring[:, 1], color="lime", lw=1.2)
+    outside = float(attn[pf.fragment != pf.fragment[query]].sum())
+    ax.set_title(f"RoPE-block attention from the cyan patch (outside its fragment: {outside:.2e})", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return {"query": query, "attention_outside_fragment": outside}
