@@ -185,7 +185,7 @@ class MultimodalSigLIPLoss(nn.Module):
                 local = (s["pos_sum"] + s["neg_sum"]) / n_pos.clamp(min=1)
             else:
                 local = s["pos_sum"] / n_pos.clamp(min=1) + s["neg_sum"] / n_neg.clamp(min=1)
-            per_pair[pair_key(a, b)] = ex.sum(local)
+            per_pair[pair_key(a, b)] = ex.sum(local).detach()
             total = local if total is None else total + local
             n_active += 1
         if total is None:  # nothing valid at all: a zero loss that still has a graph

@@ -4,7 +4,7 @@ Writes, under ``--out``:
 
 * ``slides/<slide_id>.tiff`` — pyramidal tiled JPEG TIFFs with mpp, 1-6 tissue fragments each;
 * ``slides.tsv`` (``slide_id``, ``case_id``, ``path``) and ``clinical.tsv`` (``case_id``,
-  ``cancer_type``, ``subtype``, ``tumour_pattern``, ``age``, ``OS_days``, ``OS_event``);
+  ``cancer_type``, ``subtype``, ``tumour_side``, ``age``, ``OS_days``, ``OS_event``);
 * ``rna_tpm.tsv.gz`` (genes x samples TPM, with normal samples and second vials),
   ``mutations.maf`` (GDC MAF with a comment header and silent calls), ``cnv_gistic.tsv``
   (genes x samples, -2..2), ``methylation_beta.tsv.gz`` (probes x samples, NA allowed);
@@ -64,7 +64,7 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
             path = out / "slides" / f"{slide_id}.tiff"
             slide_rows.append((slide_id, r.case_id, f"slides/{slide_id}.tiff"))
             jobs.append(dict(seed=cfg.seed, index=len(jobs), path=str(path), cancer_type=r.cancer_type,
-                             sub=SUBTYPES[r.cancer_type].index(r.subtype.split("_", 1)[1]), pattern=r.tumour_pattern,
+                             sub=SUBTYPES[r.cancer_type].index(r.subtype.split("_", 1)[1]), pattern=r.tumour_side,
                              programs=[float(r[f"program_{p}"]) for p in PROGRAMS], size=cfg.slide_size, mpp=cfg.mpp))
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
@@ -76,7 +76,7 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
     if progress:
         print(f"synth: {len(jobs)} slides written in {time.perf_counter() - t0:.1f} s", flush=True)
     atomic_write_df(pd.DataFrame(slide_rows, columns=["slide_id", "case_id", "path"]), out / "slides.tsv")
-    clinical = truth[["case_id", "cancer_type", "subtype", "tumour_pattern", "age", "OS_days", "OS_event"]]
+    clinical = truth[["case_id", "cancer_type", "subtype", "tumour_side", "age", "OS_days", "OS_event"]]
     atomic_write_df(clinical, out / "clinical.tsv")
     atomic_write_df(rna_table(cfg, truth), out / "rna_tpm.tsv.gz", index=True)
     maf = maf_table(cfg, truth)

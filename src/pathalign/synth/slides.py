@@ -3,9 +3,10 @@
 A slide holds 1-6 tissue fragments on a bright background. Inside each fragment the tissue
 is tumour, stroma, immune infiltrate or necrosis; the composition follows the patient's
 programs, the textures its cancer type and subtype, and the *arrangement* its hidden
-spatial pattern: tumour in the centre of every fragment (``central``) or along its rim
-(``peripheral``), with the same tumour area either way, so that only a model that knows
-where a patch sits inside its fragment can tell the two apart.
+spatial pattern: the tumour occupies the left or the right part of every fragment (in slide
+axes), with the same area either way. Fragments are centrally symmetric in distribution, so
+the two patterns have the same composition and the same tumour/stroma interface: only a
+model that knows where patches sit relative to each other can tell them apart.
 
 Colours are made by Beer–Lambert mixing of haematoxylin and eosin optical densities, so
 stain deconvolution recovers them.
@@ -91,13 +92,14 @@ def _layout(n: int) -> tuple[int, int]:
 GEOMETRY_SCALE = 4  # fragment geometry is computed at 1/4 resolution, then upsampled
 
 
-def fragment_depth(rng, size: int, n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fragment id (-1 = background) and normalised depth (0 at the rim, 1 at the centre), ``[size, size]``."""
+def fragment_geometry(rng, size: int, n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fragment id (-1 = background) and, inside each fragment, the rank of each pixel's x coordinate
+    among the fragment's pixels (0 = leftmost, 1 = rightmost), ``[size, size]``."""
     rows, cols = _layout(n_fragments)
     slots = rng.permutation(rows * cols)[:n_fragments]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     frag = np.full((size, size), -1, np.int16)
-    depth = np.zeros((size, size), np.float32)
+    xrank = np.zeros((size, size), np.float32)
     sh, sw = size / rows, size / cols
     for f, slot in enumerate(slots):
         cy, cx = (slot // cols + 0.5) * sh, (slot % cols + 0.5) * sw
@@ -114,20 +116,23 @@ def fragment_depth(rng, size: int, n_fragments: int) -> tuple[np.ndarray, np.nda
         r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2) / wobble
         inside = r < 1
         frag[y0:y1, x0:x1][inside] = f
-        depth[y0:y1, x0:x1][inside] = 1 - r[inside]
-    return frag, depth
+        xs = dx[inside]
+        ranks = np.empty(len(xs), np.float32)
+        ranks[np.argsort(xs, kind="stable")] = np.arange(len(xs), dtype=np.float32) / max(1, len(xs) - 1)
+        xrank[y0:y1, x0:x1][inside] = ranks
+    return frag, xrank
 
 
 def tissue_classes(rng, size: int, n_fragments: int, pattern: str, programs: np.ndarray):
     """Per-pixel class index (0 background, 1 + index in ``CLASSES``) and fragment id, ``[size, size]``."""
     small = size // GEOMETRY_SCALE
-    frag, depth = fragment_depth(rng, small, n_fragments)
+    frag, xrank = fragment_geometry(rng, small, n_fragments)
     immune, prolif, stroma, hypoxia = programs
     f_tumour = float(np.clip(0.45 + 0.08 * prolif - 0.06 * stroma, 0.25, 0.65))
-    if pattern == PATTERNS[0]:  # central: depth > d holds area (1-d)^2 of an ellipse
-        tumour = depth > 1 - np.sqrt(f_tumour)
-    else:  # peripheral: the rim band of the same area
-        tumour = (depth < 1 - np.sqrt(1 - f_tumour)) & (frag >= 0)
+    if pattern == PATTERNS[0]:  # left: the leftmost f_tumour of every fragment's area
+        tumour = (frag >= 0) & (xrank < f_tumour)
+    else:  # right: the rightmost part of the same area
+        tumour = (frag >= 0) & (xrank > 1 - f_tumour)
     blob = cv2.resize(rng.random((small // 8, small // 8)).astype(np.float32), (small, small), interpolation=cv2.INTER_CUBIC)
     immune_frac = float(np.clip(0.15 + 0.08 * immune, 0.02, 0.4))
     necrosis_frac = float(np.clip(0.05 + 0.06 * hypoxia, 0.0, 0.3))

@@ -10,7 +10,7 @@ CANCER_TYPES = ("BRCA", "LUAD", "COAD")
 SUBTYPES = {"BRCA": ("LumA", "Basal"), "LUAD": ("TRU", "PI"), "COAD": ("CIN", "MSI")}
 TISSUE_SOURCE_SITES = {"BRCA": ("A1", "BH", "E2"), "LUAD": ("05", "44", "MP"), "COAD": ("AA", "CM", "D5")}
 PROGRAMS = ("immune", "proliferation", "stroma", "hypoxia")
-PATTERNS = ("central", "peripheral")  # where the tumour sits inside each tissue fragment
+PATTERNS = ("left", "right")  # on which side of every tissue fragment the tumour sits (slide axes)
 MODALITY_RATES = {"wsi": 0.9, "rna": 0.85, "snp": 0.8, "cnv": 0.75, "methylation": 0.6}
 
 
@@ -79,7 +79,7 @@ def sample_truth(cfg: SynthConfig) -> pd.DataFrame:
         "case_id": cases,
         "cancer_type": [CANCER_TYPES[c] for c in cancer],
         "subtype": [f"{CANCER_TYPES[c]}_{SUBTYPES[CANCER_TYPES[c]][s]}" for c, s in zip(cancer, sub)],
-        "tumour_pattern": [PATTERNS[p] for p in pattern],
+        "tumour_side": [PATTERNS[p] for p in pattern],
         "age": rng.integers(35, 85, n),
         "OS_days": os_days,
         "OS_event": os_event,
@@ -100,5 +100,5 @@ def latent_matrix(truth: pd.DataFrame) -> np.ndarray:
     onehot_t = np.eye(len(CANCER_TYPES))[ct]
     onehot_s = np.eye(2 * len(CANCER_TYPES))[ct * 2 + sub]
     z = truth[[f"program_{p}" for p in PROGRAMS]].to_numpy()
-    pat = (truth["tumour_pattern"] == PATTERNS[1]).to_numpy(float)[:, None] * 2 - 1
+    pat = (truth["tumour_side"] == PATTERNS[1]).to_numpy(float)[:, None] * 2 - 1
     return np.concatenate([onehot_t, onehot_s, z, pat], axis=1).reshape(n, -1)
