@@ -204,3 +204,20 @@ def test_killed_preprocess_resumes_without_losing_or_half_writing(tmp_path, smal
         pf = read_patch_features(p)
         assert is_complete(p) and pf.features.shape[0] == len(pf.coords)
     assert "skipped" in rerun.stdout
+
+
+def test_torchrun_shards_slides_and_gathers_the_summary(tmp_path, small_synth):
+    syn, _ = small_synth
+    slides = sorted((syn / "slides").glob("*.tiff"))[:6]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "pathalign", "preprocess", *map(str, slides), "--out", str(out), "--patch-size", "64",
+                           "--min-fragment-um2", "2000", "--quiet"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("6 slides: 6 done") == 1  # one summary, on rank 0, covering both ranks
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary_extract.tsv", sep="\t")
+    assert sorted(summary.slide_id) == sorted(p.stem for p in slides)  # every slide exactly once
+    assert all(is_complete(out / "features_pathalign-stats" / f"{p.stem}.h5") for p in slides)

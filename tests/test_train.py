@@ -109,17 +109,14 @@ def test_nan_loss_stops_with_step_and_patients_and_keeps_last_checkpoint(feature
 
 def test_bad_training_inputs(features_cohort, tmp_path):
     cohort, feats, _ = features_cohort
-    # a modality no patient has
+    # a modality no patient has: a cohort with RNA only
     from pathalign.cohort import CohortSources, build_cohort
 
-    syn_cohort = tmp_path / "nometh"
     man = pd.read_parquet(cohort / "manifest.parquet")
     clinical = tmp_path / "clin.tsv"
     man[["case_id", "cancer_type"]].to_csv(clinical, sep="\t", index=False)
-    build_cohort(CohortSources(clinical=str(clinical), rna=None, maf=[], slides=None,
-                               cnv=str(cohort.parent / "x") if False else None,
-                               methylation=None, features=None) if False else
-                 CohortSources(clinical=str(clinical), rna=str(_rna_file(cohort, tmp_path))), syn_cohort, progress=False)
+    syn_cohort = tmp_path / "rna_only"
+    build_cohort(CohortSources(clinical=str(clinical), rna=str(_rna_file(cohort, tmp_path))), syn_cohort, progress=False)
     with pytest.raises(CohortInputError, match="no patient has methylation"):
         Trainer(syn_cohort, tmp_path / "r1", _cfg(modalities=["rna", "methylation"]))
     # published slide-encoder weights whose input dim does not match the features
@@ -171,3 +168,17 @@ def test_torchrun_ddp_matches_single_process(features_cohort, tmp_path):
     b = load_model(tmp_path / "one" / "model").state_dict()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
+
+
+def test_precomputed_rna_embeddings_replace_the_rna_matrix(features_cohort, tmp_path):
+    cohort, _, _ = features_cohort
+    man = pd.read_parquet(cohort / "manifest.parquet")
+    rna_ids = man.case_id[man.has_rna].tolist()
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.standard_normal((len(rna_ids), 7)), columns=[f"e{i}" for i in range(7)])
+    table.insert(0, "case_id", rna_ids)
+    table.to_csv(tmp_path / "rna_emb.tsv", sep="\t", index=False)
+    trainer = Trainer(cohort, tmp_path / "run", _cfg(steps=2, rna_embeddings=str(tmp_path / "rna_emb.tsv")))
+    assert trainer.data.input_dims["rna"] == 7 and trainer.data.preprocessing["rna"]["kind"] == "embedding"
+    trainer.fit()
+    assert load_model(tmp_path / "run" / "model").config.input_dims["rna"] == 7

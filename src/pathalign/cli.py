@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return int(args._module.run(args) or 0)
+    try:
+        return int(args._module.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and friends: not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,13 @@ def _to_tpm(values: np.ndarray, units: str, lengths: np.ndarray | None) -> np.nd
     raise CohortInputError(f"unknown RNA units {units!r}")
 
 
+def top_variance(values: np.ndarray, names: list[str], k: int) -> list[str]:
+    """The ``k`` highest-variance columns (NaN ignored), in their original order."""
+    with np.errstate(all="ignore"):
+        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
+    return [names[i] for i in sorted(np.argsort(-var, kind="stable")[:k])]
+
+
 @dataclass
 class _Base:
     """Shared fit/transform; subclasses define ``_values`` (raw → model space) and ``_select``."""
@@ -144,9 +151,7 @@ class RNATransform(_Base):
             if missing:
                 raise CohortInputError(f"requested genes not in the RNA matrix: {missing[:5]}")
             return list(self.genes)
-        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
-        order = np.argsort(-var, kind="stable")[: self.n_genes]
-        return [names[i] for i in sorted(order)]
+        return top_variance(values, names, self.n_genes)
 
 
 @TRANSFORMS.register("snp")
@@ -181,8 +186,7 @@ class CNVTransform(_Base):
         return np.clip(df.to_numpy(np.float64), -lim, lim)
 
     def _select(self, values, names):
-        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
-        return [names[i] for i in sorted(np.argsort(-var, kind="stable")[: self.max_genes])]
+        return top_variance(values, names, self.max_genes)
 
 
 @TRANSFORMS.register("methylation")
@@ -194,8 +198,7 @@ class MethylationTransform(_Base):
     max_probes: int = 2000
 
     def _select(self, values, names):
-        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
-        return [names[i] for i in sorted(np.argsort(-var, kind="stable")[: self.max_probes])]
+        return top_variance(values, names, self.max_probes)
 
 
 def make_transform(modality: str, cohort_meta: dict, **options):
