@@ -38,7 +38,7 @@ def label_retrieval(embeddings: np.ndarray, labels, groups=None, ks=(1, 5)) -> d
     allowed = np.isfinite(np.take_along_axis(sim, order, axis=1))
     hits &= allowed
     out = {f"top{k}_acc": float(hits[:, :k].any(axis=1).mean()) for k in ks}
-    k = 5
+    k = min(5, hits.shape[1])
     prec = np.cumsum(hits[:, :k], axis=1) / np.arange(1, k + 1)
     n_rel = np.minimum(hits.sum(axis=1), k)
     ap = (prec * hits[:, :k]).sum(axis=1) / np.clip(n_rel, 1, None)
