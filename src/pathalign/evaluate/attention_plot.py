@@ -85,6 +85,8 @@ def plot_attention(slide_path, geojson, features_file, encoder: SlideEncoder, ou
     vmax = attn.max()
     cmap = plt.get_cmap("inferno")
     for (x, y), a in zip(pf.coords, attn):
+        if a <= 0:  # masked out (another fragment): leave the tissue visible
+            continue
         ax.add_patch(plt.Rectangle((x / ds, y / ds), size / ds, size / ds, color=cmap(a / vmax), alpha=0.65, lw=0))
     qx, qy = pf.coords[query]
     ax.add_patch(plt.Rectangle((qx / ds, qy / ds), size / ds, size / ds, fill=False, ec="cyan", lw=2))
