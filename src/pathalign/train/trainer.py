@@ -70,6 +70,9 @@ class TrainConfig:
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
         base = dict(load_preset(preset).get("train", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(base) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(preset=preset, **base)
 
 
@@ -283,12 +286,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", steps_s=f"{1 / max(1e-9, row['step_seconds']):.1f}")
                 bar.update(1)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    self._flush(log)
+                    self._log_fh.flush()
                     self.save_checkpoint(step)
         bar.close()
         metrics = {"steps": step, "data_wait_fraction": wait_total / max(step_total, 1e-9)}
         if is_main:
-            self._flush(log)
+            self._log_fh.close()
             if writer is not None:
                 writer.close()
             self.export()
@@ -331,9 +334,6 @@ class Trainer:
         w.writeheader()
         w.writerows(kept)
         return w
-
-    def _flush(self, _log) -> None:
-        self._log_fh.flush()
 
     def export(self) -> Path:
         """Write ``RUN/model`` (safetensors + config.json + preprocessing.json)."""
