@@ -221,3 +221,18 @@ def test_torchrun_shards_slides_and_gathers_the_summary(tmp_path, small_synth):
     summary = pd.read_csv(out / "summary_extract.tsv", sep="\t")
     assert sorted(summary.slide_id) == sorted(p.stem for p in slides)  # every slide exactly once
     assert all(is_complete(out / "features_pathalign-stats" / f"{p.stem}.h5") for p in slides)
+
+
+def test_tiled_low_resolution_read_equals_a_whole_level_resize(blobs):
+    import cv2
+
+    from pathalign.slides.segment import low_res_image
+
+    path, _ = blobs
+    with open_slide(path) as slide:
+        small, ds = low_res_image(slide, 4.0, tile=300)  # many uneven tiles
+        whole, ds2 = low_res_image(slide, 4.0, tile=10_000)  # one tile
+        assert ds == pytest.approx(ds2) and small.shape == whole.shape
+        assert np.abs(small.astype(int) - whole.astype(int)).mean() < 2.0  # only tile-seam rounding differs
+        ref = cv2.resize(slide.read_level(0), (whole.shape[1], whole.shape[0]), interpolation=cv2.INTER_AREA)
+        assert np.abs(whole.astype(int) - ref.astype(int)).mean() < 1.0

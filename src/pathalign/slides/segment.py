@@ -65,18 +65,31 @@ class Segmentation:
     config: SegmentConfig
 
 
-def low_res_image(slide: SlideReader, target_mpp: float) -> tuple[np.ndarray, float]:
-    """RGB image of the whole slide at about ``target_mpp``; returns it and its downsample from level 0."""
+def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 4096) -> tuple[np.ndarray, float]:
+    """RGB image of the whole slide at about ``target_mpp``; returns it and its downsample from level 0.
+
+    The closest finer pyramid level is read in tiles of ``tile`` px and each tile is shrunk as it
+    arrives, so memory stays at the size of the result even for a 100k-px slide with a sparse pyramid.
+    """
     want = max(1.0, target_mpp / slide.mpp)
     level = slide.best_level_for_downsample(want)
-    img = slide.read_level(level)
-    ds = slide.level_downsamples[level]
+    lw, lh = slide.level_dimensions[level]
+    lds = slide.level_downsamples[level]
     w0, h0 = slide.dimensions
     tw, th = max(1, int(round(w0 / want))), max(1, int(round(h0 / want)))
-    if (img.shape[1], img.shape[0]) != (tw, th):
-        img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
-        ds = w0 / tw
-    return img, ds
+    if (lw, lh) == (tw, th):
+        return slide.read_level(level), lds
+    scale_x, scale_y = tw / lw, th / lh
+    out = np.empty((th, tw, 3), np.uint8)
+    for y in range(0, lh, tile):
+        for x in range(0, lw, tile):
+            w, h = min(tile, lw - x), min(tile, lh - y)
+            part = slide.read_region((int(x * lds), int(y * lds)), level, (w, h))
+            x0, y0 = int(round(x * scale_x)), int(round(y * scale_y))
+            x1, y1 = int(round((x + w) * scale_x)), int(round((y + h) * scale_y))
+            if x1 > x0 and y1 > y0:
+                out[y0:y1, x0:x1] = cv2.resize(part, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    return out, w0 / tw
 
 
 @SEGMENTERS.register("otsu")
