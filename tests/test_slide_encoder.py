@@ -289,3 +289,20 @@ def test_rope_unit_in_micrometres_needs_mpp():
     a = enc.encode(feats, coords, frag, mpp=0.5)["slide_embedding"]  # unit = 256 px
     b = _random_encoder(0).encode(feats, coords, frag)["slide_embedding"]
     assert rel_err(a, b) < 1e-6
+
+
+def test_rope_attention_map_stays_in_the_query_fragment():
+    from pathalign.evaluate.attention_plot import rope_attention
+
+    rng = np.random.default_rng()
+    enc = _random_encoder(int(rng.integers(1 << 30)))
+    feats, coords, frag = random_slide(rng, 90, 24, 4)
+    q = int(rng.integers(90))
+    attn = rope_attention(enc, feats, coords, frag, q)
+    inside = (frag == frag[q]).numpy()
+    assert attn.shape == (90,) and (attn[~inside] == 0).all() and (attn[inside] > 0).all()
+    assert attn.sum() == pytest.approx(1.0, abs=1e-5)  # prefix tokens are their own segment
+    # positions matter: moving the query's fragment-mates changes the map
+    moved = coords.clone()
+    moved[torch.from_numpy(inside)] = moved[torch.from_numpy(inside)].flip(0)
+    assert not np.allclose(rope_attention(enc, feats, moved, frag, q), attn)

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.rope import apply_rope
 from ..models.slide_encoder import SlideEncoder
 
 
@@ -24,33 +23,18 @@ def rope_attention(encoder: SlideEncoder, features, coords, fragment, query: int
         raise ValueError("the encoder has no RoPE block")
     block = rope_blocks[0] if block is None else block
     packed = encoder.pack([(features, coords, fragment)])
-    device = encoder.cls_token.device
     with torch.no_grad():
-        x = torch.empty(packed.total, cfg.dim, device=device)
-        x[packed.patch_slots.to(device)] = encoder.patch_embed(packed.features.to(device).float())
-        x[packed.prefix_slots.reshape(-1).to(device)] = torch.cat([encoder.cls_token, encoder.register_tokens], 1)[0]
-        rope = encoder._rope_tables(packed, device) if cfg.use_rope else None
-        segs = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
-        from ..models.attention import choose_backend
-
-        backend = choose_backend(cfg.attention_backend, device, torch.float32)
-        for i, blk in enumerate(encoder.blocks):
-            if i == block:
-                break
-            x = blk(x, segs if blk.rope_block else packed.global_segments, backend, rope if blk.rope_block else None)
+        x, rope, segs = encoder.run_blocks(packed, stop=block)
         blk = encoder.blocks[block]
-        t, d = x.shape
-        q, k, _ = blk.attn.qkv(blk.norm1(x)).view(t, 3, cfg.num_heads, d // cfg.num_heads).unbind(1)  # [T,H,Dh]
-        if rope is not None:
-            q = apply_rope(q, rope[0][:, None], rope[1][:, None])
-            k = apply_rope(k, rope[0][:, None], rope[1][:, None])
+        q, k, _ = blk.attn.qkv_rotated(blk.norm1(x), rope)  # [T,H,Dh]
+        d = x.shape[1]
         order = packed.order[0]
         slot = int(packed.patch_slots[int(np.flatnonzero(order == query)[0])])
-        ids = segs.ids(device)
+        ids = segs.ids(x.device)
         logits = torch.einsum("hd,thd->ht", q[slot], k) / (d // cfg.num_heads) ** 0.5  # [H, T]
         logits = logits.masked_fill(ids[None, :] != ids[slot], float("-inf"))
         attn = F.softmax(logits, dim=-1).mean(0)  # [T]
-    packed_attn = attn[packed.patch_slots.to(device)].cpu().numpy()
+    packed_attn = attn[packed.patch_slots].cpu().numpy()
     out = np.empty_like(packed_attn)
     out[order] = packed_attn
     return out

@@ -126,15 +126,20 @@ class SegmentSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def qkv_rotated(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``[T, H, D_h]`` of ``x`` ``[T, D]``, q and k rotated when ``rope`` is given."""
         t, d = x.shape
         q, k, v = self.qkv(x).view(t, 3, self.num_heads, d // self.num_heads).unbind(1)  # each [T,H,Dh]
         if rope is not None:
             cos, sin = rope  # [T, Dh], identity rows for prefix tokens
             q = apply_rope(q, cos[:, None, :], sin[:, None, :])
             k = apply_rope(k, cos[:, None, :], sin[:, None, :])
+        return q, k, v
+
+    def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        q, k, v = self.qkv_rotated(x, rope)
         out = ATTENTION_BACKENDS.get(backend)(q, k, v, segments)  # [T,H,Dh]
-        return self.proj(out.reshape(t, d))
+        return self.proj(out.reshape(x.shape))
 
 
 class Block(nn.Module):
@@ -237,6 +242,33 @@ class SlideEncoder(nn.Module):
         return cos.to(device), sin.to(device)
 
     # ------------------------------------------------------------------ forward
+    def run_blocks(self, packed: PackedSlides, stop: int | None = None):
+        """Embed the packed sequence and run the blocks before ``stop`` (default: all of them).
+
+        Returns:
+            ``(x [T, D] before block stop, rope tables or None, the segments of the RoPE blocks)``.
+        """
+        cfg = self.config
+        device = self.cls_token.device
+        packed.to(device)
+        feats = packed.features.to(self.patch_embed.proj.weight.dtype)
+        s = len(packed.n_patches)
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else feats.dtype
+        backend = choose_backend(cfg.attention_backend, device, dtype)
+        prefix = torch.cat([self.cls_token, self.register_tokens], dim=1).expand(s, -1, -1)  # [S, P, D]
+        patch_tokens = self.patch_embed(feats)  # [Np, D]
+        x = patch_tokens.new_empty(packed.total, cfg.dim)
+        x[packed.patch_slots] = patch_tokens
+        x[packed.prefix_slots.reshape(-1)] = prefix.reshape(-1, cfg.dim).to(x.dtype)  # [S*P, D]
+        rope = self._rope_tables(packed, device) if cfg.use_rope and any(b.rope_block for b in self.blocks) else None
+        rope_segments = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
+        for blk in self.blocks[:stop]:
+            if blk.rope_block:
+                x = blk(x, rope_segments, backend, rope)
+            else:
+                x = blk(x, packed.global_segments, backend, None)
+        return x, rope, rope_segments
+
     def forward_packed(self, packed: PackedSlides) -> dict[str, Tensor]:
         """Run the encoder on a packed batch.
 
@@ -246,23 +278,8 @@ class SlideEncoder(nn.Module):
         """
         cfg = self.config
         device = self.cls_token.device
-        packed.to(device)
-        feats = packed.features.to(self.patch_embed.proj.weight.dtype)
         s = len(packed.n_patches)
-        backend = choose_backend(cfg.attention_backend, device, torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else feats.dtype)
-        prefix = torch.cat([self.cls_token, self.register_tokens], dim=1).expand(s, -1, -1)  # [S, P, D]
-        x = feats.new_empty(packed.total, cfg.dim)
-        patch_tokens = self.patch_embed(feats)  # [Np, D]
-        x = x.to(patch_tokens.dtype)
-        x[packed.patch_slots] = patch_tokens
-        x[packed.prefix_slots.reshape(-1)] = prefix.reshape(-1, cfg.dim).to(x.dtype)  # [S*P, D]
-        rope = self._rope_tables(packed, device) if cfg.use_rope and any(b.rope_block for b in self.blocks) else None
-        rope_segments = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
-        for blk in self.blocks:
-            if blk.rope_block:
-                x = blk(x, rope_segments, backend, rope)
-            else:
-                x = blk(x, packed.global_segments, backend, None)
+        x, _, _ = self.run_blocks(packed)
         x = self.norm(x)
         tokens = x[packed.patch_slots]  # [Np, D]
         cls = x[packed.prefix_slots[:, 0]]  # [S, D]
