@@ -20,8 +20,8 @@ from pathalign.slides.encoders import PatchEncoderError, build_patch_encoder
 from pathalign.slides.features_io import is_complete
 from pathalign.slides.patch import PatchConfig, patch_slide
 from pathalign.slides.pipeline import PipelineConfig, run_pipeline
-from pathalign.slides.reader import SlideError, open_slide
-from pathalign.slides.segment import SegmentConfig, read_geojson, segment_slide
+from pathalign.slides.reader import open_slide
+from pathalign.slides.segment import read_geojson, segment_slide
 
 
 @pytest.fixture(scope="module")

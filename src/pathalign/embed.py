@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -19,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .io_utils import tmp_path
+from .io_utils import atomic_path
 from .slides.features_io import is_complete, read_patch_features
 
 
-def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool, max_tokens=None):
+def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool):
     out, kept = [], []
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:
@@ -33,8 +32,7 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
             pf = read_patch_features(features_dir / f"{sid}.h5")
             if pf.features is None or len(pf) == 0:
                 continue
-            slides.append((torch.from_numpy(np.asarray(pf.features, np.float32)), torch.from_numpy(pf.coords),
-                           torch.from_numpy(pf.fragment)))
+            slides.append(tuple(torch.from_numpy(a) for a in pf.as_inputs()))
             kept.append(sid)
         if slides:
             with torch.no_grad():
@@ -53,11 +51,8 @@ def _write_group(fh, name, ids, emb, **extra):
 def _write_trident(out_dir: Path, ids, emb) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for sid, e in zip(ids, emb):
-        path = out_dir / f"{sid}.h5"
-        tmp = tmp_path(path)
-        with h5py.File(tmp, "w") as fh:
+        with atomic_path(out_dir / f"{sid}.h5") as tmp, h5py.File(tmp, "w") as fh:
             fh.create_dataset("features", data=e.astype(np.float32))
-        os.replace(tmp, path)
 
 
 def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
@@ -90,8 +85,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
         ids[m] = [data.ids[i] for i in rows]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(out_path)
-    with h5py.File(tmp, "w") as fh:
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = str(model_path)
         held = (model.extra.get("splits") or {}).get("val")
         if held is not None:
@@ -110,20 +104,18 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
                 g.create_dataset(b, data=model.loss.project(b, a, torch.from_numpy(embs[b])).numpy())
                 t, bias = model.loss.temperature_bias(a, b)
             g.attrs["t"], g.attrs["b"] = float(t.detach().exp()), float(bias.detach())
-    os.replace(tmp, out_path)
     if "wsi" in embs and trident_name:
         _write_trident(out_path.parent / f"slide_features_{trident_name}", ids["wsi"], embs["wsi"])
     return counts
 
 
 def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True) -> dict[str, int]:
-    """Embed every features file of ``features_dir`` with a bare slide encoder (preset or published weights)."""
+    """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights."""
     from .models import SlideEncoder
 
-    if weights:
-        enc = SlideEncoder.from_exaone_path(weights)
-    else:
+    if not weights:
         raise ValueError(f"--slide-encoder {name} needs --weights (a random slide encoder gives meaningless embeddings)")
+    enc = SlideEncoder.from_exaone_path(weights)
     features_dir = Path(features_dir)
     slide_ids = sorted(p.stem for p in features_dir.glob("*.h5") if is_complete(p))
 
@@ -132,11 +124,9 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
 
     kept, emb = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress)
     out_path = Path(out_path)
-    tmp = tmp_path(out_path)
-    with h5py.File(tmp, "w") as fh:
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = f"{name}:{weights}"
         _write_group(fh, "wsi", kept, emb)
-    os.replace(tmp, out_path)
     _write_trident(out_path.parent / f"slide_features_{name}", kept, emb)
     return {"wsi": len(kept)}
 
@@ -163,11 +153,9 @@ def embed_mean_pool(features_dir, out_path, cohort_path=None) -> dict[str, int]:
         raise ValueError(f"{features_dir}: no complete features file")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(out_path)
-    with h5py.File(tmp, "w") as fh:
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = f"mean-pool:{features_dir}"
         _write_group(fh, "wsi", ids, np.stack(embs), case_ids=[case_of.get(s, s) for s in ids])
-    os.replace(tmp, out_path)
     return {"wsi": len(ids)}
 
 

@@ -9,7 +9,6 @@ Output folder::
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 

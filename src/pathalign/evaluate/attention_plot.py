@@ -6,7 +6,6 @@ another fragment must get zero attention.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,13 +52,13 @@ def plot_attention(slide_path, geojson, features_file, encoder: SlideEncoder, ou
     from ..slides.segment import low_res_image, read_geojson
 
     pf = read_patch_features(features_file)
-    feats = torch.from_numpy(np.asarray(pf.features, np.float32))
+    feats, coords, fragment = (torch.from_numpy(a) for a in pf.as_inputs())
     if query is None:
         big = np.bincount(pf.fragment).argmax()
         members = np.flatnonzero(pf.fragment == big)
         centre = pf.coords[members].mean(0)
         query = int(members[np.argmin(np.linalg.norm(pf.coords[members] - centre, axis=1))])
-    attn = rope_attention(encoder, feats, torch.from_numpy(pf.coords), torch.from_numpy(pf.fragment), query)
+    attn = rope_attention(encoder, feats, coords, fragment, query)
     with open_slide(slide_path) as slide:
         w0, h0 = slide.dimensions
         img, ds = low_res_image(slide, slide.mpp * max(w0, h0) / max_side)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +256,7 @@ def run(args) -> int:
                                  labels=args.labels.split(",") if args.labels else None)
         else:
             tasks = load_pathobench_tasks(args.tasks)
-        results = run_bench({**_named(args.embeddings), **_named(args.compare)}, tasks, args.out, manifest, args.seed)
+        run_bench({**_named(args.embeddings), **_named(args.compare)}, tasks, args.out, manifest, args.seed)
     except (TaskError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}")
         return 1

@@ -138,7 +138,8 @@ def validate_slide(features, coords, fragment, input_dim: int, where: str):
         raise SlideInputError(f"{where}: coords must be finite numbers")
     frag = None
     if fragment is not None:
-        frag = _as_numpy(fragment, "fragment", where).reshape(-1) if np.ndim(_as_numpy(fragment, "fragment", where)) else None
+        ids = _as_numpy(fragment, "fragment", where)
+        frag = ids.reshape(-1) if ids.ndim else None
         if frag is None or frag.shape[0] != n:
             got = None if frag is None else frag.shape[0]
             raise SlideInputError(f"{where}: fragment must be [N] = [{n}], got {got} ids")

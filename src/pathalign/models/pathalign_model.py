@@ -168,13 +168,12 @@ class PathAlignModel(nn.Module):
         """Write ``model.safetensors``, ``config.json`` and ``preprocessing.json`` to ``path`` (atomically each)."""
         from safetensors.torch import save_file
 
-        from ..io_utils import atomic_write_json, tmp_path
+        from ..io_utils import atomic_path, atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_path(path / "model.safetensors")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
-        tmp.replace(path / "model.safetensors")
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
         atomic_write_json({"kind": "pathalign", **asdict(self.config), **(extra or {})}, path / "config.json")
         atomic_write_json(preprocessing, path / "preprocessing.json")
 

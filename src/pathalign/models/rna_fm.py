@@ -62,13 +62,12 @@ class RNAFoundationModel(nn.Module):
         """Write ``model.safetensors``, ``config.json`` and ``preprocessing.json`` into ``out``."""
         from safetensors.torch import save_file
 
-        from ..io_utils import atomic_write_json, tmp_path
+        from ..io_utils import atomic_path, atomic_write_json
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_path(out / "model.safetensors")
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        tmp.replace(out / "model.safetensors")
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
         atomic_write_json({"kind": "pathalign-rna-fm", **asdict(self.config), **(extra or {})}, out / "config.json")
         atomic_write_json(preprocessing, out / "preprocessing.json")
 

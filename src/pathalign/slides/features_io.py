@@ -12,7 +12,6 @@ grid (8-neighbour, step ``patch_size_level0``).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from ..io_utils import tmp_path
+from ..io_utils import atomic_path
 
 
 class FeatureFileError(ValueError):
@@ -39,6 +38,12 @@ class PatchFeatures:
 
     def __len__(self) -> int:
         return len(self.coords)
+
+    def as_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(features float32 [N,C], coords [N,2], fragment [N])``: what the slide encoder takes."""
+        if self.features is None:
+            raise FeatureFileError(f"{self.path}: has coords but no features")
+        return np.asarray(self.features, np.float32), self.coords, self.fragment
 
 
 def grid_fragments(coords: np.ndarray, step: float) -> np.ndarray:
@@ -123,8 +128,7 @@ def write_patch_file(path: str | Path, coords: np.ndarray, fragment: np.ndarray,
     """Write a pathalign coords/features file atomically; ``complete`` is set only on the finished file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    with h5py.File(tmp, "w") as fh:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
         ds = fh.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
         for k, v in coord_attrs.items():
             if v is not None:
@@ -136,7 +140,6 @@ def write_patch_file(path: str | Path, coords: np.ndarray, fragment: np.ndarray,
             if v is not None:
                 fh.attrs[k] = v
         fh.attrs["complete"] = True
-    os.replace(tmp, path)
 
 
 def is_complete(path: str | Path) -> bool:

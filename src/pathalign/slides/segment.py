@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..io_utils import atomic_write_text, tmp_path
+from ..io_utils import atomic_path, atomic_write_text
 from ..registry import Registry
 from .reader import SlideReader
 
@@ -195,9 +195,9 @@ def draw_thumbnail(slide: SlideReader, fragments: list[Fragment], path: str | Pa
         cv2.putText(img, str(f.id), (int(cx) - 6, int(cy) + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(img, str(f.id), (int(cx) - 6, int(cy) + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
     path = Path(path)
-    tmp = tmp_path(path).with_suffix(".png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    tmp.replace(path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # cv2 picks the encoder by the suffix
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: cannot write the thumbnail")
 
 
 def write_segmentation(seg: Segmentation, slide: SlideReader, out_dir: str | Path, name: str) -> tuple[Path, Path]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io_utils import atomic_write_df
+from ..io_utils import atomic_path, atomic_write_df
 from .omics import cnv_table, maf_table, methylation_table, rna_table
 from .slides import render_slide, texture_bank, write_pyramidal_tiff
 from .state import CANCER_TYPES, PROGRAMS, SUBTYPES, SynthConfig, sample_truth
@@ -80,11 +80,9 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
     atomic_write_df(clinical, out / "clinical.tsv")
     atomic_write_df(rna_table(cfg, truth), out / "rna_tpm.tsv.gz", index=True)
     maf = maf_table(cfg, truth)
-    tmp = out / "mutations.maf.tmp"
-    with open(tmp, "w") as fh:
+    with atomic_path(out / "mutations.maf") as tmp, open(tmp, "w") as fh:
         fh.write("#version gdc-1.0.0\n#filedate 20261128\n#annotation.spec gdc-1.0.1-public\n")
         maf.to_csv(fh, sep="\t", index=False)
-    tmp.replace(out / "mutations.maf")
     atomic_write_df(cnv_table(cfg, truth), out / "cnv_gistic.tsv", index=True)
     atomic_write_df(methylation_table(cfg, truth), out / "methylation_beta.tsv.gz", index=True, na_rep="NA")
     atomic_write_df(truth, out / "truth.parquet")

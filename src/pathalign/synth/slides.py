@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from ..io_utils import atomic_path
 from .state import CANCER_TYPES, PATTERNS
 
 # optical density per unit stain (R, G, B), Ruifrok & Johnston
@@ -174,13 +175,11 @@ def render_slide(rng, bank, ctype: str, sub: int, pattern: str, programs: np.nda
 def write_pyramidal_tiff(path: Path, rgb: np.ndarray, mpp: float, magnification: float = 20.0,
                          downsamples=(1, 4), tile: int = 256) -> None:
     """Write a tiled, JPEG-compressed pyramidal TIFF (one page per level) with mpp, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
     desc = f"pathalign synthetic slide|AppMag = {magnification:g}|MPP = {mpp:g}"
-    with tifffile.TiffWriter(tmp, bigtiff=False) as tw:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tw:
         for i, ds in enumerate(downsamples):
             level = rgb if ds == 1 else cv2.resize(rgb, (rgb.shape[1] // ds, rgb.shape[0] // ds), interpolation=cv2.INTER_AREA)
             res = 1e4 / (mpp * ds)  # px per cm
             tw.write(level, tile=(tile, tile), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
                      resolution=(res, res), resolutionunit="CENTIMETER", description=desc if i == 0 else None,
                      subfiletype=0 if i == 0 else 1, metadata=None)
-    tmp.replace(path)

@@ -117,10 +117,7 @@ class CohortData:
 
 @lru_cache(maxsize=4096)
 def _load_slide(path: str):
-    pf = read_patch_features(path)
-    if pf.features is None:
-        raise CohortInputError(f"{path}: has coords but no features")
-    return (np.asarray(pf.features, np.float32), pf.coords, pf.fragment)
+    return read_patch_features(path).as_inputs()
 
 
 @dataclass

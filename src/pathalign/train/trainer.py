@@ -16,13 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
-from ..io_utils import atomic_write_json, tmp_path
+from ..io_utils import atomic_path, atomic_write_json, atomic_write_text
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset
 from .data import BatchSpec, CohortData, StepBatches, split_patients
 
@@ -219,12 +218,9 @@ class Trainer:
                  "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
                  "train_config": json.dumps(asdict(self.cfg)), "model_config": json.dumps(asdict(self.model_config)),
                  "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits)}
-        tmp = tmp_path(d / name)
-        torch.save(state, tmp)
-        os.replace(tmp, d / name)
-        ptmp = tmp_path(d / "latest.txt")
-        ptmp.write_text(name)
-        os.replace(ptmp, d / "latest.txt")
+        with atomic_path(d / name) as tmp:
+            torch.save(state, tmp)
+        atomic_write_text(name, d / "latest.txt")
         for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
             old.unlink()
         return d / name
