@@ -4,7 +4,7 @@ layout and any resume point see exactly the same batches."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ class CohortData:
                 raise CohortInputError(f"no patient has a complete features file in {self.features_dir}")
         self.n_valid = np.sum([self.valid[m] for m in self.modalities], axis=0)
 
-    @property
+    @cached_property
     def input_dims(self) -> dict[str, int]:
         dims = {m: a.shape[1] for m, a in self.arrays.items()}
         if "wsi" in self.modalities:
