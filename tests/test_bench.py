@@ -103,7 +103,7 @@ def test_bad_tasks_are_skipped_with_their_reason(tmp_path):
     slides = task.table.slide_id.tolist()
     _write_embeddings(tmp_path / "e.h5", slides, rng.standard_normal((len(slides), 4)).astype(np.float32),
                       task.table.case_id.tolist())
-    from pathalign.embed import read_embeddings
+    from pathalign.evaluate.embed import read_embeddings
 
     emb = read_embeddings(tmp_path / "e.h5")
     nomatch = Task("nomatch", "classification", "cancer_type", task.table.assign(slide_id="X-" + task.table.slide_id))

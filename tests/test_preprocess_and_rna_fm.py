@@ -12,7 +12,7 @@ from pathalign.cohort import CohortInputError, load_cohort
 from pathalign.cohort.preprocess import TRANSFORMS, make_transform
 from pathalign.models.molecular import FrozenFMEncoder, MLPEncoder
 from pathalign.models.rna_fm import RNAFoundationModel
-from pathalign.rna_pretrain import pretrain_rna
+from pathalign.train.rna_pretrain import pretrain_rna
 
 
 def test_rna_transform_fitted_on_training_patients_only():

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import REFERENCE, needs_cuda, rel_err
 from helpers import random_slide
 from pathalign import SlideEncoder, SlideEncoderConfig, SlideInputError
-from pathalign.models.exaone import CheckpointError
+from pathalign.io.checkpoints import CheckpointError
 
 REF_FILE = REFERENCE / "ep25_small.safetensors"
 

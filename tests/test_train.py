@@ -14,7 +14,7 @@ import torch
 from conftest import REFERENCE
 from pathalign import load_model
 from pathalign.cohort import CohortInputError
-from pathalign.embed import embed_with_model, read_embeddings
+from pathalign.evaluate.embed import embed_with_model, read_embeddings
 from pathalign.evaluate.retrieval import cross_modal_retrieval, recall_at_k
 from pathalign.train.trainer import TrainConfig, Trainer, TrainingError
 

@@ -49,10 +49,10 @@ def _stage(cfg: DemoConfig, name: str, fn, log: list) -> None:
 def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     """Run (or resume) the demo; returns the benchmark results."""
     from .cohort import CohortSources, build_cohort
-    from .embed import embed_mean_pool, embed_with_model
+    from .evaluate.embed import embed_mean_pool, embed_with_model
     from .evaluate.bench import run_bench
     from .evaluate.tasks import derive_tasks
-    from .rna_pretrain import pretrain_rna
+    from .train.rna_pretrain import pretrain_rna
     from .slides.patch import PatchConfig
     from .slides.pipeline import PipelineConfig, find_slides, run_pipeline
     from .slides.segment import SegmentConfig
@@ -119,7 +119,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
 
 def write_report(cfg: DemoConfig, results: dict, manifest, pipe, run: Path) -> bool:
     """``report.md`` with the results table and the plots (t-SNE, attention, loss curves, metrics)."""
-    from .embed import read_embeddings
+    from .evaluate.embed import read_embeddings
     from .evaluate.attention_plot import plot_attention
     from .evaluate.plots import plot_embedding_map
     from .models.pathalign_model import load_model

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io_utils import atomic_write_df, atomic_write_json, atomic_write_text
+from ..io.atomic import atomic_write_df, atomic_write_json, atomic_write_text
 from .ids import CohortInputError, Drop, IdRule, assign_patients, source_name
 from .readers import read_matrix, read_maf, read_table
 

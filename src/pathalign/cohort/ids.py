@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import PathalignError
+
 TCGA_PATIENT = re.compile(r"^[A-Z0-9]+-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 TCGA_SAMPLE = re.compile(r"^([A-Z0-9]+-[A-Z0-9]{2}-[A-Z0-9]{4})-(\d{2})([A-Z]?)(?:-(\d{2})([A-Z]?))?", re.IGNORECASE)
 
 
-class CohortInputError(ValueError):
+class CohortInputError(PathalignError, ValueError):
     """Bad cohort input; the message names the file, row or column."""
 
 

@@ -34,7 +34,7 @@ def run_ablations(cohort, out, preset: str = "tiny", steps: int = 300, seed: int
                   bench: bool = True, only: list[str] | None = None, progress: bool = True) -> dict:
     """Train (and embed) every variant under ``out/<variant>``; bench them with mean pooling when ``bench``."""
     from ..cohort import load_cohort
-    from ..embed import embed_mean_pool, embed_with_model
+    from .embed import embed_mean_pool, embed_with_model
     from ..train.trainer import TrainConfig, Trainer
     from .bench import run_bench
     from .tasks import derive_tasks

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..embed import read_embeddings
-from ..io_utils import atomic_write_json, atomic_write_text
+from .embed import read_embeddings
+from ..io.atomic import atomic_write_json, atomic_write_text
 from .probes import cox_probe, linear_probe
 from .retrieval import cross_modal_retrieval, label_retrieval, patient_pair_space, recall_at_k
 from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks

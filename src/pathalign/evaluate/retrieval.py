@@ -49,7 +49,7 @@ def label_retrieval(embeddings: np.ndarray, labels, groups=None, ks=(1, 5)) -> d
 def patient_pair_space(emb: dict, a: str, b: str, patients=None):
     """Per-patient vectors of modalities ``a`` and ``b`` in their pair space, for the patients having both.
 
-    ``emb`` is what :func:`pathalign.embed.read_embeddings` returns. Slides of one patient are averaged
+    ``emb`` is what :func:`pathalign.evaluate.embed.read_embeddings` returns. Slides of one patient are averaged
     (then re-normalised). Returns ``(patient ids, [n, P] a-side, [n, P] b-side)``.
     """
     key, flip = (f"{a}-{b}", False) if f"{a}-{b}" in emb.get("pairs", {}) else (f"{b}-{a}", True)

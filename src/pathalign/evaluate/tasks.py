@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import PathalignError
+
 TASK_TYPES = ("classification", "survival")
 
 
-class TaskError(ValueError):
+class TaskError(PathalignError, ValueError):
     """A task that cannot be run; the message names the task file and the problem."""
 
 

@@ -15,34 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..io.checkpoints import CheckpointError, read_state_dict
+
 _RENAMES = {"storage_tokens": "register_tokens", "rope_embed.periods": "rope_periods"}
 _MARKER = "transformer."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the problem."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors, ``.bin`` or ``.pt`` file (never unpickles arbitrary objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any reader failure with the file name
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model", "module"):  # common wrappers
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(sd).__name__}")
-    return sd
 
 
 def strip_to_transformer(sd: dict[str, Tensor], where: str = "state dict") -> dict[str, Tensor]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import PathalignError
+
 
 @dataclass
 class Segments:
@@ -94,7 +96,7 @@ class PackedSlides:
         return self
 
 
-class SlideInputError(ValueError):
+class SlideInputError(PathalignError, ValueError):
     """Raised for a slide whose inputs cannot be encoded; the message names the slide."""
 
 

@@ -168,7 +168,7 @@ class PathAlignModel(nn.Module):
         """Write ``model.safetensors``, ``config.json`` and ``preprocessing.json`` to ``path`` (atomically each)."""
         from safetensors.torch import save_file
 
-        from ..io_utils import atomic_path, atomic_write_json
+        from ..io.atomic import atomic_path, atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ class RNAFoundationModel(nn.Module):
         """Write ``model.safetensors``, ``config.json`` and ``preprocessing.json`` into ``out``."""
         from safetensors.torch import save_file
 
-        from ..io_utils import atomic_path, atomic_write_json
+        from ..io.atomic import atomic_path, atomic_write_json
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

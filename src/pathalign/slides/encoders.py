@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PathalignError
 from ..registry import Registry
 
 PATCH_ENCODERS: Registry["PatchEncoderSpec"] = Registry("patch encoder")
@@ -36,7 +37,7 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 OD_SCALE = math.log(1e6)  # rgb2hed's scale → optical density in natural-log units
 
 
-class PatchEncoderError(RuntimeError):
+class PatchEncoderError(PathalignError, RuntimeError):
     """A patch encoder that cannot be built (unknown name, weights unavailable)."""
 
 
@@ -191,7 +192,7 @@ def _timm_kwargs(extra: dict) -> dict:
 
 
 def _load_weights(model: nn.Module, weights: str | Path, name: str) -> None:
-    from ..models.exaone import read_state_dict
+    from ..io.checkpoints import read_state_dict
 
     path = Path(weights)
     if path.is_dir():

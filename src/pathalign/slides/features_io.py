@@ -19,10 +19,11 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from ..io_utils import atomic_path
+from ..errors import PathalignError
+from ..io.atomic import atomic_path
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(PathalignError, ValueError):
     """A patch coords/features file that cannot be read; the message names the file."""
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..io_utils import atomic_write_df
+from ..io.atomic import atomic_write_df
 from .encoders import PatchEncoderError, build_patch_encoder
 from .extract import PatchDataset, extract_features
 from .features_io import is_complete, read_patch_features, write_patch_file

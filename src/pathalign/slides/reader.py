@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PathalignError
 from ..registry import Registry
 
 SLIDE_BACKENDS: Registry[type] = Registry("slide reader backend")
 
 
-class SlideError(RuntimeError):
+class SlideError(PathalignError, RuntimeError):
     """A slide that cannot be read; the message names the file."""
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..io_utils import atomic_path, atomic_write_text
+from ..io.atomic import atomic_path, atomic_write_text
 from ..registry import Registry
 from .reader import SlideReader
 

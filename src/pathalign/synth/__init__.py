@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io_utils import atomic_path, atomic_write_df
+from ..io.atomic import atomic_path, atomic_write_df
 from .omics import cnv_table, maf_table, methylation_table, rna_table
 from .slides import render_slide, texture_bank, write_pyramidal_tiff
 from .state import CANCER_TYPES, PROGRAMS, SUBTYPES, SynthConfig, sample_truth

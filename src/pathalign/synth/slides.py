@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from ..io_utils import atomic_path
+from ..io.atomic import atomic_path
 from .state import CANCER_TYPES, PATTERNS
 
 # optical density per unit stain (R, G, B), Ruifrok & Johnston

@@ -20,13 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..errors import PathalignError
 from ..cohort import load_cohort
-from ..io_utils import atomic_path, atomic_write_json, atomic_write_text
+from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset
 from .data import BatchSpec, CohortData, StepBatches, split_patients
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PathalignError, RuntimeError):
     """Training stopped (non-finite loss, bad checkpoint, incompatible resume)."""
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .io_utils import atomic_path
-from .slides.features_io import is_complete, read_patch_features
+from ..io.atomic import atomic_path
+from ..slides.features_io import is_complete, read_patch_features
 
 
 def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool):
@@ -58,9 +58,9 @@ def _write_trident(out_dir: Path, ids, emb) -> None:
 def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
                      trident_name: str | None = None) -> dict[str, int]:
     """Embed a cohort with a trained model; returns the number of items per modality."""
-    from .cohort import load_cohort
-    from .models.pathalign_model import load_model
-    from .train.data import CohortData
+    from ..cohort import load_cohort
+    from ..models.pathalign_model import load_model
+    from ..train.data import CohortData
 
     model = load_model(model_path)
     cohort = load_cohort(cohort_path)
@@ -111,7 +111,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
 
 def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True) -> dict[str, int]:
     """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights."""
-    from .models import SlideEncoder
+    from ..models import SlideEncoder
 
     if not weights:
         raise ValueError(f"--slide-encoder {name} needs --weights (a random slide encoder gives meaningless embeddings)")
@@ -136,7 +136,7 @@ def embed_mean_pool(features_dir, out_path, cohort_path=None) -> dict[str, int]:
     features_dir = Path(features_dir)
     case_of = {}
     if cohort_path is not None:
-        from .cohort import load_cohort
+        from ..cohort import load_cohort
 
         for p, sids in zip(*load_cohort(cohort_path).manifest[["case_id", "slide_ids"]].to_numpy().T):
             case_of.update({s: p for s in sids})

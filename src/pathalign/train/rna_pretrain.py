@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cohort import load_cohort
-from .cohort.preprocess import make_transform
-from .io_utils import atomic_write_json
-from .models.rna_fm import RNAFMConfig, RNAFoundationModel
+from ..cohort import load_cohort
+from ..cohort.preprocess import make_transform
+from ..io.atomic import atomic_write_json
+from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
 
 
 def _masked_mse(model, x, observed, hidden, baseline) -> tuple[float, float]:

@@ -1,0 +1,1 @@
+"""What every stage reads and writes: atomic writes and checkpoint files."""
