@@ -332,6 +332,8 @@ def test_features_folder_of_preprocess_output_is_found_and_missing_slides_report
                     "--features", str(empty)], capsys)
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "none of its 4 slides has a complete features file" in err and "X1.h5" in err
+    with pytest.raises(CohortInputError, match=r"--features needs --slides"):
+        CohortSources(features=str(out), rna="x.tsv")
     # two encoders' features: ask which
     _preprocess_like(tmp_path / "pre", listed[:1], encoder="other")
     with pytest.raises(CohortInputError, match=r"holds no .h5 files but 2 features folders"):

@@ -62,6 +62,9 @@ class CohortSources:
             raise CohortInputError(f"--cnv-kind must be one of {CNV_KINDS}, got {self.cnv_kind!r}")
         if self.rna_units == "counts" and not self.gene_lengths:
             raise CohortInputError("--rna-units counts needs --gene-lengths FILE (gene, length in bp) to make TPM")
+        if self.features and not self.slides:
+            raise CohortInputError("--features needs --slides (a table with slide_id and case_id): "
+                                   "without it no slide is attached to a patient")
         if not any([self.rna, self.maf, self.cnv, self.methylation, self.slides]):
             raise CohortInputError("nothing to build: give at least one of --slides, --rna, --maf, --cnv, --methylation")
 
