@@ -160,3 +160,20 @@ def test_unusable_geojson_is_an_error_naming_the_file(tmp_path):
         {"type": "Feature", "properties": {"tissue_id": 0}, "geometry": {"type": "Point", "coordinates": [1, 2]}}]}))
     with pytest.raises(TissueGeoJSONError, match=r"slideA.geojson: feature 0 is a 'Point'"):
         read_patch_features(feats_path)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kdtree_ring_distance_equals_brute_force(seed):
+    from pathalign.slides.trident import _distance_to_rings
+
+    rng = np.random.default_rng(seed)
+    rings = []
+    for _ in range(2):  # an uneven ring (long and short segments) and a hole-like inner one
+        n = int(rng.integers(3, 300))
+        t = np.sort(rng.uniform(0, 2 * np.pi, n))
+        r = rng.uniform(200, 3000, n) / (len(rings) + 1)
+        rings.append(np.c_[r * np.cos(t), r * np.sin(t)] + rng.uniform(-50, 50, 2))
+    pts = rng.uniform(-4000, 4000, (2000, 2))
+    fast = _distance_to_rings(pts, rings, brute=0)
+    slow = _distance_to_rings(pts, rings, brute=1 << 40)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-9, err_msg=f"seed {seed}")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.path import Path as MplPath
+from scipy.spatial import cKDTree
 
 from ..errors import PathalignError
 
@@ -128,20 +129,39 @@ def _inside(points: np.ndarray, rings: list[np.ndarray]) -> np.ndarray:
     return inside
 
 
-def _distance_to_rings(points: np.ndarray, rings: list[np.ndarray], chunk: int = 1 << 22) -> np.ndarray:
-    """Euclidean distance from each point [M, 2] to the nearest segment of ``rings``."""
-    a = np.concatenate([r for r in rings])  # [S, 2] segment starts
-    b = np.concatenate([np.roll(r, -1, axis=0) for r in rings])  # [S, 2] segment ends (rings closed)
-    ab = b - a
-    denom = np.maximum((ab ** 2).sum(axis=1), 1e-12)
-    out = np.empty(len(points))
-    step = max(1, chunk // max(len(a), 1))
-    for s in range(0, len(points), step):
-        p = points[s:s + step, None, :]  # [m, 1, 2]
-        t = np.clip(((p - a) * ab).sum(-1) / denom, 0.0, 1.0)  # [m, S]
-        d = p - (a + t[..., None] * ab)  # [m, S, 2]
-        out[s:s + step] = np.sqrt((d ** 2).sum(-1).min(axis=1))
+def _segment_distance(p: np.ndarray, a: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """Distance from points ``p`` [..., 2] to segments ``a + t * ab`` (t in [0, 1]), elementwise."""
+    dx, dy = p[..., 0] - a[..., 0], p[..., 1] - a[..., 1]
+    t = np.clip((dx * ab[..., 0] + dy * ab[..., 1]) / np.maximum((ab ** 2).sum(-1), 1e-12), 0.0, 1.0)
+    return np.hypot(dx - t * ab[..., 0], dy - t * ab[..., 1])
+
+
+def _distance_to_rings(points: np.ndarray, rings: list[np.ndarray], brute: int = 1 << 20) -> np.ndarray:
+    """Exact Euclidean distance from each point [M, 2] to the nearest segment of the closed ``rings``.
+
+    Small problems are brute force. Large ones use two k-d trees: the nearest vertex gives an
+    upper bound ``d``; a segment within ``d`` of a point has its midpoint within ``d`` + half the
+    longest segment, so only those segments are measured.
+    """
+    a = np.concatenate(rings)  # [S, 2] segment starts
+    ab = np.concatenate([np.roll(r, -1, axis=0) for r in rings]) - a  # [S, 2] segment vectors
+    if len(points) * len(a) <= brute:
+        return _segment_distance(points[:, None, :], a[None], ab[None]).min(axis=1)  # [M, S] -> [M]
+    upper, _ = cKDTree(a).query(points)
+    half = float(np.sqrt((ab ** 2).sum(1)).max()) / 2
+    near = cKDTree(a + ab / 2).query_ball_point(points, upper + half + 1e-6)
+    counts = np.array([len(n) for n in near])
+    seg = np.concatenate([np.asarray(n, np.int64) for n in near])  # candidate segments, point after point
+    owner = np.repeat(np.arange(len(points)), counts)
+    out = np.full(len(points), np.inf)
+    np.minimum.at(out, owner, _segment_distance(points[owner], a[seg], ab[seg]))
     return out
+
+
+def _box_distance(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Distance from each point [M, 2] to the box [lo, hi]: a lower bound of the distance to what it holds."""
+    gap = np.maximum(np.maximum(lo - points, points - hi), 0.0)  # [M, 2]
+    return np.sqrt((gap ** 2).sum(axis=1))
 
 
 def assign_to_pieces(centres: np.ndarray, pieces: list[TissuePiece]) -> np.ndarray:
@@ -170,10 +190,20 @@ def assign_to_pieces(centres: np.ndarray, pieces: list[TissuePiece]) -> np.ndarr
         best[np.flatnonzero(todo)[hit]] = piece.tissue_id
     outside = np.flatnonzero(best < 0)
     if len(outside):
-        dist = np.stack([np.min([_distance_to_rings(centres[outside], rings) for rings in piece.polygons], axis=0)
-                         for piece in pieces])  # [pieces, M]
-        ids = np.array([p.tissue_id for p in pieces], np.int64)
-        best[outside] = ids[dist.argmin(axis=0)]
+        pts = centres[outside]
+        nearest = np.full(len(pts), np.inf)
+        # exact distances, skipping a piece for points whose distance to its bounding box is already too far
+        bounds = [[_box_distance(pts, r[0].min(axis=0), r[0].max(axis=0)) for r in p.polygons] for p in pieces]
+        order = np.argsort([np.median(np.min(b, axis=0)) for b in bounds], kind="stable")
+        for k in order:
+            for rings, lower in zip(pieces[k].polygons, bounds[k]):
+                todo = np.flatnonzero(lower < nearest)
+                if len(todo) == 0:
+                    continue
+                d = _distance_to_rings(pts[todo], rings)
+                closer = d < nearest[todo]
+                nearest[todo[closer]] = d[closer]
+                best[outside[todo[closer]]] = pieces[k].tissue_id
     return best
 
 
