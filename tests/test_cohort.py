@@ -157,3 +157,251 @@ def test_synth_is_deterministic_for_a_seed(tmp_path):
     other = generate_cohort(tmp_path / "c", SynthConfig(patients=6, seed=12, slide_size=512, genes=50, probes=30,
                                                         mutation_genes=12, cnv_genes=24), workers=1, progress=False)
     assert other.case_id.tolist() != pd.read_parquet(tmp_path / "a" / "truth.parquet").case_id.tolist()
+
+
+# ---- issue 13 item 3: each silent wrong answer is an error or a named warning (docs/cohort.md) ----
+
+P = [f"TCGA-AA-000{i}" for i in range(1, 5)]
+
+
+def _matrix(path, samples, rows, transpose=False):
+    """A Xena-style features x samples TSV (``rows``: feature -> values per sample); repeated samples allowed."""
+    lines = ["\t".join(["gene", *samples])]
+    lines += ["\t".join([g, *("NA" if v is None else str(v) for v in vals)]) for g, vals in rows.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _clinical(path, ids):
+    path.write_text("case_id\tlabel\n" + "".join(f"{p}\t{'ab'[i % 2]}\n" for i, p in enumerate(ids)))
+    return str(path)
+
+
+def _cli(argv, capsys):
+    from pathalign.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_slide_listed_under_two_patients_is_an_error(tmp_path):
+    (tmp_path / "slides.tsv").write_text("slide_id\tcase_id\nS1\tTCGA-AA-0001\nS2\tTCGA-AA-0002\nS1\tTCGA-AA-0003\n")
+    rna = _matrix(tmp_path / "rna.tsv", [f"{p}-01A" for p in P[:3]], {"G1": [100, 200, 300]})
+    with pytest.raises(CohortInputError, match=r"slides.tsv: slide 'S1' is listed under 2 patients "
+                                               r"\(TCGA-AA-0001, TCGA-AA-0003\)"):
+        build_cohort(CohortSources(slides=str(tmp_path / "slides.tsv"), rna=rna), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_all_nan_sample_is_not_present(tmp_path):
+    # patient 1: only an all-NA sample; patient 2: an all-NA primary (01A) and a good 01B vial
+    samples = [f"{P[0]}-01A", f"{P[1]}-01A", f"{P[1]}-01B", f"{P[2]}-01A"]
+    meth = _matrix(tmp_path / "meth.tsv", samples, {"cg1": [None, None, 0.2, 0.5], "cg2": [None, None, 0.4, None]})
+    cohort = build_cohort(CohortSources(clinical=_clinical(tmp_path / "clin.tsv", P[:3]), methylation=meth),
+                          tmp_path / "c", progress=False)
+    man = cohort.manifest.set_index("case_id")
+    assert man.has_methylation.to_dict() == {P[0]: False, P[1]: True, P[2]: True}
+    assert cohort.matrix("methylation").loc[P[1]].tolist() == [0.2, 0.4]  # the good vial, not the empty one
+    empty = {d["sample"] for d in cohort.meta["dropped"] if "all values missing" in d["reason"]}
+    assert empty == {f"{P[0]}-01A", f"{P[1]}-01A"}
+    assert f"{P[0]}-01A" in (tmp_path / "c" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("units", ["tpm", "fpkm", "counts", "log2tpm"])
+def test_negative_rna_is_an_error_with_its_count(tmp_path, units):
+    rng = np.random.default_rng(5)
+    values = rng.gamma(2.0, 50.0, size=(10, 4))
+    if units == "log2tpm":
+        values = np.log2(values + 1)
+    values[rng.random(values.shape) < 0.8] *= -1  # 80 % negative, as in the hostile case
+    n_neg = int((values < 0).sum())
+    rna = _matrix(tmp_path / "rna.tsv", [f"{p}-01A" for p in P], {f"G{i}": list(v) for i, v in enumerate(values)})
+    (tmp_path / "len.tsv").write_text("gene\tlength\n" + "".join(f"G{i}\t1000\n" for i in range(10)))
+    src = CohortSources(rna=rna, rna_units=units, gene_lengths=str(tmp_path / "len.tsv"))
+    with pytest.raises(CohortInputError, match=rf"rna.tsv: {n_neg} of 40 observed values \(.*\) are negative"):
+        build_cohort(src, tmp_path / "c", progress=False)
+
+
+def test_log_units_given_linear_values_is_an_error_and_linear_given_log_a_warning(tmp_path):
+    rna = _matrix(tmp_path / "rna.tsv", [f"{p}-01A" for p in P[:2]], {"G1": [5000.0, 12.5], "G2": [3.0, 0.0]})
+    with pytest.raises(CohortInputError, match=r"declared log2tpm .* exceed 25 .* declare --rna-units tpm"):
+        build_cohort(CohortSources(rna=rna, rna_units="log2tpm"), tmp_path / "c", progress=False)
+    logged = _matrix(tmp_path / "log.tsv", [f"{p}-01A" for p in P[:2]], {"G1": [12.3, 3.5], "G2": [0.0, 7.25]})
+    cohort = build_cohort(CohortSources(rna=logged), tmp_path / "c", progress=False)
+    assert any("looks log-transformed" in w for w in cohort.meta["warnings"])
+    assert "looks log-transformed" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_methylation_in_percent_is_detected_and_converted_only_when_declared(tmp_path):
+    pct = [[12.5, 80.0, None], [99.0, 0.0, 50.0]]
+    meth = _matrix(tmp_path / "meth.tsv", [f"{p}-01A" for p in P[:3]], {"cg1": pct[0], "cg2": pct[1]})
+    with pytest.raises(CohortInputError, match=r"meth.tsv: methylation declared beta \(0-1\) but 4 of 5 observed values .* "
+                                               r"look like percent .* --methylation-units percent"):
+        build_cohort(CohortSources(methylation=meth), tmp_path / "c", progress=False)
+    cohort = build_cohort(CohortSources(methylation=meth, methylation_units="percent"), tmp_path / "c", progress=False)
+    got = cohort.matrix("methylation").loc[P[:3], ["cg1", "cg2"]].to_numpy()
+    want = np.array(pct, dtype=float).T / 100  # samples x probes
+    np.testing.assert_allclose(got, want)
+    assert cohort.meta["units"]["methylation"] == "beta"
+    mvals = _matrix(tmp_path / "m.tsv", [f"{p}-01A" for p in P[:2]], {"cg1": [-2.5, 1.0], "cg2": [0.5, 0.1]})
+    with pytest.raises(CohortInputError, match=r"1 of 4 observed values \(25.0%\) are outside it \(first at sample 'TCGA-AA-0001-01A', "
+                                               r"feature 'cg1': -2.5\); give beta values \(0-1\), not M-values"):
+        build_cohort(CohortSources(methylation=mvals), tmp_path / "c2", progress=False)
+
+
+def test_gistic_declared_but_ratios_given_is_an_error(tmp_path):
+    cnv = _matrix(tmp_path / "cnv.tsv", [f"{p}-01A" for p in P[:2]], {"G1": [0.31, -1], "G2": [2, 0]})
+    with pytest.raises(CohortInputError, match=r"cnv.tsv: declared GISTIC .* but 1 of 4 observed values .* --cnv-kind log2"):
+        build_cohort(CohortSources(cnv=cnv), tmp_path / "c", progress=False)
+    assert build_cohort(CohortSources(cnv=cnv, cnv_kind="log2"), tmp_path / "c", progress=False).matrix("cnv").shape == (2, 2)
+
+
+def test_lower_case_clinical_ids_match_sample_ids(tmp_path, capsys):
+    clin = _clinical(tmp_path / "clin.tsv", [p.lower() for p in P[:3]])
+    (tmp_path / "slides.tsv").write_text("slide_id\tcase_id\n" + "".join(f"S{i}\t{p.lower()}\n" for i, p in enumerate(P[:3])))
+    rna = _matrix(tmp_path / "rna.tsv", [f"{p}-01A" for p in P[:3]], {"G1": [100, 200, 300], "G2": [50, 60, 70]})
+    cohort = build_cohort(CohortSources(clinical=clin, slides=str(tmp_path / "slides.tsv"), rna=rna),
+                          tmp_path / "c", progress=False)
+    assert cohort.manifest.case_id.tolist() == P[:3]
+    assert cohort.manifest.has_rna.all() and cohort.manifest.has_wsi.all()
+    assert cohort.matrix("rna")["G1"].to_dict() == {P[0]: 100.0, P[1]: 200.0, P[2]: 300.0}
+    # mixed case within the clinical table is one patient twice
+    (tmp_path / "dup.tsv").write_text(f"case_id\n{P[0]}\n{P[0].lower()}\n")
+    with pytest.raises(CohortInputError, match=r"dup.tsv: patient 'TCGA-AA-0001' appears more than once"):
+        build_cohort(CohortSources(clinical=str(tmp_path / "dup.tsv"), rna=rna), tmp_path / "c2", progress=False)
+
+
+def test_repeated_sample_column_identical_is_merged_conflicting_is_an_error(tmp_path):
+    s = [f"{P[0]}-01A", f"{P[1]}-01A", f"{P[0]}-01A"]
+    same = _matrix(tmp_path / "same.tsv", s, {"G1": [100, 200, 100], "G2": [None, 7, None]})
+    cohort = build_cohort(CohortSources(rna=same), tmp_path / "c", progress=False)
+    assert cohort.matrix("rna")["G1"].to_dict() == {P[0]: 100.0, P[1]: 200.0}
+    notes = [d for d in cohort.meta["dropped"] if d["sample"] == s[0]]
+    assert len(notes) == 1 and "identical repeated sample" in notes[0]["reason"]
+    diff = _matrix(tmp_path / "diff.tsv", s, {"G1": [100, 200, 100], "G2": [5, 7, 6]})
+    with pytest.raises(CohortInputError, match=rf"diff.tsv: sample '{s[0]}' appears 2 times with different values "
+                                               r"\(1 features differ, e.g. 'G2': 5.0, 6.0\)"):
+        build_cohort(CohortSources(rna=diff), tmp_path / "c2", progress=False)
+    # samples as rows: the same rule
+    (tmp_path / "rows.tsv").write_text(f"sample\tG1\n{s[0]}\t1\n{s[1]}\t2\n{s[0]}\t3\n")
+    with pytest.raises(CohortInputError, match=rf"rows.tsv: sample '{s[0]}' appears 2 times"):
+        read_matrix(tmp_path / "rows.tsv", IdRule("tcga"))
+
+
+def test_clinical_ids_matching_nothing_is_an_error(tmp_path, capsys):
+    clin = _clinical(tmp_path / "clin.tsv", ["PAT-1", "PAT-2"])
+    rna = _matrix(tmp_path / "rna.tsv", [f"{p}-01A" for p in P[:2]], {"G1": [100, 200]})
+    with pytest.raises(CohortInputError, match=r"rna.tsv: none of its 2 patients \(e.g. TCGA-AA-0001, TCGA-AA-0002\) "
+                                               r"is in clin.tsv \(e.g. PAT-1, PAT-2\)"):
+        build_cohort(CohortSources(clinical=clin, rna=rna), tmp_path / "c", progress=False)
+    rc, err = _cli(["cohort", "build", "--out", str(tmp_path / "c"), "--clinical", clin, "--rna", rna], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and "rna.tsv: none of its 2 patients" in err, err
+    assert not (tmp_path / "c").exists()
+    # a source whose every sample is dropped contributes nothing either
+    normals = _matrix(tmp_path / "normal.tsv", [f"{p}-11A" for p in P[:2]], {"G1": [100, 200]})
+    with pytest.raises(CohortInputError, match=r"normal.tsv: no sample is usable \(2 not a tumour sample"):
+        build_cohort(CohortSources(rna=normals), tmp_path / "c", progress=False)
+
+
+def _preprocess_like(root, slides, encoder="pathalign-stats"):
+    from pathalign.slides.features_io import write_patch_file
+
+    rng = np.random.default_rng(0)
+    for s in slides:
+        coords = np.array([[0, 0], [256, 0]])
+        for sub, feats in (("coords", None), (f"features_{encoder}", rng.standard_normal((2, 4)).astype(np.float32))):
+            write_patch_file(root / sub / f"{s}.h5", coords, np.zeros(2, int), {"patch_size_level0": 256}, feats)
+    return root
+
+
+def test_features_folder_of_preprocess_output_is_found_and_missing_slides_reported(tmp_path, capsys):
+    listed = [f"{p}-01Z-00-DX1" for p in P]
+    (tmp_path / "slides.tsv").write_text("slide_id\tcase_id\n" + "".join(f"{s}\t{s[:12]}\n" for s in listed))
+    out = _preprocess_like(tmp_path / "pre", listed[:3])  # the 4th slide has no features
+    cohort = build_cohort(CohortSources(clinical=_clinical(tmp_path / "clin.tsv", P), slides=str(tmp_path / "slides.tsv"),
+                                        features=str(out)), tmp_path / "c", progress=False)
+    assert cohort.meta["slides_dir"] == str((out / "features_pathalign-stats").resolve())
+    assert cohort.manifest.set_index("case_id").has_wsi.to_dict() == {P[0]: True, P[1]: True, P[2]: True, P[3]: False}
+    assert any("using its subfolder" in w for w in cohort.meta["warnings"])
+    assert any("1 of 4 slides listed in slides.tsv have no complete features file" in w for w in cohort.meta["warnings"])
+    assert [d["sample"] for d in cohort.meta["dropped"] if "features" in d["reason"]] == [listed[3]]
+    # a folder whose files name no listed slide: an error, not an empty slide modality
+    empty = _preprocess_like(tmp_path / "other", ["X1", "X2"])
+    rc, err = _cli(["cohort", "build", "--out", str(tmp_path / "c2"), "--slides", str(tmp_path / "slides.tsv"),
+                    "--features", str(empty)], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "none of its 4 slides has a complete features file" in err and "X1.h5" in err
+    with pytest.raises(CohortInputError, match=r"--features needs --slides"):
+        CohortSources(features=str(out), rna="x.tsv")
+    # two encoders' features: ask which
+    _preprocess_like(tmp_path / "pre", listed[:1], encoder="other")
+    with pytest.raises(CohortInputError, match=r"holds no .h5 files but 2 features folders"):
+        build_cohort(CohortSources(slides=str(tmp_path / "slides.tsv"), features=str(out)), tmp_path / "c3",
+                     progress=False)
+
+
+# ---- issue 13 item 4: a cohort folder is complete or absent ----
+
+def _two_builds(tmp_path):
+    clin = _clinical(tmp_path / "clin.tsv", P)
+    a = _matrix(tmp_path / "a.tsv", [f"{p}-01A" for p in P], {"G1": [1.0, 2, 3, 4], "G2": [5.0, 6, 7, 8]})
+    b = _matrix(tmp_path / "b.tsv", [f"{p}-01A" for p in P[:2]], {"G1": [10.0, 20], "G3": [30.0, 40]})
+    return CohortSources(clinical=clin, rna=a), CohortSources(clinical=clin, rna=b)
+
+
+def test_rebuild_killed_midway_leaves_the_previous_cohort_whole(tmp_path):
+    import subprocess
+    import sys
+
+    src_a, src_b = _two_builds(tmp_path)
+    out = tmp_path / "cohort"
+    first = build_cohort(src_a, out, progress=False)
+    rna_a, man_a = first.matrix("rna"), first.manifest
+    # rebuild with other data in a process killed (SIGKILL) while it writes its second Parquet file
+    script = f"""
+import os, signal, pyarrow.parquet as pq
+from pathalign.cohort import CohortSources, build_cohort
+real, calls = pq.write_table, []
+def write_then_die(*a, **k):
+    real(*a, **k)
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+pq.write_table = write_then_die
+build_cohort(CohortSources(clinical={src_b.clinical!r}, rna={src_b.rna!r}), {str(out)!r}, progress=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    again = load_cohort(out)
+    pd.testing.assert_frame_equal(again.matrix("rna"), rna_a)
+    pd.testing.assert_frame_equal(again.manifest, man_a)
+    # the next build replaces it whole and clears the dead build's leftovers
+    build_cohort(src_b, out, progress=False)
+    assert load_cohort(out).matrix("rna").columns.tolist() == ["G1", "G3"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cohort")] == []
+
+
+def test_load_refuses_incomplete_or_mixed_folders(tmp_path):
+    import shutil
+
+    src_a, src_b = _two_builds(tmp_path)
+    build_cohort(src_a, tmp_path / "a", progress=False)
+    build_cohort(src_b, tmp_path / "b", progress=False)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "a", mixed)
+    shutil.copy(tmp_path / "b" / "rna.parquet", mixed / "rna.parquet")  # a parquet from another build
+    with pytest.raises(CohortInputError, match=r"mixed/rna.parquet: from another build .* the folder is mixed"):
+        load_cohort(mixed)
+    (mixed / "cohort.json").unlink()  # no marker: an interrupted build or an old layout
+    with pytest.raises(CohortInputError, match=r"mixed: not a complete cohort folder \(no cohort.json"):
+        load_cohort(mixed)
+    (tmp_path / "a" / "rna.parquet").unlink()
+    with pytest.raises(CohortInputError, match=r"rna.parquet is listed in cohort.json but missing"):
+        load_cohort(tmp_path / "a")
+    # a folder that is not a cohort is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CohortInputError, match=r"mine: exists, is not empty and is not a cohort folder"):
+        build_cohort(src_a, tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

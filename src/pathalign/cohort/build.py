@@ -4,18 +4,25 @@ Output folder::
 
     manifest.parquet      one row per patient: case_id, clinical columns, has_<modality>, slide_ids
     <modality>.parquet    patients x features, raw aligned values (rna, snp, cnv, methylation)
-    cohort.json           sources, units, the feature vocabulary per modality, dropped samples
-    report.md             counts per modality and overlap, drops and why, missing-value rates
+    cohort.json           build id and file list, sources, units, the feature vocabulary per
+                          modality, dropped samples, warnings
+    report.md             warnings, counts per modality and overlap, drops and why, missing-value rates
+
+The folder is written complete or absent and every file carries the build id (``folder``);
+the input rules (units, ids, duplicates, features folder) are in docs/cohort.md.
 """
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..io.atomic import atomic_write_df, atomic_write_json, atomic_write_text
+from .checks import METHYLATION_UNITS, check_values, drop_empty_samples
+from .folder import FORMAT_VERSION, check_complete, new_build_id, staged_folder, write_parquet
 from .ids import CohortInputError, Drop, IdRule, assign_patients, source_name
 from .readers import read_matrix, read_maf, read_table
 
@@ -39,6 +46,7 @@ class CohortSources:
     cnv: str | None = None
     cnv_kind: str = "gistic"
     methylation: str | None = None
+    methylation_units: str = "beta"
     orientation: str = "auto"
     id_rule: str = "tcga"
     id_map: str | None = None
@@ -47,19 +55,28 @@ class CohortSources:
     def __post_init__(self):
         if self.rna_units not in RNA_UNITS:
             raise CohortInputError(f"--rna-units must be one of {RNA_UNITS}, got {self.rna_units!r}")
+        if self.methylation_units not in METHYLATION_UNITS:
+            raise CohortInputError(f"--methylation-units must be one of {METHYLATION_UNITS}, "
+                                   f"got {self.methylation_units!r}")
         if self.cnv_kind not in CNV_KINDS:
             raise CohortInputError(f"--cnv-kind must be one of {CNV_KINDS}, got {self.cnv_kind!r}")
         if self.rna_units == "counts" and not self.gene_lengths:
             raise CohortInputError("--rna-units counts needs --gene-lengths FILE (gene, length in bp) to make TPM")
+        if self.features and not self.slides:
+            raise CohortInputError("--features needs --slides (a table with slide_id and case_id): "
+                                   "without it no slide is attached to a patient")
         if not any([self.rna, self.maf, self.cnv, self.methylation, self.slides]):
             raise CohortInputError("nothing to build: give at least one of --slides, --rna, --maf, --cnv, --methylation")
 
 
-def _read_clinical(path: str, case_col: str) -> pd.DataFrame:
+def _read_clinical(path: str, case_col: str, rule: IdRule) -> pd.DataFrame:
     df = read_table(path)
     if case_col not in df.columns:
         raise CohortInputError(f"{path}: no '{case_col}' column (columns: {list(df.columns)[:8]})")
-    df[case_col] = df[case_col].astype(str).str.strip()
+    blank = df[case_col].isna() | (df[case_col].astype(str).str.strip() == "")
+    if blank.any():
+        raise CohortInputError(f"{path}: row {int(np.flatnonzero(blank.to_numpy())[0]) + 2} has no '{case_col}'")
+    df[case_col] = df[case_col].map(rule.normalise_case)
     dup = df[df[case_col].duplicated(keep=False)]
     if len(dup):
         rows = ", ".join(str(i + 2) for i in dup.index[:6])
@@ -67,23 +84,77 @@ def _read_clinical(path: str, case_col: str) -> pd.DataFrame:
     return df.rename(columns={case_col: "case_id"}).set_index("case_id", drop=False)
 
 
-def _read_slides(path: str, features_dir: str | None, case_col: str, drops: list[Drop]) -> pd.DataFrame:
+def resolve_features_dir(path: str | Path) -> tuple[Path, str | None]:
+    """The folder of ``<slide_id>.h5`` features that ``path`` names, and a note when it was looked up.
+
+    ``path`` itself when it holds ``.h5`` files; else its one ``features_<encoder>/`` subfolder
+    holding them, one or two levels down (``preprocess`` output: ``DIR/features_<encoder>/``;
+    Trident job: ``JOB/<mag>x_<ps>px_<overlap>px_overlap/features_<encoder>/``).
+
+    Raises:
+        CohortInputError: no such folder, no features files there, or several candidate subfolders.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CohortInputError(f"--features {path}: no such folder")
+    if any(path.glob("*.h5")):
+        return path, None
+    found = sorted({d for d in [*path.glob("features_*"), *path.glob("*/features_*")]
+                    if d.is_dir() and any(d.glob("*.h5"))})
+    if len(found) == 1:
+        return found[0], f"--features {path} holds no .h5 files; using its subfolder {found[0]}"
+    if found:
+        raise CohortInputError(f"--features {path} holds no .h5 files but {len(found)} features folders: "
+                               f"{', '.join(str(d) for d in found)}; give the one to use")
+    raise CohortInputError(f"--features {path}: no .h5 features files here nor in a features_<encoder>/ subfolder "
+                           "(give the folder that holds <slide_id>.h5)")
+
+
+def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRule, drops: list[Drop],
+                 warnings: list[str]) -> pd.DataFrame:
     df = read_table(path)
     for col in ("slide_id", case_col):
         if col not in df.columns:
             raise CohortInputError(f"{path}: no '{col}' column")
     df = df.rename(columns={case_col: "case_id"})
-    df["case_id"] = df["case_id"].astype(str).str.strip()
+    df["case_id"] = df["case_id"].map(rule.normalise_case)
     df["slide_id"] = df["slide_id"].astype(str).str.strip()
+    owners = df.groupby("slide_id", sort=False)["case_id"].unique()
+    shared = owners[owners.apply(len) > 1]
+    if len(shared):
+        raise CohortInputError(f"{path}: slide {shared.index[0]!r} is listed under {len(shared.iat[0])} patients "
+                               f"({', '.join(shared.iat[0])}); a slide belongs to one patient"
+                               + (f" ({len(shared)} slides like this)" if len(shared) > 1 else ""))
+    repeated = df.slide_id.duplicated()
+    drops.extend(Drop(source_name(path), s, "listed twice for the same patient; kept once")
+                 for s in df.slide_id[repeated])
+    df = df[~repeated]
     if features_dir is not None:
         from ..slides.features_io import is_complete
 
-        ok = [is_complete(Path(features_dir) / f"{s}.h5") for s in df.slide_id]
-        for s, good in zip(df.slide_id, ok):
-            if not good:
-                drops.append(Drop(source_name(path), s, f"no complete features file in {features_dir}"))
-        df = df[np.array(ok, bool)]
+        ok = np.array([is_complete(features_dir / f"{s}.h5") for s in df.slide_id], bool)
+        for s in df.slide_id[~ok]:
+            drops.append(Drop(source_name(path), s, f"no complete features file in {features_dir}"))
+        if len(df) and not ok.any():
+            held = sorted(p.name for p in features_dir.glob("*.h5"))[:3]
+            raise CohortInputError(f"{path}: none of its {len(df)} slides has a complete features file in "
+                                   f"{features_dir} (expected e.g. {df.slide_id.iat[0]}.h5; the folder holds "
+                                   f"{', '.join(held) or 'no .h5 files'})")
+        if (~ok).any():
+            warnings.append(f"{int((~ok).sum())} of {len(df)} slides listed in {source_name(path)} have no complete "
+                            f"features file in {features_dir} (named under dropped samples)")
+        df = df[ok]
     return df
+
+
+def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientation: str, drops: list[Drop],
+                   warnings: list[str]) -> pd.DataFrame:
+    """Read, check against the unit's rules (``checks``), drop empty samples, then one sample per patient."""
+    name = source_name(path)
+    mat = read_matrix(path, rule, orientation, drops)
+    mat, notes = check_values(mat, modality, units, name)
+    warnings.extend(notes)
+    return _to_patients(drop_empty_samples(mat, name, drops), rule, name, drops)
 
 
 def _to_patients(mat: pd.DataFrame, rule: IdRule, source: str, drops: list[Drop]) -> pd.DataFrame:
@@ -94,27 +165,58 @@ def _to_patients(mat: pd.DataFrame, rule: IdRule, source: str, drops: list[Drop]
     return out
 
 
+def _no_match(source: str, found: list[str], patients: list[str], clinical: str | None, drops: list[Drop]) -> str:
+    """Why a source contributes no patient, for the error message."""
+    if found:
+        return (f"{source}: none of its {len(found)} patients (e.g. {', '.join(found[:2])}) is in "
+                f"{source_name(clinical) if clinical else 'the cohort'} (e.g. {', '.join(patients[:2])}); "
+                "check --case-col and --id-rule")
+    reasons = pd.Series([d.reason for d in drops if d.source == source]).value_counts()
+    why = "; ".join(f"{n} {r}" for r, n in reasons.head(3).items()) or "it holds no sample"
+    return f"{source}: no sample is usable ({why})"
+
+
 def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> "Cohort":
-    """Build a cohort folder from ``src`` (see module docstring); returns it loaded."""
+    """Build a cohort folder from ``src`` (see module docstring); returns it loaded.
+
+    The folder is written complete or not at all (:mod:`.folder`); inputs are checked by the
+    rules of :mod:`.checks` and docs/cohort.md.
+
+    Args:
+        src: the inputs.
+        out: the cohort folder (replaced when it holds an earlier cohort).
+        progress: print a summary line and the warnings.
+
+    Returns:
+        The built cohort.
+
+    Raises:
+        CohortInputError: input that breaks a rule, a source that matches no patient, or an
+            output folder that cannot be written.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rule = IdRule.from_args(src.id_rule, src.id_map)
     drops: list[Drop] = []
+    warnings: list[str] = []
     matrices: dict[str, pd.DataFrame] = {}
-    if src.rna:
-        matrices["rna"] = _to_patients(read_matrix(src.rna, rule, src.orientation), rule, source_name(src.rna), drops)
+    sources: dict[str, str] = {}
+    units = {"rna": src.rna_units, "cnv": src.cnv_kind, "methylation": src.methylation_units, "snp": "binary"}
+    for mod, path in (("rna", src.rna), ("cnv", src.cnv), ("methylation", src.methylation)):
+        if path:
+            matrices[mod] = _read_modality(path, mod, units[mod], rule, src.orientation, drops, warnings)
+            sources[mod] = source_name(path)
     if src.maf:
-        maf = read_maf(src.maf)
-        matrices["snp"] = _to_patients(maf, rule, ",".join(source_name(p) for p in src.maf), drops)
-    if src.cnv:
-        matrices["cnv"] = _to_patients(read_matrix(src.cnv, rule, src.orientation), rule, source_name(src.cnv), drops)
-    if src.methylation:
-        matrices["methylation"] = _to_patients(read_matrix(src.methylation, rule, src.orientation), rule,
-                                               source_name(src.methylation), drops)
-    slides = _read_slides(src.slides, src.features, src.case_col, drops) if src.slides else None
+        sources["snp"] = ",".join(source_name(p) for p in src.maf)
+        matrices["snp"] = _to_patients(read_maf(src.maf), rule, sources["snp"], drops)
+    features_dir = None
+    if src.features:
+        features_dir, note = resolve_features_dir(src.features)
+        if note:
+            warnings.append(note)
+    slides = _read_slides(src.slides, features_dir, src.case_col, rule, drops, warnings) if src.slides else None
 
     if src.clinical:
-        clinical = _read_clinical(src.clinical, src.case_col)
+        clinical = _read_clinical(src.clinical, src.case_col, rule)
         patients = list(clinical.index)
     else:
         found = set().union(*[set(m.index) for m in matrices.values()], set(slides.case_id) if slides is not None else set())
@@ -125,6 +227,8 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
         unknown = [p for p in mat.index if p not in known]
         drops.extend(Drop(mod, p, "patient not in the clinical table") for p in unknown)
         matrices[mod] = mat.loc[[p for p in patients if p in mat.index]]
+        if len(matrices[mod]) == 0:
+            raise CohortInputError(_no_match(sources[mod], list(mat.index), patients, src.clinical, drops))
     slide_ids: dict[str, list[str]] = {p: [] for p in patients}
     if slides is not None:
         for s, p in zip(slides.slide_id, slides.case_id):
@@ -132,6 +236,9 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
                 slide_ids[p].append(s)
             else:
                 drops.append(Drop("slides", s, f"patient {p} not in the clinical table"))
+        if len(slides) and not any(slide_ids.values()):
+            raise CohortInputError(_no_match(source_name(src.slides), list(dict.fromkeys(slides.case_id)), patients,
+                                             src.clinical, drops))
 
     manifest = clinical.reset_index(drop=True).copy()
     manifest["has_wsi"] = [len(slide_ids[p]) > 0 for p in patients]
@@ -139,36 +246,47 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
         manifest[f"has_{mod}"] = [p in matrices[mod].index for p in patients] if mod in matrices else False
     manifest["slide_ids"] = [slide_ids[p] for p in patients]
     manifest["n_modalities"] = manifest[[f"has_{m}" for m in MODALITIES]].sum(axis=1)
+    if not manifest.n_modalities.any():
+        raise CohortInputError("the cohort would be empty: no patient has any modality")
 
-    for mod, mat in matrices.items():
-        mat = mat.copy()
-        mat.columns = mat.columns.astype(str)
-        atomic_write_df(mat, out / f"{mod}.parquet", index=True)
-    for mod in MOLECULAR:  # a stale matrix from an earlier build must not survive
-        if mod not in matrices and (out / f"{mod}.parquet").exists():
-            (out / f"{mod}.parquet").unlink()
-    atomic_write_df(manifest, out / "manifest.parquet")
+    build_id = new_build_id()
     meta = {
+        "format_version": FORMAT_VERSION,
+        "build_id": build_id,
+        "files": ["manifest.parquet"] + [f"{mod}.parquet" for mod in matrices],
         "sources": {k: v for k, v in vars(src).items() if v},
-        "units": {"rna": src.rna_units, "cnv": src.cnv_kind, "methylation": "beta", "snp": "binary"},
+        "units": {**units, "methylation": "beta"},  # methylation is stored as beta whatever was declared
         "features": {mod: list(map(str, mat.columns)) for mod, mat in matrices.items()},
-        "slides_dir": str(Path(src.features).resolve()) if src.features else None,
+        "slides_dir": str(features_dir.resolve()) if features_dir is not None else None,
         "dropped": [vars(d) for d in drops],
+        "warnings": warnings,
     }
     if src.gene_lengths:
         gl = read_table(src.gene_lengths)
         meta["gene_lengths"] = dict(zip(gl.iloc[:, 0].astype(str), gl.iloc[:, 1].astype(float)))
-    atomic_write_json(meta, out / "cohort.json")
-    atomic_write_text(render_report(manifest, matrices, drops), out / "report.md")
+    with staged_folder(out) as stage:
+        for mod, mat in matrices.items():
+            mat = mat.copy()
+            mat.columns = mat.columns.astype(str)
+            write_parquet(mat, stage / f"{mod}.parquet", build_id, index=True)
+        write_parquet(manifest, stage / "manifest.parquet", build_id)
+        (stage / "report.md").write_text(render_report(manifest, matrices, drops, warnings, build_id))
+        (stage / "cohort.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     if progress:
         counts = ", ".join(f"{m} {int(manifest[f'has_{m}'].sum())}" for m in MODALITIES)
-        print(f"cohort: {len(manifest)} patients ({counts}); {len(drops)} samples dropped; see {out / 'report.md'}")
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"cohort: {len(manifest)} patients ({counts}); {len(drops)} samples dropped; {len(warnings)} warnings; "
+              f"see {out / 'report.md'}")
     return load_cohort(out)
 
 
-def render_report(manifest: pd.DataFrame, matrices: dict[str, pd.DataFrame], drops: list[Drop]) -> str:
+def render_report(manifest: pd.DataFrame, matrices: dict[str, pd.DataFrame], drops: list[Drop],
+                  warnings: list[str] | None = None, build_id: str = "") -> str:
     """The QC report (Markdown)."""
-    lines = ["# Cohort report", "", f"{len(manifest)} patients.", "", "## Patients per modality", "",
+    lines = ["# Cohort report", "", f"{len(manifest)} patients. Build id `{build_id}`.", "", "## Warnings", ""]
+    lines += [f"- {w}" for w in warnings] if warnings else ["None."]
+    lines += ["", "## Patients per modality", "",
              "| modality | patients | features | missing values |", "|---|---|---|---|"]
     for mod in MODALITIES:
         n = int(manifest[f"has_{mod}"].sum())
@@ -205,14 +323,9 @@ class Cohort:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "manifest.parquet").is_file():
-            raise CohortInputError(f"{self.path}: not a cohort folder (no manifest.parquet); run 'pathalign cohort build'")
+        self.meta = check_complete(self.path)
         self.manifest = pd.read_parquet(self.path / "manifest.parquet")
         self.manifest["slide_ids"] = self.manifest["slide_ids"].apply(lambda v: [str(s) for s in v])
-        meta_path = self.path / "cohort.json"
-        import json
-
-        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         self._cache: dict[str, pd.DataFrame] = {}
 
     @property
@@ -226,7 +339,7 @@ class Cohort:
             raise KeyError(f"unknown molecular modality {modality!r}; one of {MOLECULAR}")
         if modality not in self._cache:
             path = self.path / f"{modality}.parquet"
-            if not path.is_file():
+            if f"{modality}.parquet" not in self.meta["files"]:
                 raise KeyError(f"{self.path}: the cohort has no {modality} data")
             self._cache[modality] = pd.read_parquet(path)
         return self._cache[modality]
@@ -240,5 +353,9 @@ class Cohort:
 
 
 def load_cohort(path: str | Path) -> Cohort:
-    """Open a cohort folder written by ``pathalign cohort build``."""
+    """Open a cohort folder written by ``pathalign cohort build``.
+
+    Raises:
+        CohortInputError: the folder is absent, incomplete or mixed from two builds (see :mod:`.folder`).
+    """
     return Cohort(path)

@@ -11,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--clinical", help="clinical table (TSV/CSV/Parquet) with a case_id column and labels")
     b.add_argument("--case-col", default="case_id", help="patient id column in the clinical and slides tables")
     b.add_argument("--slides", help="slides table with slide_id and case_id columns")
-    b.add_argument("--features", help="folder of <slide_id>.h5 patch features; only slides with a complete file count")
+    b.add_argument("--features", help="folder of <slide_id>.h5 patch features (or a preprocess/Trident output folder "
+                   "with one features_<encoder>/ subfolder); only slides with a complete file count")
     b.add_argument("--rna", help="RNA matrix (genes x samples or samples x genes)")
     b.add_argument("--rna-units", default="tpm", help="tpm, counts, fpkm, log2tpm or log2fpkm (default tpm)")
     b.add_argument("--gene-lengths", help="gene, length (bp) table; needed with --rna-units counts")
@@ -19,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--cnv", help="gene-level copy-number matrix")
     b.add_argument("--cnv-kind", default="gistic", help="gistic (thresholded -2..2) or log2 (ratios)")
     b.add_argument("--methylation", help="probe x sample beta matrix (NA allowed)")
+    b.add_argument("--methylation-units", default="beta",
+                   help="beta (0-1, default) or percent (0-100, divided by 100); percent values declared as beta "
+                   "are an error")
     b.add_argument("--orientation", default="auto",
                    help="auto (detect the axis with sample ids), samples-as-columns or samples-as-rows")
     b.add_argument("--id-rule", default="tcga", help="tcga (first 12 characters, tumour samples) or table")
@@ -26,16 +30,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Build the cohort; an input error is one line on stderr and exit code 2."""
+    import sys
+
+    from ..errors import PathalignError
     from .build import CohortSources, build_cohort
-    from .ids import CohortInputError
 
     try:
         src = CohortSources(clinical=args.clinical, slides=args.slides, features=args.features, rna=args.rna,
                             rna_units=args.rna_units, gene_lengths=args.gene_lengths, maf=args.maf, cnv=args.cnv,
-                            cnv_kind=args.cnv_kind, methylation=args.methylation, orientation=args.orientation,
+                            cnv_kind=args.cnv_kind, methylation=args.methylation,
+                            methylation_units=args.methylation_units, orientation=args.orientation,
                             id_rule=args.id_rule, id_map=args.id_map, case_col=args.case_col)
         build_cohort(src, args.out)
-    except CohortInputError as e:
-        print(f"error: {e}")
-        return 1
+    except PathalignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

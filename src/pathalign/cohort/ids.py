@@ -8,6 +8,11 @@ reported as dropped duplicates.
 
 ``table``: a two-column mapping (``sample_id``, ``case_id``) read from a file; every sample
 listed maps to its patient; unlisted samples are dropped and reported.
+
+Patient ids are compared after one normalisation, the same for every source (clinical
+table, slides table, sample-derived ids): surrounding blanks removed and, under the ``tcga``
+rule, upper case (TCGA barcodes are case-insensitive). Under ``table`` ids are compared as
+written (stripped).
 """
 from __future__ import annotations
 
@@ -56,6 +61,11 @@ class IdRule:
         if missing:
             raise CohortInputError(f"{table_path}: id map lacks column(s) {sorted(missing)}")
         return cls("table", dict(zip(df.sample_id.str.strip(), df.case_id.str.strip())))
+
+    def normalise_case(self, case_id) -> str:
+        """The patient id as every source is compared by (see module docstring)."""
+        case_id = str(case_id).strip()
+        return case_id.upper() if self.kind == "tcga" else case_id
 
     def looks_like_sample(self, value: str) -> bool:
         """Whether ``value`` is a sample id under this rule (used to find the id axis of a matrix)."""

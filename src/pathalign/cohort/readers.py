@@ -3,6 +3,10 @@
 Every reader returns a samples x features ``DataFrame`` of floats (index = sample ids as
 written in the file) and raises :class:`CohortInputError` naming the file, row and column of
 anything it cannot read.
+
+A sample that appears twice in one matrix (a repeated column in a Xena-style file) is kept
+once when both copies are identical (reported as a dropped duplicate) and is an error naming
+the sample when they differ: there is no right copy to choose.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .ids import CohortInputError, IdRule
+from .ids import CohortInputError, Drop, IdRule, source_name
 
 NON_SILENT_CLASSES = frozenset({
     "Missense_Mutation", "Nonsense_Mutation", "Nonstop_Mutation", "Frame_Shift_Del", "Frame_Shift_Ins",
@@ -34,13 +38,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 df = df.reset_index()
             return df
         sep = "," if ".csv" in name else "\t"
-        return pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
-                           keep_default_na=True)
+        df = pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
+                         keep_default_na=True)
+        # pandas renames a repeated header ('X', 'X.1'); keep the names as written so repeats can be checked
+        header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+        if len(header) == df.shape[1] and header.duplicated().any():
+            df.columns = [str(h) for h in header]
+        return df
     except Exception as e:  # noqa: BLE001
         raise CohortInputError(f"{path}: cannot read table ({type(e).__name__}: {e})") from None
 
 
-def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto") -> pd.DataFrame:
+def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
+                drops: list[Drop] | None = None) -> pd.DataFrame:
     """A numeric matrix as samples x features.
 
     Args:
@@ -48,6 +58,14 @@ def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto") -> pd
         rule: the id rule; sample ids are recognised by it.
         orientation: ``auto`` (the axis whose names are sample ids), ``samples-as-columns``
             (features x samples, Xena style) or ``samples-as-rows``.
+        drops: where identical repeated samples that were merged are reported (optional).
+
+    Returns:
+        samples x features float64 ``DataFrame``, one row per sample id.
+
+    Raises:
+        CohortInputError: unreadable file, no sample axis, a non-numeric value, a repeated
+            feature, or a repeated sample whose copies differ.
     """
     if orientation not in ORIENTATIONS:
         raise CohortInputError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
@@ -79,7 +97,27 @@ def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto") -> pd
     dup = df.columns[df.columns.duplicated()]
     if len(dup):
         raise CohortInputError(f"{path}: feature {dup[0]!r} appears more than once")
-    return df
+    return _merge_repeated_samples(df, path, drops)
+
+
+def _merge_repeated_samples(df: pd.DataFrame, path, drops: list[Drop] | None) -> pd.DataFrame:
+    """One row per sample: identical repeats merged (and reported), differing repeats an error."""
+    repeated = df.index[df.index.duplicated()].unique()
+    if len(repeated) == 0:
+        return df
+    for sample in repeated:
+        copies = df.loc[[sample]].to_numpy()  # [k, F]
+        differ = ~((copies == copies[0]) | (np.isnan(copies) & np.isnan(copies[0]))).all(axis=0)
+        if differ.any():
+            j = int(np.flatnonzero(differ)[0])
+            vals = ", ".join(str(v) for v in copies[:, j])
+            raise CohortInputError(f"{path}: sample {sample!r} appears {len(copies)} times with different values "
+                                   f"({int(differ.sum())} features differ, e.g. '{df.columns[j]}': {vals}); "
+                                   "remove the wrong copy")
+        if drops is not None:
+            drops.extend(Drop(source_name(path), str(sample), "identical repeated sample in the file; kept one copy")
+                         for _ in range(len(copies) - 1))
+    return df[~df.index.duplicated(keep="first")]
 
 
 def read_maf(paths, rule: IdRule | None = None) -> pd.DataFrame:

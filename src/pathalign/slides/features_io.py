@@ -7,11 +7,14 @@
 * CLAM files: ``coords`` with ``patch_size``, ``patch_level``, ``downsample``;
 * EXAONE Path 2.5 files: ``contour_index`` in place of ``fragment``.
 
-Where fragment ids are missing they are derived as the connected components of the patch
-grid (8-neighbour, step ``patch_size_level0``).
+Where fragment ids are missing they come from the tissue pieces Trident writes beside its
+patches (``slides.trident``), and only failing that from the connected components of the
+patch grid (8-neighbour, step ``patch_size_level0``), with a ``FragmentFallbackWarning``
+naming the slide.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from scipy import ndimage
 
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
+from .trident import GEOJSON_DIR, FragmentFallbackWarning, trident_fragments
 
 
 class FeatureFileError(PathalignError, ValueError):
@@ -118,7 +122,12 @@ def read_patch_features(path: str | Path) -> PatchFeatures:
             attrs["patch_size_level0_inferred"] = True
         else:
             attrs["patch_size_level0"] = int(attrs.get("patch_size", 256))
+    if frag is None:  # the producer's tissue pieces (Trident GeoJSON), else the grid with a warning
+        frag, attrs["fragment_source"] = trident_fragments(path, coords, attrs)
     if frag is None:
+        warnings.warn(f"{path}: slide {attrs.get('name') or path.stem!r} has no fragment ids and no tissue GeoJSON "
+                      f"(Trident's <job>/{GEOJSON_DIR}/<slide>.geojson); fragments are the 8-connected components "
+                      "of the patch grid, which can merge tissue pieces", FragmentFallbackWarning, stacklevel=2)
         frag = grid_fragments(coords.astype(np.float64), float(attrs["patch_size_level0"]))
         attrs["fragment_source"] = "grid-connected-components"
     return PatchFeatures(feats, coords.astype(np.int64), frag, attrs, path)

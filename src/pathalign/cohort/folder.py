@@ -1,0 +1,159 @@
+"""A cohort folder is complete or absent.
+
+``cohort build`` writes every file into a hidden sibling folder (``.<name>.building-<pid>``),
+then swaps it in place of the target with two renames (the old folder, if any, is moved
+aside first and removed after). A kill at any moment therefore leaves either the previous
+complete cohort, the new complete cohort, or no folder under the target name — never a mix.
+
+Every build gets a random build id. ``cohort.json`` records it with the list of its data
+files, and every Parquet file carries it in its schema metadata; :func:`check_complete`
+(called by ``load_cohort``) refuses a folder without ``cohort.json``, with a file missing,
+or with a file from another build.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .ids import CohortInputError
+
+BUILD_KEY = b"pathalign_cohort_build_id"
+FORMAT_VERSION = 1
+
+
+def new_build_id() -> str:
+    """A fresh random build id."""
+    return uuid.uuid4().hex
+
+
+def write_parquet(df: pd.DataFrame, path: Path, build_id: str, index: bool = False) -> None:
+    """Write ``df`` as Parquet with ``build_id`` in its schema metadata."""
+    table = pa.Table.from_pandas(df, preserve_index=index)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), BUILD_KEY: build_id.encode()})
+    pq.write_table(table, path)
+
+
+def parquet_build_id(path: Path) -> str | None:
+    """The build id stored in a Parquet file written by :func:`write_parquet` (None if it has none)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as e:
+        raise CohortInputError(f"{path}: unreadable Parquet file ({e}); rebuild the cohort") from None
+    value = meta.get(BUILD_KEY)
+    return value.decode() if value is not None else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(out: Path) -> list[Path]:
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(building|old)-(\d+)$")
+    if not out.parent.is_dir():
+        return []
+    return [p for p in out.parent.iterdir() if pattern.match(p.name)]
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CohortInputError(f"{out}: exists and is not a folder; choose another --out")
+    if any(out.iterdir()) and not ((out / "cohort.json").is_file() or (out / "manifest.parquet").is_file()):
+        raise CohortInputError(f"{out}: exists, is not empty and is not a cohort folder; refusing to replace it "
+                               "(choose another --out)")
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """Yield an empty hidden sibling of ``out`` to write into; on success it replaces ``out``.
+
+    On error the staging folder is removed and ``out`` is left as it was. Leftovers of killed
+    builds (their process gone) are removed first.
+
+    Raises:
+        CohortInputError: ``out`` is a non-cohort folder, or its parent cannot be written.
+    """
+    out = Path(out).absolute()
+    _check_replaceable(out)
+    for p in _leftovers(out):
+        if not _pid_alive(int(p.name.rsplit("-", 1)[1])):
+            shutil.rmtree(p, ignore_errors=True)
+    stage = out.parent / f".{out.name}.building-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+    except OSError as e:
+        raise CohortInputError(f"{out}: cannot write the cohort here ({e.strerror or e})") from None
+    try:
+        yield stage
+        if out.exists():
+            os.rename(out, old)
+        try:
+            os.rename(stage, out)
+        except BaseException:
+            if old.exists() and not out.exists():
+                os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise CohortInputError(f"{out}: cannot write the cohort ({e})") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def check_complete(path: Path) -> dict:
+    """Check that ``path`` is one complete cohort build; return its ``cohort.json``.
+
+    Raises:
+        CohortInputError: no folder, no or unreadable ``cohort.json``, a listed file missing,
+            or a data file from another build (the message says which and what to do).
+    """
+    rebuild = "rebuild it with 'pathalign cohort build'"
+    if not path.is_dir():
+        hint = ""
+        left = _leftovers(path.absolute())
+        if left:
+            hint = f" (an interrupted build left {', '.join(p.name for p in left)} beside it)"
+        raise CohortInputError(f"{path}: no such cohort folder{hint}; {rebuild}")
+    meta_path = path / "cohort.json"
+    if not meta_path.is_file():
+        raise CohortInputError(f"{path}: not a complete cohort folder (no cohort.json with a build id; written by an "
+                               f"interrupted build or an older pathalign); {rebuild}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CohortInputError(f"{meta_path}: unreadable ({e}); {rebuild}") from None
+    build_id = meta.get("build_id") if isinstance(meta, dict) else None
+    if not build_id or not isinstance(meta.get("files"), list):
+        raise CohortInputError(f"{meta_path}: no build id or file list (an older pathalign wrote it); {rebuild}")
+    listed = set(meta["files"])
+    for name in sorted(listed | {p.name for p in path.glob("*.parquet")}):
+        file = path / name
+        if not file.is_file():
+            raise CohortInputError(f"{path}: {name} is listed in cohort.json but missing; {rebuild}")
+        got = parquet_build_id(file)
+        if name not in listed or got != build_id:
+            raise CohortInputError(f"{file}: from another build (build id {got} vs {build_id} in cohort.json); "
+                                   f"the folder is mixed; {rebuild}")
+    return meta
