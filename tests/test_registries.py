@@ -214,3 +214,15 @@ def test_segmenter_finds_the_tissue_blobs(name, blob):
     with open_slide(path) as slide:
         fragments = SEGMENTERS.get(name)(slide, SegmentConfig(method=name, min_fragment_um2=2000))
     assert len(fragments) == label.max() + 1
+
+
+def test_unknown_name_is_an_expected_error_and_a_key_error():
+    from pathalign.errors import PathalignError
+    from pathalign.registry import Registry
+
+    reg = Registry("widget")
+    reg.register("a")(1)
+    with pytest.raises(KeyError) as e:
+        reg.get("b")
+    assert isinstance(e.value, PathalignError)
+    assert str(e.value) == "unknown widget 'b'; known: a"  # no KeyError quoting in the CLI's one line
