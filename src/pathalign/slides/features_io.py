@@ -12,6 +12,7 @@ grid (8-neighbour, step ``patch_size_level0``).
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,14 +127,32 @@ def read_patch_features(path: str | Path) -> PatchFeatures:
 
 def write_patch_file(path: str | Path, coords: np.ndarray, fragment: np.ndarray, coord_attrs: dict,
                      features: np.ndarray | None = None, file_attrs: dict | None = None) -> None:
-    """Write a pathalign coords/features file atomically; ``complete`` is set only on the finished file."""
+    """Write a pathalign coords/features file atomically; ``complete`` is set only on the finished file.
+
+    The HDF5 file is built in memory and its bytes are then written with ordinary Python I/O to a
+    temporary name that replaces ``path`` on success. HDF5 never touches the disk, so a full disk or
+    a file-size limit raises a plain ``OSError`` naming ``path`` (HDF5 closing a file whose write
+    failed can crash the process) and no partial file is left under either name.
+
+    Args:
+        path: the target ``.h5`` file.
+        coords: int ``[N, 2]`` level-0 (x, y).
+        fragment: int ``[N]`` fragment id per patch.
+        coord_attrs: attributes of the ``coords`` dataset (``None`` values are skipped).
+        features: optional ``[N, C]`` features.
+        file_attrs: attributes of the file (``None`` values are skipped).
+
+    Raises:
+        OSError: the file cannot be written (the message names ``path``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as fh:
         ds = fh.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
         for k, v in coord_attrs.items():
             if v is not None:
                 ds.attrs[k] = v
+        del ds
         fh.create_dataset("fragment", data=np.asarray(fragment, np.int64).reshape(-1))
         if features is not None:
             fh.create_dataset("features", data=features, chunks=True if len(features) else None)
@@ -141,6 +160,15 @@ def write_patch_file(path: str | Path, coords: np.ndarray, fragment: np.ndarray,
             if v is not None:
                 fh.attrs[k] = v
         fh.attrs["complete"] = True
+    image = buf.getbuffer()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(image)
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        image.release()
 
 
 def is_complete(path: str | Path) -> bool:
