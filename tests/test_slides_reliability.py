@@ -46,3 +46,76 @@ def test_a_full_disk_fails_only_the_slides_whose_write_fails(tmp_path):
         assert f"{name}.h5" in summary.loc[name, "reason"] and "too large" in summary.loc[name, "reason"]
         assert name in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def _h5(path, coords, **attrs):
+    import h5py
+
+    with h5py.File(path, "w") as fh:
+        ds = fh.create_dataset("coords", data=coords)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+        fh.create_dataset("features", data=np.zeros((len(coords), 4), np.float32))
+    return path
+
+
+def _components_by_dense_grid(coords: np.ndarray, step: float) -> np.ndarray:
+    """The plain reference: label the full grid with scipy.ndimage (8-neighbour), ids in raster order."""
+    from scipy import ndimage
+
+    cells = np.round((coords - coords.min(axis=0)) / step).astype(np.int64)
+    grid = np.zeros(cells.max(axis=0)[::-1] + 1, bool)
+    grid[cells[:, 1], cells[:, 0]] = True
+    labels, _ = ndimage.label(grid, structure=np.ones((3, 3), bool))
+    return labels[cells[:, 1], cells[:, 0]] - 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_grid_components_equal_a_dense_grid_labelling(seed):
+    from pathalign.slides.features_io import grid_fragments
+
+    rng = np.random.default_rng(seed)
+    step = 256
+    side = int(rng.integers(5, 40))
+    cells = np.argwhere(rng.random((side, side)) < rng.uniform(0.2, 0.6))[:, ::-1]  # [N, 2] (x, y)
+    cells = np.vstack([cells, cells[rng.integers(0, len(cells), 5)]])  # a few patches twice
+    coords = cells * step + int(rng.integers(0, 5000))
+    coords = coords[rng.permutation(len(coords))]
+    np.testing.assert_array_equal(grid_fragments(coords, step), _components_by_dense_grid(coords, step),
+                                  err_msg=f"seed {seed}")
+
+
+def test_nan_or_negative_coordinates_are_a_clear_error(tmp_path):
+    from pathalign import read_patch_features
+    from pathalign.slides.features_io import FeatureFileError
+
+    good = np.array([[0.0, 0.0], [256.0, 0.0], [512.0, 256.0]])
+    assert read_patch_features(_h5(tmp_path / "ok.h5", good, patch_size_level0=256)).coords.dtype == np.int64
+    for name, row in [("nan", [np.nan, 0.0]), ("inf", [256.0, np.inf]), ("neg", [-256.0, 0.0]), ("half", [0.5, 0])]:
+        bad = good.copy()
+        bad[1] = row
+        path = _h5(tmp_path / f"{name}.h5", bad, patch_size_level0=256)
+        with pytest.raises(FeatureFileError, match=rf"{name}\.h5: coords row 1 "):
+            read_patch_features(path)
+    path = _h5(tmp_path / "negint.h5", np.array([[0, 0], [5, -3]]), patch_size_level0=256)
+    with pytest.raises(FeatureFileError, match=r"negint\.h5: coords row 1 "):
+        read_patch_features(path)
+
+
+def test_a_far_outlier_patch_does_not_allocate_its_extent(tmp_path):
+    import tracemalloc
+
+    from pathalign import read_patch_features
+
+    # three patches, no fragment ids, no patch size: the step is inferred (256), and a dense grid
+    # over the extent would be 200 001 x 200 001 cells (37 GiB)
+    coords = np.array([[0, 0], [256, 0], [256 * 200_000, 256 * 200_000]], np.int64)
+    path = _h5(tmp_path / "outlier.h5", coords)
+    tracemalloc.start()
+    try:
+        pf = read_patch_features(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert pf.fragment.tolist() == [0, 0, 1]
+    assert peak < 5 * 2**20, f"peak traced allocation {peak / 2**20:.1f} MiB"
