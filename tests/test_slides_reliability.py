@@ -1,11 +1,13 @@
 """Slide pipeline under hostile conditions: full disk, huge slides, changed settings, bad coordinates."""
 from __future__ import annotations
 
+import inspect
 import resource
 import signal
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -119,3 +121,96 @@ def test_a_far_outlier_patch_does_not_allocate_its_extent(tmp_path):
         tracemalloc.stop()
     assert pf.fragment.tolist() == [0, 0, 1]
     assert peak < 5 * 2**20, f"peak traced allocation {peak / 2**20:.1f} MiB"
+
+
+def _random_slide(path, seed, size=(1000, 760), downsamples=(1, 4)):
+    """A pyramidal TIFF of seeded random RGB noise (0.5 µm/px), with a darker tissue-like block."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img[h // 4: h // 2, w // 5: w // 2] //= 2
+    with tifffile.TiffWriter(path) as tw:
+        for i, ds in enumerate(downsamples):
+            level = img if ds == 1 else cv2.resize(img, (w // ds, h // ds), interpolation=cv2.INTER_AREA)
+            tw.write(level, tile=(128, 128), photometric="rgb", compression="zlib", subfiletype=0 if i == 0 else 1,
+                     resolution=(1e4 / (0.5 * ds), 1e4 / (0.5 * ds)), resolutionunit="CENTIMETER", metadata=None)
+    return path
+
+
+class _Recorder:
+    """Wraps a backend handle and records the size of every region asked of it."""
+
+    def __init__(self, handle):
+        self.handle, self.sizes = handle, []
+
+    def read_region(self, location, level, size):
+        self.sizes.append(tuple(size))
+        return self.handle.read_region(location, level, size)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_reading_never_asks_the_backend_for_more_than_a_tile(tmp_path, backend):
+    from pathalign.slides.reader import open_slide
+    from pathalign.slides.segment import low_res_image
+
+    seed = 7
+    path = _random_slide(tmp_path / "r.tiff", seed)
+    budget = 96 * 80
+    with open_slide(path, backend) as slide:
+        plain = {}  # the plain path: the whole level in one backend call (the slide is opaque)
+        for lvl in (0, 1):
+            im = np.asarray(slide._handle.read_region((0, 0), lvl, slide.level_dimensions[lvl]))
+            assert im.shape[2] == 3 or (im[..., 3] == 255).all()
+            plain[lvl] = im[..., :3]
+        rec = slide._handle = _Recorder(slide._handle)
+        slide.max_read_px = budget
+        for lvl in (0, 1):
+            np.testing.assert_array_equal(slide.read_level(lvl), plain[lvl], err_msg=f"seed {seed} level {lvl}")
+        img, ds = low_res_image(slide, 2.0)  # level 1 is exactly 2 µm/px: the path that read it in one call
+        assert ds == 4 and img.shape == plain[1].shape
+        np.testing.assert_array_equal(img, plain[1], err_msg=f"seed {seed}")
+        if "transform" in inspect.signature(low_res_image).parameters:  # one channel, tile by tile
+            sat, _ = low_res_image(slide, 2.0, tile=50, transform=lambda t: cv2.cvtColor(t, cv2.COLOR_RGB2HSV)[..., 1])
+            np.testing.assert_array_equal(sat, cv2.cvtColor(plain[1], cv2.COLOR_RGB2HSV)[..., 1], err_msg=f"seed {seed}")
+        assert rec.sizes and max(w * h for w, h in rec.sizes) <= budget, max(rec.sizes, key=lambda s: s[0] * s[1])
+
+
+def test_composite_on_white_matches_the_float_formula():
+    from pathalign.slides.reader import composite_on_white
+
+    seed = 11
+    rgba = np.random.default_rng(seed).integers(0, 256, (37, 29, 4), dtype=np.uint8)
+    a = rgba[..., 3:4] / 255.0
+    ref = rgba[..., :3] * a + 255 * (1 - a)  # float64, the plain formula
+    got = composite_on_white(rgba)
+    assert got.dtype == np.uint8 and np.abs(got - ref).max() < 1.0 + 1e-9, f"seed {seed}"
+    opaque, clear = rgba.copy(), rgba.copy()
+    opaque[..., 3], clear[..., 3] = 255, 0
+    np.testing.assert_array_equal(composite_on_white(opaque), rgba[..., :3])
+    assert (composite_on_white(clear) == 255).all()
+
+
+def test_patching_band_by_band_equals_one_raster(blobs_slide):
+    from pathalign.slides.patch import PatchConfig, patch_slide
+    from pathalign.slides.reader import open_slide
+    from pathalign.slides.segment import segment_slide
+
+    with open_slide(blobs_slide) as slide:
+        frags = segment_slide(slide).fragments
+        cfg = PatchConfig(patch_size=64)
+        whole = patch_slide(slide, frags, cfg, band_cells=1 << 40)
+        banded = patch_slide(slide, frags, cfg, band_cells=1)  # one patch row per band
+    assert len(whole.coords) > 100
+    np.testing.assert_array_equal(banded.coords, whole.coords)
+    np.testing.assert_array_equal(banded.fragment, whole.fragment)
+    np.testing.assert_array_equal(banded.tissue_fraction, whole.tissue_fraction)
+
+
+@pytest.fixture(scope="module")
+def blobs_slide(tmp_path_factory):
+    return blob_slide(tmp_path_factory.mktemp("blobs") / "blobs.tiff")[0]
