@@ -214,3 +214,38 @@ def test_patching_band_by_band_equals_one_raster(blobs_slide):
 @pytest.fixture(scope="module")
 def blobs_slide(tmp_path_factory):
     return blob_slide(tmp_path_factory.mktemp("blobs") / "blobs.tiff")[0]
+
+
+def test_outputs_made_with_other_settings_are_not_reused(tmp_path, blobs_slide):
+    from pathalign import read_patch_features
+    from pathalign.slides.patch import PatchConfig
+    from pathalign.slides.pipeline import PipelineConfig, run_pipeline
+    from pathalign.slides.segment import SegmentConfig
+
+    out = tmp_path / "out"
+    feats = out / "features_pathalign-stats" / "blobs.h5"
+
+    def run(stage="extract", **patch):
+        cfg = PipelineConfig(out=out, stage=stage, progress=False, patch=PatchConfig(**{"patch_size": 128, **patch}))
+        return run_pipeline([blobs_slide], cfg).iloc[0]
+
+    first = run()
+    assert first.status == "done"
+    before = read_patch_features(feats)
+    assert run().status == "skipped"  # same settings: reused
+    for stage, change, named in [("extract", {"patch_size": 64}, "patch_size 128 (this run 64)"),
+                                 ("extract", {"magnification": 10}, "magnification 20.0 (this run 10"),
+                                 ("patch", {"tissue_threshold": 0.9}, "tissue_threshold 0.5 (this run 0.9)")]:
+        row = run(stage, **change)
+        assert row.status == "failed", (stage, change, row.reason)
+        assert named in row.reason and "--out" in row.reason, row.reason
+    cfg = PipelineConfig(out=out, progress=False, patch=PatchConfig(patch_size=128), segment=SegmentConfig(seg_mpp=4.0))
+    row = run_pipeline([blobs_slide], cfg).iloc[0]
+    assert row.status == "failed" and "segmenter.seg_mpp 2.0 (this run 4.0)" in row.reason, row.reason
+    after = read_patch_features(feats)  # the old output is kept whole, never mixed
+    np.testing.assert_array_equal(after.coords, before.coords)
+    np.testing.assert_array_equal(after.features, before.features)
+    # another folder computes the new settings
+    out = tmp_path / "out64"
+    assert run(patch_size=64).status == "done"
+    assert read_patch_features(out / "features_pathalign-stats" / "blobs.h5").attrs["patch_size_level0"] == 64
