@@ -249,3 +249,18 @@ def test_outputs_made_with_other_settings_are_not_reused(tmp_path, blobs_slide):
     out = tmp_path / "out64"
     assert run(patch_size=64).status == "done"
     assert read_patch_features(out / "features_pathalign-stats" / "blobs.h5").attrs["patch_size_level0"] == 64
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_segmentation_filters_band_by_band_equal_whole_image_filters(seed):
+    from pathalign.slides.segment import filter_in_bands
+
+    rng = np.random.default_rng(seed)
+    img = (rng.random((int(rng.integers(50, 300)), int(rng.integers(20, 200)))) < 0.4).astype(np.uint8) * 255
+    for k in (3, 5, 9):
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        for fn, halo in [(lambda b: cv2.medianBlur(b, k), k // 2),
+                         (lambda b: cv2.morphologyEx(b, cv2.MORPH_CLOSE, kernel), 2 * (k // 2))]:
+            for band in (1, 7, 64, 10_000):
+                np.testing.assert_array_equal(filter_in_bands(img.copy(), fn, halo, band), fn(img.copy()),
+                                              err_msg=f"seed {seed} k {k} band {band}")

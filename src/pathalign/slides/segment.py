@@ -115,6 +115,30 @@ def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 4096,
     return out, (lds if exact else w0 / tw)
 
 
+def filter_in_bands(img: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], halo: int,
+                    band_rows: int = 1024) -> np.ndarray:
+    """Apply a local filter ``fn`` to ``img`` in place, band of rows by band of rows.
+
+    ``fn`` must be local within ``halo`` rows (a median blur of size k: ``k // 2``; a closing with a
+    k-px kernel: ``2 * (k // 2)``) and handle the image's top and bottom edges itself; each band is
+    filtered with ``halo`` rows of original context on both sides, so the result equals
+    ``fn(img)`` while the extra memory is one band instead of a whole copy.
+
+    Returns:
+        ``img``, filtered.
+    """
+    h = img.shape[0]
+    saved = img[:0].copy()  # original rows just above the current band (already overwritten in img)
+    for r0 in range(0, h, band_rows):
+        r1 = min(h, r0 + band_rows)
+        top = max(0, r0 - halo)
+        block = np.concatenate([saved[len(saved) - (r0 - top):], img[r0:min(h, r1 + halo)]])  # rows top..r1+halo
+        saved = block[max(0, r1 - top - halo):r1 - top].copy()  # original rows r1-halo..r1
+        img[r0:r1] = fn(block)[r0 - top:r1 - top]
+        del block
+    return img
+
+
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation ``uint8 [h, w]`` of an RGB ``uint8`` image (OpenCV's scale, 0..255)."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1].copy()
@@ -123,10 +147,10 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 @SEGMENTERS.register("otsu")
 def otsu_segmenter(slide: SlideReader, cfg: SegmentConfig) -> list[Fragment]:
     """Saturation/Otsu segmentation with holes (see module docstring)."""
-    # only the saturation channel is kept at segmentation resolution (1 byte per pixel), and each
-    # step replaces the previous array, so the peak is about two such arrays (see pipeline docs)
+    # only the saturation channel is kept at segmentation resolution (1 byte per pixel) and every
+    # step works on it in place (local filters band by band); findContours makes one internal copy
     sat, ds = low_res_image(slide, cfg.seg_mpp, transform=saturation)
-    sat = cv2.medianBlur(sat, cfg.median_blur)
+    filter_in_bands(sat, lambda b: cv2.medianBlur(b, cfg.median_blur), cfg.median_blur // 2)
     flat = int(sat.max()) - int(sat.min()) < 10  # a flat image: Otsu would split noise
     if cfg.saturation_threshold is None:
         cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU, dst=sat)
@@ -138,7 +162,7 @@ def otsu_segmenter(slide: SlideReader, cfg: SegmentConfig) -> list[Fragment]:
     del sat
     if cfg.close_px > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close_px, cfg.close_px))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        filter_in_bands(mask, lambda b: cv2.morphologyEx(b, cv2.MORPH_CLOSE, kernel), 2 * (cfg.close_px // 2))
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     del mask
     if hierarchy is None:
