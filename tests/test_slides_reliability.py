@@ -15,12 +15,12 @@ import pytest
 from slide_factory import blob_slide
 from pathalign.slides.features_io import is_complete
 
-FSIZE_LIMIT = 16 * 1024  # bytes per file: the small slide's features fit, the big slides' do not
+def _limit_file_size(limit: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
 
-
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
+    return apply
 
 
 def test_a_full_disk_fails_only_the_slides_whose_write_fails(tmp_path):
@@ -35,8 +35,9 @@ def test_a_full_disk_fails_only_the_slides_whose_write_fails(tmp_path):
     pre = subprocess.run([*base, "patch", str(d), "--out", str(out), "--patch-size", "64", "--quiet"],
                          capture_output=True, text=True, timeout=300)
     assert pre.returncode == 0, pre.stdout + pre.stderr
-    proc = subprocess.run([*base, "extract", str(d), "--out", str(out), "--patch-size", "64", "--quiet"],
-                          capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size)
+    extract = [*base, "extract", str(d), "--out", str(out), "--patch-size", "64", "--quiet"]
+    # 16 KiB per file: the small slide's features fit, the big slides' do not
+    proc = subprocess.run(extract, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(16 * 1024))
     assert proc.returncode == 3, f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     feats = out / "features_pathalign-stats"
     assert sorted(p.name for p in feats.iterdir()) == ["a_small.h5"]  # no partial or temporary files
@@ -48,6 +49,14 @@ def test_a_full_disk_fails_only_the_slides_whose_write_fails(tmp_path):
         assert f"{name}.h5" in summary.loc[name, "reason"] and "too large" in summary.loc[name, "reason"]
         assert name in proc.stdout
     assert "Traceback" not in proc.stderr
+    # nothing fits, not even the summary file: the report still reaches stdout
+    (feats / "a_small.h5").unlink()
+    (out / "summary_extract.tsv").unlink()
+    proc = subprocess.run(extract, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(100))
+    assert proc.returncode == 3, f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert "3 slides: 3 failed" in proc.stdout and all(n in proc.stdout for n in ("a_small", "b_big", "c_big"))
+    assert "summary_extract.tsv" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "summary_extract.tsv").exists() and list(feats.iterdir()) == []
 
 
 def _h5(path, coords, **attrs):

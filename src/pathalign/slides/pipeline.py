@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -278,8 +279,11 @@ def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
             rows = [r for part in gathered for r in part]
     summary = pd.DataFrame(rows, columns=["slide_id", "path", "status", "reason", "patches", "fragments", "seconds"])
     if rank == 0:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_df(summary, cfg.out / f"summary_{cfg.stage}.tsv")
+        try:  # a full disk must not lose the per-slide report: it is still returned (and printed by the CLI)
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_df(summary, cfg.out / f"summary_{cfg.stage}.tsv")
+        except OSError as e:
+            print(f"warning: cannot write {cfg.out / f'summary_{cfg.stage}.tsv'} ({e})", file=sys.stderr)
     return summary
 
 
