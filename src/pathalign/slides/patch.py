@@ -16,6 +16,7 @@ from .reader import SlideReader
 from .segment import Fragment, label_map
 
 CELLS = 16  # raster cells per patch side
+BAND_CELLS = 1 << 22  # raster cells drawn at once (about 64 MiB of temporaries)
 
 
 @dataclass
@@ -54,8 +55,14 @@ def patch_geometry(slide: SlideReader, cfg: PatchConfig) -> dict:
             "level0_magnification": level0_mag, "mpp": slide.mpp, "read_level": level, "read_size": read_size}
 
 
-def patch_slide(slide: SlideReader, fragments: list[Fragment], cfg: PatchConfig | None = None) -> PatchGrid:
-    """Patches of ``slide`` inside ``fragments`` (see module docstring)."""
+def patch_slide(slide: SlideReader, fragments: list[Fragment], cfg: PatchConfig | None = None,
+                band_cells: int = BAND_CELLS) -> PatchGrid:
+    """Patches of ``slide`` inside ``fragments`` (see module docstring).
+
+    The coverage raster is drawn in bands of whole patch rows of at most ``band_cells`` raster cells
+    (at least one patch row), so memory is one band (about 16 bytes per cell) plus the kept patches,
+    whatever the size of the slide.
+    """
     cfg = cfg or PatchConfig()
     attrs = patch_geometry(slide, cfg)
     size0 = attrs["patch_size_level0"]
@@ -65,12 +72,20 @@ def patch_slide(slide: SlideReader, fragments: list[Fragment], cfg: PatchConfig 
         empty = np.zeros((0, 2), np.int64)
         return PatchGrid(empty, np.zeros(0, np.int64), np.zeros(0, np.float32), attrs)
     scale = CELLS / size0
-    lab = label_map(fragments, (rows * CELLS, cols * CELLS), scale)  # [rows*8, cols*8]
-    n_frag = max(f.id for f in fragments) + 1
-    cells = lab.reshape(rows, CELLS, cols, CELLS).transpose(0, 2, 1, 3).reshape(rows, cols, CELLS * CELLS)
-    counts = np.stack([(cells == k).sum(-1) for k in range(n_frag)], axis=-1)  # [rows, cols, F]
-    tissue = counts.sum(-1) / float(CELLS * CELLS)
-    keep_r, keep_c = np.nonzero(tissue >= cfg.tissue_threshold)
-    coords = np.stack([keep_c * size0, keep_r * size0], axis=1).astype(np.int64)
-    frag = counts[keep_r, keep_c].argmax(-1).astype(np.int64)
-    return PatchGrid(coords, frag, tissue[keep_r, keep_c].astype(np.float32), attrs)
+    n_lab = max(f.id for f in fragments) + 2  # background (-1) and each fragment id, shifted by one
+    band = max(1, band_cells // (cols * CELLS * CELLS))  # patch rows per band
+    coords, frags, fracs = [], [], []
+    for r0 in range(0, rows, band):
+        nb = min(band, rows - r0)
+        lab = label_map(fragments, (nb * CELLS, cols * CELLS), scale, row0=r0 * CELLS)  # [nb*16, cols*16]
+        cells = lab.reshape(nb, CELLS, cols, CELLS).transpose(0, 2, 1, 3).reshape(nb * cols, CELLS * CELLS)
+        del lab
+        patch_of = np.arange(nb * cols, dtype=np.int64)[:, None] * n_lab
+        counts = np.bincount((patch_of + cells + 1).ravel(), minlength=nb * cols * n_lab).reshape(nb, cols, n_lab)
+        del cells, patch_of
+        tissue = counts[..., 1:].sum(-1) / float(CELLS * CELLS)  # [nb, cols]
+        keep_r, keep_c = np.nonzero(tissue >= cfg.tissue_threshold)
+        coords.append(np.stack([keep_c * size0, (keep_r + r0) * size0], axis=1).astype(np.int64))
+        frags.append(counts[keep_r, keep_c, 1:].argmax(-1).astype(np.int64))
+        fracs.append(tissue[keep_r, keep_c].astype(np.float32))
+    return PatchGrid(np.concatenate(coords), np.concatenate(frags), np.concatenate(fracs), attrs)

@@ -9,17 +9,31 @@ Output folder layout::
     DIR/summary_<stage>.tsv               the last run's per-slide report
 
 A slide whose complete output exists is skipped; a partial one (no ``complete`` flag, or a
-leftover temporary file) is redone. A slide that fails is reported with its reason and the
-batch goes on. Under ``torchrun`` the slides are sharded across ranks and the summary is
-gathered on rank 0.
+leftover temporary file) is redone. Every output records the settings that shaped it
+(segmentation parameters; magnification, patch size and tissue threshold; encoder and feature
+dtype) and an existing output is reused only if they equal this run's; otherwise the slide fails
+with a message naming the differing settings (one folder holds one set of settings: use
+another ``--out``, or delete the old outputs to recompute). A slide that fails is reported with
+its reason and the batch goes on. Under ``torchrun`` the slides are sharded across ranks and
+the summary is gathered on rank 0.
+
+Memory (per process) does not grow with the slide's area beyond its low-resolution mask:
+about two bytes per pixel of the slide at ``seg_mpp`` (the saturation channel and one working
+copy; 20 000 x 20 000 px = 0.8 GB for an 80 000-px slide at 0.5 µm/px and 2 µm/px), plus one
+read tile (``SlideReader.max_read_px``, 16.8 Mpx: ~0.2 GB with its RGBA copy), one band of the
+patch raster (``patch.BAND_CELLS``, ~64 MB), one inference batch, and the per-patch outputs
+(coords, fragment ids, features: ~(24 + 2C) bytes per patch) — on top of the interpreter with
+torch (~0.9 GB). ``benchmarks/slide_memory.py`` measures it.
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
+import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +41,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
 from .encoders import PatchEncoderError, build_patch_encoder
 from .extract import PatchDataset, extract_features
@@ -93,13 +108,75 @@ def slide_id_of(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix else path.name
 
 
+class SettingsMismatch(PathalignError, ValueError):
+    """An existing output was made with other settings than this run's; the message names them."""
+
+
+def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
+    """The settings that shape the output of ``stage`` (and of the stages before it).
+
+    Args:
+        cfg: the run's configuration.
+        stage: ``segment``, ``patch`` or ``extract``.
+
+    Returns:
+        A JSON-able dict, recorded in each output file and compared before an output is reused.
+    """
+    out = {"segmenter": asdict(cfg.segment)}
+    if stage in ("patch", "extract"):
+        out.update(magnification=cfg.patch.magnification, patch_size=cfg.patch.patch_size,
+                   tissue_threshold=cfg.patch.tissue_threshold)
+    if stage == "extract":
+        out.update(encoder=cfg.encoder, features_dtype=cfg.features_dtype)
+    return out
+
+
+def _recorded_settings(attrs: dict) -> dict:
+    """Settings recorded in a coords/features file; older or other tools' files give what their attrs say."""
+    if "settings" in attrs:
+        try:
+            return json.loads(attrs["settings"])
+        except (TypeError, ValueError):
+            return {}
+    legacy = {"magnification": attrs.get("target_magnification"), "patch_size": attrs.get("patch_size"),
+              "encoder": attrs.get("encoder")}
+    return {k: v for k, v in legacy.items() if v is not None}
+
+
+def check_settings(path: Path, recorded: dict, wanted: dict) -> None:
+    """Raise SettingsMismatch when a setting recorded in ``path`` differs from this run's (unrecorded ones pass)."""
+    diffs = []
+    for key, want in wanted.items():
+        if key not in recorded:
+            continue
+        have = recorded[key]
+        if isinstance(want, dict) and isinstance(have, dict):
+            diffs += [f"{key}.{k} {have.get(k)!r} (this run {v!r})" for k, v in want.items()
+                      if k in have and have[k] != v]
+        elif have != want:
+            diffs.append(f"{key} {have!r} (this run {want!r})")
+    if diffs:
+        raise SettingsMismatch(f"{path}: made with other settings: {'; '.join(diffs)}. One output folder holds one "
+                               "set of settings: use another --out, or delete the old outputs to recompute")
+
+
 def _segment(path: Path, cfg: PipelineConfig, slide) -> list:
     gj = cfg.out / "segmentation" / f"{slide_id_of(path)}.geojson"
     if gj.is_file() and (cfg.out / "segmentation" / f"{slide_id_of(path)}.png").is_file():
+        _check_geojson(gj, cfg)
         return read_geojson(gj)
     seg = segment_slide(slide, cfg.segment)
     write_segmentation(seg, slide, cfg.out / "segmentation", slide_id_of(path))
     return seg.fragments
+
+
+def _check_geojson(gj: Path, cfg: PipelineConfig) -> None:
+    try:
+        recorded = json.loads(gj.read_text()).get("properties", {}).get("segmenter")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: read_geojson names the problem
+    if isinstance(recorded, dict):
+        check_settings(gj, {"segmenter": recorded}, stage_settings(cfg, "segment"))
 
 
 def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
@@ -113,8 +190,11 @@ def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
     final = {"segment": cfg.out / "segmentation" / f"{sid}.geojson", "patch": coords_path, "extract": feats_path}[cfg.stage]
     try:
         if (cfg.stage == "segment" and final.is_file()) or (cfg.stage != "segment" and is_complete(final)):
-            if cfg.stage != "segment":
+            if cfg.stage == "segment":
+                _check_geojson(final, cfg)
+            else:
                 pf = read_patch_features(final)
+                check_settings(final, _recorded_settings(pf.attrs), stage_settings(cfg, cfg.stage))
                 row.update(patches=len(pf), fragments=len(np.unique(pf.fragment)))
             row.update(status="skipped", reason="complete output exists")
             return row
@@ -125,18 +205,20 @@ def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
                 return row
             if is_complete(coords_path):
                 pf = read_patch_features(coords_path)
+                check_settings(coords_path, _recorded_settings(pf.attrs), stage_settings(cfg, "patch"))
                 coords, frag, attrs = pf.coords, pf.fragment, pf.attrs
             else:
                 grid = patch_slide(slide, fragments, cfg.patch)
                 coords, frag, attrs = grid.coords, grid.fragment, grid.attrs
-                write_patch_file(coords_path, coords, frag, attrs, file_attrs={"slide": str(path)})
+                write_patch_file(coords_path, coords, frag, attrs, file_attrs={
+                    "slide": str(path), "settings": json.dumps(stage_settings(cfg, "patch"))})
             row["patches"] = int(len(coords))
             row["fragments"] = int(len(np.unique(frag)))
             if len(coords) == 0:
                 row.update(status="no tissue", reason="zero patches (no tissue found at this threshold)")
                 if cfg.stage == "extract":  # record an empty, complete features file so reruns skip it
-                    write_patch_file(feats_path, coords, frag, attrs, np.zeros((0, encoder.dim), cfg.features_dtype),
-                                     {"encoder": cfg.encoder, "slide": str(path)})
+                    write_patch_file(feats_path, coords, frag, _coord_attrs(attrs),
+                                     np.zeros((0, encoder.dim), cfg.features_dtype), _feature_attrs(cfg, path))
                 return row
             if cfg.stage == "patch":
                 return row
@@ -144,7 +226,7 @@ def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
                           cfg.backend, cfg.mpp)
         feats = extract_features(encoder, ds, cfg.batch_size, cfg.workers, cfg.device,
                                  np.float16 if cfg.features_dtype == "float16" else np.float32, cfg.progress, sid)
-        write_patch_file(feats_path, coords, frag, attrs, feats, {"encoder": cfg.encoder, "slide": str(path)})
+        write_patch_file(feats_path, coords, frag, _coord_attrs(attrs), feats, _feature_attrs(cfg, path))
     except (SlideError, OSError, ValueError) as e:
         row.update(status="failed", reason=str(e))
     except Exception as e:  # noqa: BLE001 - one bad slide must not stop ten thousand
@@ -154,6 +236,15 @@ def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
     finally:
         row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
+
+
+def _coord_attrs(attrs: dict) -> dict:
+    """The coords attributes of DESIGN §3 (not the file attributes a reused coords file merged in)."""
+    return {k: v for k, v in attrs.items() if k not in ("slide", "settings", "complete", "encoder")}
+
+
+def _feature_attrs(cfg: PipelineConfig, path: Path) -> dict:
+    return {"encoder": cfg.encoder, "slide": str(path), "settings": json.dumps(stage_settings(cfg, "extract"))}
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -188,8 +279,11 @@ def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
             rows = [r for part in gathered for r in part]
     summary = pd.DataFrame(rows, columns=["slide_id", "path", "status", "reason", "patches", "fragments", "seconds"])
     if rank == 0:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_df(summary, cfg.out / f"summary_{cfg.stage}.tsv")
+        try:  # a full disk must not lose the per-slide report: it is still returned (and printed by the CLI)
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_df(summary, cfg.out / f"summary_{cfg.stage}.tsv")
+        except OSError as e:
+            print(f"warning: cannot write {cfg.out / f'summary_{cfg.stage}.tsv'} ({e})", file=sys.stderr)
     return summary
 
 

@@ -7,6 +7,7 @@ error naming the slide — never guessed.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -74,20 +75,42 @@ class SlideReader:
                 best = i
         return best
 
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB ``uint8 [h, w, 3]`` of ``size`` (w, h) at ``level``; ``location`` (x, y) in level-0 px."""
+    #: the most pixels one backend call may return; larger requests are read tile by tile
+    max_read_px: int = 4096 * 4096
+
+    def _backend_read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """One backend call: RGB ``uint8 [h, w, 3]``, transparent pixels composited onto white."""
         try:
             img = self._handle.read_region((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])))
         except Exception as e:  # noqa: BLE001 - any decoder failure names the slide
             raise SlideError(f"{self.path}: cannot read region {location} level {level} ({type(e).__name__}: {e})") from None
         arr = np.asarray(img)
-        if arr.ndim == 3 and arr.shape[2] == 4:  # RGBA: composite transparent pixels onto white
-            alpha = arr[..., 3:4].astype(np.float32) / 255.0
-            arr = (arr[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            return composite_on_white(arr)
         return np.ascontiguousarray(arr[..., :3])
 
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB ``uint8 [h, w, 3]`` of ``size`` (w, h) at ``level``; ``location`` (x, y) in level-0 px.
+
+        A region of more than ``max_read_px`` pixels is read in square tiles straight into the
+        ``uint8`` result, so memory is the result plus one tile (the backend's RGBA copy of a
+        whole region, and a float copy of it, never exist).
+        """
+        w, h = int(size[0]), int(size[1])
+        if w * h <= self.max_read_px:
+            return self._backend_read(location, level, (w, h))
+        side = max(1, math.isqrt(self.max_read_px))
+        ds = self.level_downsamples[level]
+        out = np.empty((h, w, 3), np.uint8)
+        for y in range(0, h, side):
+            for x in range(0, w, side):
+                tw, th = min(side, w - x), min(side, h - y)
+                loc = (int(location[0]) + int(round(x * ds)), int(location[1]) + int(round(y * ds)))
+                out[y:y + th, x:x + tw] = self._backend_read(loc, level, (tw, th))
+        return out
+
     def read_level(self, level: int) -> np.ndarray:
-        """A whole level as RGB (use on low-resolution levels only)."""
+        """A whole level as RGB (memory: the level's size in RGB plus one read tile)."""
         w, h = self.level_dimensions[level]
         return self.read_region((0, 0), level, (w, h))
 
@@ -105,6 +128,20 @@ class SlideReader:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path.name}, {self.dimensions}, {self.level_count} levels, mpp={self.mpp})"
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB ``uint8`` of an RGBA ``uint8 [h, w, 4]`` image over white, in integer arithmetic (no float copy).
+
+    ``floor((c * a + 255 * (255 - a)) / 255)`` per channel: exact for opaque and fully transparent
+    pixels, within one level of the float formula otherwise.
+    """
+    out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+    alpha = rgba[..., 3].astype(np.uint16)
+    rest = (255 - alpha) * 255
+    for c in range(3):  # one channel at a time: temporaries stay at 2 bytes per pixel
+        out[..., c] = (rgba[..., c] * alpha + rest) // 255
+    return out
 
 
 def _float(v) -> float | None:

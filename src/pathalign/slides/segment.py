@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -65,11 +66,24 @@ class Segmentation:
     config: SegmentConfig
 
 
-def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 4096) -> tuple[np.ndarray, float]:
-    """RGB image of the whole slide at about ``target_mpp``; returns it and its downsample from level 0.
+def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 4096,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, float]:
+    """Image of the whole slide at about ``target_mpp``; returns it and its downsample from level 0.
 
-    The closest finer pyramid level is read in tiles of ``tile`` px and each tile is shrunk as it
-    arrives, so memory stays at the size of the result even for a 100k-px slide with a sparse pyramid.
+    The closest finer pyramid level is read in tiles of at most ``tile`` px a side (and at most
+    ``slide.max_read_px`` per backend call); each tile is shrunk as it arrives, passed through
+    ``transform`` (a per-pixel map of an RGB ``uint8`` tile, e.g. to one channel) and copied into the
+    result. Memory is therefore the result (``uint8``, RGB or the transform's channels) plus one
+    tile and its copies, whatever the size of the slide or its pyramid.
+
+    Args:
+        slide: an open slide.
+        target_mpp: wanted µm/px (never finer than level 0).
+        tile: tile side at the level read.
+        transform: per-pixel map applied to each RGB tile after resizing (default: keep RGB).
+
+    Returns:
+        ``(image, downsample)``: ``[th, tw, 3]`` RGB (or the transform's output), and level-0 px per pixel.
     """
     want = max(1.0, target_mpp / slide.mpp)
     level = slide.best_level_for_downsample(want)
@@ -77,37 +91,80 @@ def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 4096) -> tu
     lds = slide.level_downsamples[level]
     w0, h0 = slide.dimensions
     tw, th = max(1, int(round(w0 / want))), max(1, int(round(h0 / want)))
-    if (lw, lh) == (tw, th):
-        return slide.read_level(level), lds
+    exact = (lw, lh) == (tw, th)  # the level already has the wanted size: copy tiles as they are
     scale_x, scale_y = tw / lw, th / lh
-    out = np.empty((th, tw, 3), np.uint8)
+    out = None
     for y in range(0, lh, tile):
         for x in range(0, lw, tile):
             w, h = min(tile, lw - x), min(tile, lh - y)
-            part = slide.read_region((int(x * lds), int(y * lds)), level, (w, h))
-            x0, y0 = int(round(x * scale_x)), int(round(y * scale_y))
-            x1, y1 = int(round((x + w) * scale_x)), int(round((y + h) * scale_y))
-            if x1 > x0 and y1 > y0:
-                out[y0:y1, x0:x1] = cv2.resize(part, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
-    return out, w0 / tw
+            part = slide.read_region((int(round(x * lds)), int(round(y * lds))), level, (w, h))
+            if exact:
+                x0, y0, x1, y1 = x, y, x + w, y + h
+            else:
+                x0, y0 = int(round(x * scale_x)), int(round(y * scale_y))
+                x1, y1 = int(round((x + w) * scale_x)), int(round((y + h) * scale_y))
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                part = cv2.resize(part, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+            if transform is not None:
+                part = transform(part)
+            if out is None:
+                out = np.empty((th, tw) + part.shape[2:], part.dtype)
+            out[y0:y1, x0:x1] = part
+            del part
+    return out, (lds if exact else w0 / tw)
+
+
+def filter_in_bands(img: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], halo: int,
+                    band_rows: int = 1024) -> np.ndarray:
+    """Apply a local filter ``fn`` to ``img`` in place, band of rows by band of rows.
+
+    ``fn`` must be local within ``halo`` rows (a median blur of size k: ``k // 2``; a closing with a
+    k-px kernel: ``2 * (k // 2)``) and handle the image's top and bottom edges itself; each band is
+    filtered with ``halo`` rows of original context on both sides, so the result equals
+    ``fn(img)`` while the extra memory is one band instead of a whole copy.
+
+    Returns:
+        ``img``, filtered.
+    """
+    h = img.shape[0]
+    saved = img[:0].copy()  # original rows just above the current band (already overwritten in img)
+    for r0 in range(0, h, band_rows):
+        r1 = min(h, r0 + band_rows)
+        top = max(0, r0 - halo)
+        block = np.concatenate([saved[len(saved) - (r0 - top):], img[r0:min(h, r1 + halo)]])  # rows top..r1+halo
+        saved = block[max(0, r1 - top - halo):r1 - top].copy()  # original rows r1-halo..r1
+        img[r0:r1] = fn(block)[r0 - top:r1 - top]
+        del block
+    return img
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``uint8 [h, w]`` of an RGB ``uint8`` image (OpenCV's scale, 0..255)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1].copy()
 
 
 @SEGMENTERS.register("otsu")
 def otsu_segmenter(slide: SlideReader, cfg: SegmentConfig) -> list[Fragment]:
     """Saturation/Otsu segmentation with holes (see module docstring)."""
-    img, ds = low_res_image(slide, cfg.seg_mpp)
-    sat = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)[..., 1]
-    sat = cv2.medianBlur(sat, cfg.median_blur)
+    # only the saturation channel is kept at segmentation resolution (1 byte per pixel) and every
+    # step works on it in place (local filters band by band); findContours makes one internal copy
+    sat, ds = low_res_image(slide, cfg.seg_mpp, transform=saturation)
+    filter_in_bands(sat, lambda b: cv2.medianBlur(b, cfg.median_blur), cfg.median_blur // 2)
+    flat = int(sat.max()) - int(sat.min()) < 10  # a flat image: Otsu would split noise
     if cfg.saturation_threshold is None:
-        _, mask = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        if sat.max() - sat.min() < 10:  # a flat image: Otsu would split noise
-            mask[:] = 0
+        cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU, dst=sat)
+        if flat:
+            sat[:] = 0
     else:
-        _, mask = cv2.threshold(sat, cfg.saturation_threshold, 255, cv2.THRESH_BINARY)
+        cv2.threshold(sat, cfg.saturation_threshold, 255, cv2.THRESH_BINARY, dst=sat)
+    mask = sat
+    del sat
     if cfg.close_px > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close_px, cfg.close_px))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        filter_in_bands(mask, lambda b: cv2.morphologyEx(b, cv2.MORPH_CLOSE, kernel), 2 * (cfg.close_px // 2))
     contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    del mask
     if hierarchy is None:
         return []
     hierarchy = hierarchy[0]  # [n, 4]: next, previous, first child, parent
@@ -136,13 +193,17 @@ def segment_slide(slide: SlideReader, cfg: SegmentConfig | None = None) -> Segme
     return Segmentation(SEGMENTERS.get(cfg.method)(slide, cfg), slide.mpp, cfg)
 
 
-def label_map(fragments: list[Fragment], shape: tuple[int, int], scale: float) -> np.ndarray:
-    """``int32 [h, w]`` fragment id per pixel (-1 = background) with level-0 coords multiplied by ``scale``."""
+def label_map(fragments: list[Fragment], shape: tuple[int, int], scale: float, row0: int = 0) -> np.ndarray:
+    """``int32 [h, w]`` fragment id per pixel (-1 = background) with level-0 coords multiplied by ``scale``.
+
+    ``row0`` shifts the window down: the result covers raster rows ``row0 .. row0 + h`` (to draw a
+    large raster band by band).
+    """
     lab = np.full(shape, -1, np.int32)
     shift = 4  # sub-pixel precision bits for fillPoly; pixel (i, j) covers [i, i+1) in raster units
 
     def ring(r: np.ndarray) -> np.ndarray:
-        return np.round((r * scale - 0.5) * (1 << shift)).astype(np.int32)
+        return np.round((r * scale - 0.5 - np.array([0.0, row0])) * (1 << shift)).astype(np.int32)
 
     for f in fragments:
         cv2.fillPoly(lab, [ring(f.exterior)], int(f.id), shift=shift)
