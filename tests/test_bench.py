@@ -290,9 +290,11 @@ def test_compare_without_names_keeps_both_and_a_name_clash_is_an_error(tmp_path)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted(results["models"]) == ["base", "ours"]
     assert results["models"]["ours"]["embeddings"] == str(tmp_path / "a" / "ours.h5")
+    from pathalign.evaluate.bench import named_embeddings
+
     with pytest.raises(TaskError, match="two embeddings are named 'ours'"):
-        main(["bench", "--embeddings", str(tmp_path / "a" / "ours.h5"), "--compare", str(tmp_path / "b" / "ours.h5"),
-              "--tasks", str(tmp_path / "t"), "--out", str(tmp_path / "out2")])
+        named_embeddings([str(tmp_path / "a" / "ours.h5"), str(tmp_path / "b" / "ours.h5")])
+    assert named_embeddings(["x=a/ours.h5", "b/ours.h5"]) == {"x": "a/ours.h5", "ours": "b/ours.h5"}
 
 
 def test_a_label_that_cannot_be_split_is_reported_and_the_other_tasks_run(tmp_path):

@@ -382,7 +382,7 @@ def render_markdown(results: dict) -> str:
         if info["type"] == "classification":
             cells = [(f"{r['retrieval']['mAP@5']:.3f}" if "retrieval" in r else "—")
                      for r in (results["models"][m]["tasks"].get(task, {}) for m in models)]
-            lines.append(f"| {task} (slide retrieval) | mAP@5 | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} (retrieval by label) | mAP@5 | " + " | ".join(cells) + " |")
     pairs = sorted({p for m in models for p in results["models"][m].get("cross_modal", {})})
     for p in pairs:
         cells = []
