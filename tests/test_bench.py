@@ -245,6 +245,12 @@ def test_samples_without_embedding_or_label_are_an_error_or_counted(tmp_path):
         assert n["folds"][f] == {r: int((per_case[f] == r).sum()) for r in ("train", "val", "test")}
     md = (tmp_path / "out" / "results.md").read_text()
     assert "n=27 case_ids, 2 rows without label, 2 without embedding dropped" in md and "n per fold" in md
+    from pathalign.cli import main
+
+    assert main(["bench", "--embeddings", f"m={tmp_path / 'e.h5'}", "--tasks", str(tmp_path / "t"), "--allow-missing",
+                 "--out", str(tmp_path / "cli")]) == 0
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert cli["allow_missing"] and cli["models"]["m"]["tasks"]["lab"]["n"] == n
 
 
 def test_no_validation_part_is_not_tuned_on_training_data_and_the_recipe_is_recorded(tmp_path):

@@ -119,11 +119,18 @@ def sample_table(task: Task, emb: dict, allow_missing: bool = False) -> tuple[pd
     return samples, x, counts
 
 
+def labels_of(t: pd.DataFrame, task: Task) -> np.ndarray:
+    """The label column as numbers when it is numeric (so that class order, and quadratic kappa, follow the
+    numeric order, as Patho-Bench's integer labels do), else as strings."""
+    col = t[task.label]
+    return col.to_numpy() if pd.api.types.is_numeric_dtype(col) else col.astype(str).to_numpy()
+
+
 def _fold_metrics(task: Task, t: pd.DataFrame, x: np.ndarray, parts: dict, recipe: Recipe, seed: int) -> dict:
     """Metrics of one fold (keys starting with ``_`` are bookkeeping, not metrics)."""
     tr, va, te = parts["train"], parts["val"], parts["test"]
     if task.task_type == "classification":
-        y = t[task.label].astype(str).to_numpy()
+        y = labels_of(t, task)
         if len(np.unique(y[tr])) < 2:
             raise ValueError(f"one class ({y[tr][0] if len(tr) else 'none'}) in train")
         if recipe.name == "patho-bench":
@@ -200,7 +207,7 @@ def run_task(task: Task, emb: dict, seed: int = 0, recipe: Recipe | None = None,
         if "_pred" in m:
             case = t["case_id"] if "case_id" in t.columns else t[task.id_column]
             preds.append(pd.DataFrame({"case_id": case.iloc[parts["test"]].astype(str).to_numpy(), "fold": f,
-                                       "y": t[task.label].astype(str).to_numpy()[parts["test"]],
+                                       "y": labels_of(t, task)[parts["test"]],
                                        "pred": m.pop("_pred")}))
         for k, v in m.items():
             per_fold.setdefault(k, {})[f] = v
