@@ -145,14 +145,9 @@ def _pathobench_task(root, name: str, table: pd.DataFrame, cfg: dict) -> None:
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def test_pathobench_recipe_on_its_file_conventions_equals_a_direct_sklearn_and_sksurv_computation(tmp_path):
-    """Per-slide and per-patient files, a split YAML with sample_col: case_id, a PFS survival task and a
-    classification task: bench --recipe patho-bench reproduces Patho-Bench's recipe computed here directly."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-    from sksurv.linear_model import CoxnetSurvivalAnalysis
-    from sksurv.util import Surv
-
+def _pathobench_case(tmp_path):
+    """Features -> embed --mean-pool (Patho-Bench files) -> a split folder with a PFS task and a mutation task
+    (sample_col: case_id) -> bench --recipe patho-bench. Returns the truth used to make it."""
     rng = np.random.default_rng(SEED)
     patients = _patients(36, rng)
     risk = {c: rng.standard_normal() for c in patients}
@@ -177,6 +172,18 @@ def test_pathobench_recipe_on_its_file_conventions_equals_a_direct_sklearn_and_s
                       "label_dict": {0: "wildtype", 1: "mutant"}})
     assert main(["bench", "--embeddings", str(tmp_path / "emb" / "mp.h5"), "--tasks", str(tmp_path / "tasks"),
                  "--recipe", "patho-bench", "--out", str(tmp_path / "res")]) == 0
+    return patients, split, days, event, mut
+
+
+def test_pathobench_recipe_on_its_file_conventions_equals_a_direct_sklearn_and_sksurv_computation(tmp_path):
+    """Per-slide and per-patient files, a split YAML with sample_col: case_id, a PFS survival task and a
+    classification task: bench --recipe patho-bench reproduces Patho-Bench's recipe computed here directly."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+    from sksurv.util import Surv
+
+    patients, split, days, event, mut = _pathobench_case(tmp_path)
     results = json.loads((tmp_path / "res" / "results.json").read_text())
     assert results["recipe"]["name"] == "patho-bench"
     got = results["models"]["mp"]["tasks"]
@@ -208,3 +215,57 @@ def test_pathobench_recipe_on_its_file_conventions_equals_a_direct_sklearn_and_s
     assert 0.6 < got["PFS"]["c_index"]["mean"], got["PFS"]  # the planted risk is found
     md = (tmp_path / "res" / "results.md").read_text()
     assert "patho-bench" in md and f"n={len(patients)} case_ids" in md and "SE" in md
+
+
+@pytest.mark.skipif(not os.environ.get("PATHALIGN_PATHOBENCH_SRC"),
+                    reason="runs Patho-Bench's own experiment classes: set PATHALIGN_PATHOBENCH_SRC to a checkout of "
+                           "mahmoodlab/Patho-Bench (its folder holding patho_bench/)")
+def test_pathobench_own_experiments_give_the_same_numbers(tmp_path, monkeypatch):
+    """Patho-Bench's unmodified LinearProbeExperiment and CoxNetExperiment, built as ExperimentFactory.linprobe /
+    .coxnet build them, on pathalign's files: same means and SEs as bench --recipe patho-bench."""
+    import sys
+    import types
+
+    for name in ("IPython", "IPython.display", "seaborn", "datasets"):  # imported by Patho-Bench, unused here
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    if not hasattr(sys.modules["IPython"], "version_info"):
+        monkeypatch.setattr(sys.modules["IPython"], "get_ipython", lambda: None, raising=False)
+        monkeypatch.setattr(sys.modules["IPython"], "version_info", (9, 0), raising=False)
+        monkeypatch.setattr(sys.modules["IPython.display"], "display", print, raising=False)
+        monkeypatch.setattr(sys.modules["seaborn"], "set_style", lambda *a, **k: None, raising=False)
+    monkeypatch.syspath_prepend(os.environ["PATHALIGN_PATHOBENCH_SRC"])
+    from patho_bench.datasets.CombinedDataset import CombinedDataset
+    from patho_bench.datasets.LabelDataset import LabelDataset
+    from patho_bench.datasets.SlideEmbeddingsDataset import SlideEmbeddingsDataset
+    from patho_bench.experiments.CoxNetExperiment import CoxNetExperiment
+    from patho_bench.experiments.LinearProbeExperiment import LinearProbeExperiment
+    from patho_bench.SplitFactory import SplitFactory
+
+    _pathobench_case(tmp_path)
+    ours = json.loads((tmp_path / "res" / "results.json").read_text())["models"]["mp"]["tasks"]
+    pooled = str(tmp_path / "emb" / "pathobench_mp" / "by_case_id")
+    split, info = SplitFactory.from_local(str(tmp_path / "tasks" / "mut" / "k=all.tsv"),
+                                          str(tmp_path / "tasks" / "mut" / "config.yaml"))
+    ds = CombinedDataset({"slide": SlideEmbeddingsDataset(split, load_from=pooled),
+                          "labels": LabelDataset(split, task_names=["mut"], dtype="int")})
+    exp = LinearProbeExperiment(dataset=ds, task_name="mut", num_classes=len(info["label_dict"]), num_bootstraps=100,
+                                cost=1, max_iter=10000, balanced_class_weights=False, results_dir=str(tmp_path / "pb_mut"))
+    exp.train()
+    exp.test()
+    theirs = json.loads((tmp_path / "pb_mut" / "test_metrics_summary.json").read_text())
+    for ours_key, their_key in (("balanced_accuracy", "bacc"), ("auroc", "macro-ovr-auc")):
+        assert ours["mut"][ours_key]["mean"] == pytest.approx(theirs[their_key]["mean"], abs=1e-9)
+        assert ours["mut"][ours_key]["se"] == pytest.approx(theirs[their_key]["se"], abs=1e-9)
+    split, info = SplitFactory.from_local(str(tmp_path / "tasks" / "PFS" / "k=all.tsv"),
+                                          str(tmp_path / "tasks" / "PFS" / "config.yaml"))
+    ds = CombinedDataset({"slide": SlideEmbeddingsDataset(split, load_from=pooled),
+                          "labels": LabelDataset(split, task_names=["PFS"], extra_attrs=["PFS_event", "PFS_days"],
+                                                 dtype="int")})
+    exp = CoxNetExperiment(dataset=ds, task_name="PFS", alpha=0.07, l1_ratio=0.5, max_iter=100000, num_bootstraps=100,
+                           results_dir=str(tmp_path / "pb_pfs"))
+    exp.train()
+    exp.test()
+    theirs = json.loads((tmp_path / "pb_pfs" / "test_metrics_summary.json").read_text())
+    assert ours["PFS"]["c_index"]["mean"] == pytest.approx(theirs["cindex"]["mean"], abs=1e-9)
+    assert ours["PFS"]["c_index"]["se"] == pytest.approx(theirs["cindex"]["se"], abs=1e-9)
