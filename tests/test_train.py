@@ -46,7 +46,7 @@ def test_training_lowers_loss_and_aligns_held_out_wsi_and_rna(trained, tmp_path)
     res = cross_modal_retrieval(emb, "wsi", "rna", patients=val)
     assert res["n"] >= 20
     assert res["recall@5"] > 2.5 * res["chance@5"] and res["recall@5"] > res["chance@5"] + 0.3, res
-    assert len(list((tmp_path / "slide_features_tiny").glob("*.h5"))) == len(emb["wsi"]["ids"])
+    assert len(list((tmp_path / "pathobench_tiny" / "by_slide_id").glob("*.h5"))) == len(emb["wsi"]["ids"])
 
 
 def test_exported_model_loads_offline_and_matches(trained, features_cohort):

@@ -1,13 +1,20 @@
 """``pathalign bench``: linear probes, survival, slide retrieval and cross-modal retrieval of one or
 more embedding sets on Patho-Bench split folders or tasks derived from a cohort.
 
-Outputs in ``--out``: ``results.json`` (every metric, mean and std over folds, skipped tasks with
-their reason), ``results.md`` (one table, tasks x models, then details) and plots.
+Outputs in ``--out``: ``results.json`` (the recipe, every metric as mean, std and SE over folds,
+the number of samples per task and fold with what was dropped and why, skipped tasks with their
+reason), ``results.md`` (one table, tasks x models, mean ± SE, then details) and plots.
+
+Patient-level tasks (``sample_col: case_id``) are scored per patient, a patient's embedding being
+the mean of its slides' embeddings (Patho-Bench's late fusion). A split that names samples the
+embeddings lack is an error unless ``--allow-missing``; ``--recipe patho-bench`` reproduces
+Patho-Bench's linear probe and Cox settings (see :mod:`pathalign.evaluate.probes`).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,74 +22,231 @@ import pandas as pd
 
 from .embed import read_embeddings
 from ..io.atomic import atomic_write_json, atomic_write_text
-from .probes import cox_probe, linear_probe
+from .probes import DEFAULT_ALPHA, RECIPES, Recipe, cox_probe, linear_probe, pathobench_cox_probe, pathobench_linear_probe
 from .retrieval import cross_modal_retrieval, label_retrieval, patient_pair_space, recall_at_k
 from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks
 from .metrics import PRIMARY
 
+AGGREGATION = ("mean ± SE over folds; SE = population std (ddof 0) / sqrt(number of folds run), "
+               "as Patho-Bench's BaseExperiment.get_mean_se")
 
-def _wsi_lookup(emb: dict, level: str) -> dict[str, np.ndarray]:
-    """slide_id → embedding, or case_id → mean of its slides' embeddings."""
+
+class MissingEmbeddingError(TaskError):
+    """A split names samples (or slides) that the embeddings file does not have."""
+
+
+def _where(task: Task) -> str:
+    return f"task {task.name}" + (f" ({task.source})" if task.source else "")
+
+
+def _slide_lookup(emb: dict) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """slide_id → embedding, and case_id → its slide ids (from the embeddings' ``case_ids``)."""
     g = emb["wsi"]
-    if level == "slide_id":
-        return dict(zip(g["ids"], g["embeddings"]))
-    cases = g.get("case_ids", g["ids"])
-    acc: dict[str, list] = {}
-    for c, e in zip(cases, g["embeddings"]):
-        acc.setdefault(c, []).append(e)
-    return {c: np.mean(v, axis=0) for c, v in acc.items()}
+    slides = dict(zip(g["ids"], g["embeddings"]))
+    cases: dict[str, list[str]] = {}
+    for s, c in zip(g["ids"], g.get("case_ids", g["ids"])):
+        cases.setdefault(c, []).append(s)
+    return slides, cases
 
 
-def run_task(task: Task, emb: dict, seed: int = 0) -> tuple[dict, pd.DataFrame | None]:
-    """Metrics of ``task`` on the slide embeddings in ``emb`` (mean/std over folds) and per-item test predictions."""
+def sample_table(task: Task, emb: dict, allow_missing: bool = False) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """One row per sample (``task.id_column``) with its label and folds, its embedding, and the counts.
+
+    A case's embedding is the mean of its slides' embeddings (Patho-Bench's late fusion,
+    ``Pooler.pool``): the slides the split lists for it when the split has a ``slide_id`` column,
+    else the slides the embeddings file assigns to it. Rows without a label are dropped and counted.
+    Samples (or listed slides) without an embedding are an error naming them, unless ``allow_missing``:
+    then they are dropped and counted.
+
+    Args:
+        task: the task.
+        emb: what :func:`read_embeddings` returns (needs a ``wsi`` group).
+        allow_missing: drop samples without an embedding instead of raising.
+
+    Returns:
+        ``(table [n samples], embeddings [n, d], counts)``.
+
+    Raises:
+        TaskError: inconsistent labels/folds within a sample, or missing embeddings without ``allow_missing``.
+    """
+    sc = task.id_column
+    t = task.table.copy()
+    t[sc] = t[sc].astype(str)
+    labelled = t[task.label_columns].notna().all(axis=1)
+    counts: dict = {"sample_col": sc, "rows": int(len(t)), "rows_without_label": int((~labelled).sum())}
+    t = t[labelled]
+    keep = [c for c in (task.label_columns + task.folds) if c in t.columns]
+    per_sample = t.groupby(sc, sort=False)[keep].nunique(dropna=False)
+    bad = per_sample[(per_sample > 1).any(axis=1)]
+    if len(bad):
+        cols = sorted({c for c in keep if (bad[c] > 1).any()})
+        raise TaskError(f"{_where(task)}: {sc} {bad.index[0]!r} (and {len(bad) - 1} more) has several values in "
+                        f"{cols}; every row of one {sc} must agree")
+    samples = t.drop_duplicates(sc).reset_index(drop=True)
+    slides, cases = _slide_lookup(emb)
+    vecs, missing_samples, missing_slides = [], [], []
+    if sc == "slide_id":
+        for s in samples[sc]:
+            if s in slides:
+                vecs.append(slides[s])
+            else:
+                vecs.append(None)
+                missing_samples.append(s)
+    else:
+        listed = (t.assign(slide_id=t["slide_id"].astype(str)).groupby(sc, sort=False)["slide_id"].agg(list).to_dict()
+                  if "slide_id" in t.columns else {c: cases.get(c, []) for c in samples[sc]})
+        for c in samples[sc]:
+            have = [slides[s] for s in dict.fromkeys(listed.get(c, [])) if s in slides]
+            missing_slides += [s for s in dict.fromkeys(listed.get(c, [])) if s not in slides]
+            vecs.append(np.mean(have, axis=0) if have else None)
+            if not have:
+                missing_samples.append(c)
+    counts["samples"] = int(len(samples))
+    counts["samples_without_embedding"] = len(missing_samples)
+    if "slide_id" in t.columns and sc == "case_id":
+        counts["slides_without_embedding"] = len(missing_slides)
+    if (missing_samples or missing_slides) and not allow_missing:
+        what = (f"{len(missing_samples)} of {len(samples)} {sc}s" if missing_samples else "") + \
+               (" and " if missing_samples and missing_slides else "") + \
+               (f"{len(missing_slides)} listed slides" if missing_slides else "")
+        example = (missing_samples or missing_slides)[:3]
+        raise MissingEmbeddingError(f"{_where(task)}: {what} have no embedding (e.g. {example}); "
+                                    f"pass --allow-missing (allow_missing=True) to drop them")
+    ok = np.array([v is not None for v in vecs], bool)
+    samples = samples[ok].reset_index(drop=True)
+    x = np.stack([v for v in vecs if v is not None]) if ok.any() else np.zeros((0, 0), np.float32)
+    counts["samples_used"] = int(len(samples))
+    return samples, x, counts
+
+
+def labels_of(t: pd.DataFrame, task: Task) -> np.ndarray:
+    """The label column as numbers when it is numeric (so that class order, and quadratic kappa, follow the
+    numeric order, as Patho-Bench's integer labels do), else as strings."""
+    col = t[task.label]
+    return col.to_numpy() if pd.api.types.is_numeric_dtype(col) else col.astype(str).to_numpy()
+
+
+def _fold_metrics(task: Task, t: pd.DataFrame, x: np.ndarray, parts: dict, recipe: Recipe, seed: int) -> dict:
+    """Metrics of one fold (keys starting with ``_`` are bookkeeping, not metrics)."""
+    tr, va, te = parts["train"], parts["val"], parts["test"]
+    if task.task_type == "classification":
+        y = labels_of(t, task)
+        if len(np.unique(y[tr])) < 2:
+            raise ValueError(f"one class ({y[tr][0] if len(tr) else 'none'}) in train")
+        if recipe.name == "patho-bench":
+            return pathobench_linear_probe(x[tr], y[tr], x[te], y[te], task.ordinal, recipe.cost, recipe.balanced)
+        return linear_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], task.ordinal, seed)
+    tt, ee = t[task.time_col].to_numpy(float), t[task.event_col].to_numpy(float).astype(int)
+    if recipe.name == "patho-bench":
+        return pathobench_cox_probe(x[tr], tt[tr], ee[tr], x[te], tt[te], ee[te], recipe.alpha, recipe.l1_ratio)
+    return cox_probe(x[tr], tt[tr], ee[tr], x[va], tt[va], ee[va], x[te], tt[te], ee[te], recipe.l1_ratio)
+
+
+def summarise(values: dict[str, float | None]) -> dict:
+    """Mean, population std and SE over folds, as Patho-Bench's ``get_mean_se`` (BaseExperiment.py): folds whose
+    metric could not be computed (None) are left out of mean and std, but SE divides by the square root of
+    all folds run. ``values`` maps fold → value; they are kept under ``per_fold``."""
+    v = [float(a) for a in values.values() if a is not None]
+    std = float(np.std(v)) if v else float("nan")
+    return {"mean": float(np.mean(v)) if v else float("nan"), "std": std,
+            "se": std / float(np.sqrt(len(values))) if v else float("nan"), "n_folds": len(v),
+            "per_fold": {f: (None if a is None else float(a)) for f, a in values.items()}}
+
+
+def run_task(task: Task, emb: dict, seed: int = 0, recipe: Recipe | None = None,
+             allow_missing: bool = False) -> tuple[dict, pd.DataFrame | None]:
+    """Metrics of ``task`` on the slide embeddings in ``emb`` and per-item test predictions.
+
+    Args:
+        task: the task.
+        emb: what :func:`read_embeddings` returns.
+        seed: seed of the default recipe's probes.
+        recipe: probe recipe (default: the ``pathalign`` one).
+        allow_missing: drop samples without an embedding (counted) instead of raising.
+
+    Returns:
+        ``(result, predictions)``: result has every metric as ``{mean, std, se, n_folds}``, ``n`` (counts: rows,
+        rows without label, samples, samples without embedding, and per fold the train/val/test sizes),
+        ``recipe`` and ``sample_col``; or ``{"skipped": reason, ...}`` when the task cannot run.
+
+    Raises:
+        TaskError: the split names samples without an embedding and ``allow_missing`` is false.
+    """
+    recipe = recipe or Recipe()
+    if task.error:
+        return {"skipped": task.error}, None
     if "wsi" not in emb:
         return {"skipped": "the embeddings have no wsi group"}, None
-    lookup = _wsi_lookup(emb, task.id_column)
-    t = task.table[task.table[task.id_column].astype(str).isin(lookup)].reset_index(drop=True)
+    try:
+        t, x, counts = sample_table(task, emb, allow_missing)
+    except MissingEmbeddingError:
+        raise
+    except TaskError as e:
+        return {"skipped": str(e)}, None
+    base = {"n": counts, "sample_col": counts["sample_col"], "recipe": recipe.name}
     if t.empty:
         return {"skipped": f"no {task.id_column} of the task has an embedding (task ids e.g. "
-                           f"{task.table[task.id_column].astype(str).head(3).tolist()})"}, None
-    x = np.stack([lookup[i] for i in t[task.id_column].astype(str)])
+                           f"{task.table[task.id_column].astype(str).head(3).tolist()})", **base}, None
     per_fold: dict[str, list] = {}
-    skipped_folds, preds = [], []
+    skipped_folds, preds, tuned, fold_n = [], [], {}, {}
+    run_folds = []
     for f in task.folds:
         parts = {r: np.flatnonzero(t[f].to_numpy() == r) for r in ("train", "val", "test")}
+        fold_n[f] = {r: int(len(v)) for r, v in parts.items()}
         if len(parts["test"]) == 0:
             skipped_folds.append(f"{f}: no test samples")
             continue
-        if len(parts["val"]) == 0:
-            parts["val"] = parts["train"]
-        if task.task_type == "classification":
-            y = t[task.label].astype(str).to_numpy()
-            if len(np.unique(y[parts["train"]])) < 2:
-                skipped_folds.append(f"{f}: one class in train")
-                continue
-            m = linear_probe(x[parts["train"]], y[parts["train"]], x[parts["val"]], y[parts["val"]],
-                             x[parts["test"]], y[parts["test"]], task.ordinal, seed)
-            preds.append(pd.DataFrame({"case_id": t.case_id.iloc[parts["test"]].to_numpy(), "fold": f,
-                                       "y": y[parts["test"]], "pred": m.pop("_pred")}))
-        else:
-            tt, ee = t.OS_days.to_numpy(float), t.OS_event.to_numpy(int)
-            try:
-                m = cox_probe(*(arr for r in ("train", "val", "test") for arr in
-                                (x[parts[r]], tt[parts[r]], ee[parts[r]])))
-            except ValueError as e:
-                skipped_folds.append(f"{f}: {e}")
-                continue
+        try:
+            m = _fold_metrics(task, t, x, parts, recipe, seed)
+        except ValueError as e:
+            skipped_folds.append(f"{f}: {e}")
+            continue
+        run_folds.append(f)
+        if "_tuned" in m:
+            tuned[f] = m.pop("_tuned")
+        if "_pred" in m:
+            case = t["case_id"] if "case_id" in t.columns else t[task.id_column]
+            preds.append(pd.DataFrame({"case_id": case.iloc[parts["test"]].astype(str).to_numpy(), "fold": f,
+                                       "y": labels_of(t, task)[parts["test"]],
+                                       "pred": m.pop("_pred")}))
         for k, v in m.items():
-            per_fold.setdefault(k, []).append(v)
+            per_fold.setdefault(k, {})[f] = v
+    counts["folds"] = fold_n
     if not per_fold:
         reason = "; ".join(skipped_folds) or "no fold could be run"
         if task.task_type == "classification" and t[task.label].nunique() < 2:
-            reason = f"label column {task.label!r} has one class"
-        return {"skipped": reason}, None
-    out = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_folds": len(v)} for k, v in per_fold.items()}
+            reason = f"label column {task.label!r} has one class ({t[task.label].iloc[0]!r})"
+        return {"skipped": reason, **base}, None
+    out = {k: summarise({f: v.get(f) for f in run_folds}) for k, v in per_fold.items()}
+    out.update(base)
+    if tuned:
+        out["tuning"] = tuned
     if skipped_folds:
         out["skipped_folds"] = skipped_folds
     if task.task_type == "classification":
-        groups = t.case_id.astype(str).to_numpy()
+        groups = (t["case_id"] if "case_id" in t.columns else t[task.id_column]).astype(str).to_numpy()
         out["retrieval"] = label_retrieval(x, t[task.label].astype(str).to_numpy(), groups)
     return out, (pd.concat(preds) if preds else None)
+
+
+def check_embeddings_cover(tasks: list[Task], models: dict[str, dict]) -> None:
+    """Raise one :class:`TaskError` listing every (model, task) whose split names samples without an embedding."""
+    problems = []
+    for name, emb in models.items():
+        if "wsi" not in emb:
+            continue
+        for task in tasks:
+            if task.error:
+                continue
+            try:
+                sample_table(task, emb, allow_missing=False)
+            except MissingEmbeddingError as e:
+                problems.append(f"{name} / {task.name}: {e}")
+            except TaskError:
+                pass  # reported per task by run_task
+    if problems:
+        raise TaskError("the splits name samples without an embedding (pass --allow-missing to drop and count "
+                        "them): " + " | ".join(problems))
 
 
 def cross_modal(emb: dict, patients=None) -> dict:
@@ -130,20 +294,44 @@ def by_modality_subset(emb: dict, manifest: pd.DataFrame, preds: dict[str, pd.Da
 
 
 def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path, manifest: pd.DataFrame | None = None,
-              seed: int = 0, plots: bool = True, progress: bool = True) -> dict:
-    """Benchmark every embeddings file of ``models`` (name → embeddings.h5) on ``tasks``; writes results."""
+              seed: int = 0, plots: bool = True, progress: bool = True, recipe: Recipe | None = None,
+              allow_missing: bool = False) -> dict:
+    """Benchmark every embeddings file of ``models`` on ``tasks``; writes ``results.json`` and ``results.md``.
+
+    Args:
+        models: name → embeddings.h5.
+        tasks: the tasks (a task with ``error`` is reported as skipped; the others run).
+        out: results folder.
+        manifest: cohort manifest (for the by-modality robustness table).
+        seed: probe seed.
+        plots: write ``probe_metrics.png``.
+        progress: print one line per (model, task).
+        recipe: probe recipe (default ``pathalign``).
+        allow_missing: drop (and count) samples the split names but the embeddings lack; otherwise that is
+            an error naming every task affected, raised before any probe runs.
+
+    Returns:
+        The results dictionary written to ``results.json``.
+    """
+    recipe = recipe or Recipe()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"models": {}, "tasks": {t.name: {"type": t.task_type, "source": t.source} for t in tasks}}
+    embs = {name: read_embeddings(path) for name, path in models.items()}
+    if not allow_missing:
+        check_embeddings_cover(tasks, embs)
+    results: dict = {"recipe": recipe.describe(), "aggregation": AGGREGATION, "allow_missing": allow_missing,
+                     "models": {},
+                     "tasks": {t.name: {"type": t.task_type, "source": t.source, "sample_col": t.id_column
+                                        if not t.error else None} for t in tasks}}
     for name, path in models.items():
-        emb = read_embeddings(path)
+        emb = embs[name]
         held_out = emb.get("_attrs", {}).get("heldout_patients")
         res: dict = {"tasks": {}, "embeddings": str(path)}
         preds = {}
         for task in tasks:
             if progress:
                 print(f"bench: {name} / {task.name}", flush=True)
-            res["tasks"][task.name], p = run_task(task, emb, seed)
+            res["tasks"][task.name], p = run_task(task, emb, seed, recipe, allow_missing)
             if p is not None:
                 preds[task.name] = p
         if emb.get("pairs"):
@@ -164,12 +352,32 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
 def _fmt(m: dict | None) -> str:
     if not m:
         return "—"
-    return f"{m['mean']:.3f} ± {m['std']:.3f}"
+    return f"{m['mean']:.3f} ± {m.get('se', m.get('std', float('nan'))):.3f}"
+
+
+def _counts(r: dict) -> str:
+    """``n=…`` of a task result: samples used, and what was dropped."""
+    n = r.get("n")
+    if not n:
+        return ""
+    parts = [f"n={n['samples_used']} {n['sample_col']}s"]
+    if n.get("rows_without_label"):
+        parts.append(f"{n['rows_without_label']} rows without label")
+    if n.get("samples_without_embedding"):
+        parts.append(f"{n['samples_without_embedding']} without embedding dropped")
+    if n.get("slides_without_embedding"):
+        parts.append(f"{n['slides_without_embedding']} listed slides without embedding")
+    return ", ".join(parts)
 
 
 def render_markdown(results: dict) -> str:
+    """``results.md``: one table (tasks × models), then every metric with n per task and fold."""
     models = list(results["models"])
-    lines = ["# Benchmark results", "", "Mean ± standard deviation over folds (primary metric per task).", "",
+    recipe = results.get("recipe", {})
+    lines = ["# Benchmark results", "",
+             f"Recipe: **{recipe.get('name', 'pathalign')}** — {recipe.get('classification', '')}; "
+             f"{recipe.get('survival', '')}; features {recipe.get('features', '')}; tuning: {recipe.get('tuning', '')}.",
+             "", f"Primary metric per task, {results.get('aggregation', AGGREGATION)}.", "",
              "| task | metric | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for task, info in results["tasks"].items():
         metric = PRIMARY[info["type"]]
@@ -181,7 +389,7 @@ def render_markdown(results: dict) -> str:
         if info["type"] == "classification":
             cells = [(f"{r['retrieval']['mAP@5']:.3f}" if "retrieval" in r else "—")
                      for r in (results["models"][m]["tasks"].get(task, {}) for m in models)]
-            lines.append(f"| {task} (slide retrieval) | mAP@5 | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} (retrieval by label) | mAP@5 | " + " | ".join(cells) + " |")
     pairs = sorted({p for m in models for p in results["models"][m].get("cross_modal", {})})
     for p in pairs:
         cells = []
@@ -195,12 +403,20 @@ def render_markdown(results: dict) -> str:
         lines += [f"### {m}", ""]
         for task, r in results["models"][m]["tasks"].items():
             if "skipped" in r:
-                lines.append(f"- **{task}**: skipped — {r['skipped']}")
+                lines.append(f"- **{task}**: skipped — {r['skipped']}" + (f" ({_counts(r)})" if r.get("n") else ""))
                 continue
             parts = [f"{k} {_fmt(v)}" for k, v in r.items() if isinstance(v, dict) and "mean" in v]
             if "retrieval" in r:
                 parts.append("retrieval " + ", ".join(f"{k} {v:.3f}" for k, v in r["retrieval"].items()))
-            lines.append(f"- **{task}**: " + "; ".join(parts))
+            lines.append(f"- **{task}** ({_counts(r)}): " + "; ".join(parts))
+            folds = r.get("n", {}).get("folds", {})
+            if folds:
+                lines.append("  - n per fold (train/val/test): " + ", ".join(
+                    f"{f} {c['train']}/{c['val']}/{c['test']}" for f, c in folds.items()))
+            if r.get("tuning") and any(v != "validation" for v in r["tuning"].values()):
+                lines.append("  - tuning: " + ", ".join(f"{f} {v}" for f, v in r["tuning"].items()))
+            if r.get("skipped_folds"):
+                lines.append("  - skipped folds: " + "; ".join(r["skipped_folds"]))
         cm = results["models"][m].get("cross_modal")
         if cm:
             lines += ["", f"Cross-modal retrieval through the pair adapters ({results['models'][m]['cross_modal_patients']} patients):",
@@ -225,21 +441,46 @@ def render_markdown(results: dict) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", nargs="+", required=True,
-                   help="embeddings.h5 files, optionally NAME=PATH (several = compared in one table)")
+                   help="embeddings.h5 files, optionally NAME=PATH (default name: the file stem; several = compared "
+                        "in one table)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tasks", help="Patho-Bench split folder (TSV + YAML per task)")
+    src.add_argument("--tasks", help="Patho-Bench split folder (TSV + YAML per task: task_col, sample_col, "
+                                     "task_type, metrics; survival columns <task_col>_days/<task_col>_event)")
     src.add_argument("--cohort", help="derive tasks from this cohort's clinical labels")
-    p.add_argument("--compare", nargs="*", default=[], help="more NAME=PATH embeddings to compare (baselines, ablations)")
+    p.add_argument("--compare", nargs="*", default=[],
+                   help="more embeddings to compare (baselines, ablations), NAME=PATH or PATH (name: the file stem)")
+    p.add_argument("--recipe", choices=RECIPES, default="pathalign",
+                   help="probe recipe: 'pathalign' (standardised features, balanced weights, C and Cox penalty "
+                        "picked on the validation part) or 'patho-bench' (Patho-Bench's own: raw features, "
+                        "LogisticRegression C=1, Coxnet alpha=0.07, l1_ratio=0.5; comparable with its tables)")
+    p.add_argument("--cost", type=float, default=1.0, help="C of the patho-bench recipe's logistic regression")
+    p.add_argument("--balanced", action="store_true", help="balanced class weights in the patho-bench recipe")
+    p.add_argument("--cox-alpha", type=float, default=DEFAULT_ALPHA, help="Cox penalty of the patho-bench recipe")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="drop samples the split names but the embeddings lack (counted in the results) instead "
+                        "of stopping with an error")
     p.add_argument("--folds", type=int, default=5, help="folds for cohort-derived tasks")
     p.add_argument("--labels", default=None, help="comma-separated label columns (default: every categorical one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results folder")
 
 
-def _named(items) -> dict[str, str]:
-    out = {}
-    for i, item in enumerate(items):
-        name, _, path = item.partition("=") if "=" in item else (Path(item).stem if i else "model", "", item)
+def named_embeddings(items: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named by the file stem) → ``{name: path}``; two items with one name are an error.
+
+    Args:
+        items: the command-line values of ``--embeddings`` and ``--compare``, in order.
+
+    Returns:
+        name → path, in the given order.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, path = item.split("=", 1) if "=" in item else (Path(item).stem, item)
+        if not name:
+            raise TaskError(f"{item!r}: empty model name (use NAME=PATH)")
+        if name in out:
+            raise TaskError(f"two embeddings are named {name!r} ({out[name]} and {path}); name them NAME=PATH")
         out[name] = path
     return out
 
@@ -247,17 +488,20 @@ def _named(items) -> dict[str, str]:
 def run(args) -> int:
     from ..cohort import load_cohort
 
+    models = named_embeddings(list(args.embeddings) + list(args.compare))
     try:
-        manifest = None
-        if args.cohort:
-            manifest = load_cohort(args.cohort).manifest
-            tasks = derive_tasks(manifest, args.folds, args.seed,
-                                 labels=args.labels.split(",") if args.labels else None)
-        else:
-            tasks = load_pathobench_tasks(args.tasks)
-        run_bench({**_named(args.embeddings), **_named(args.compare)}, tasks, args.out, manifest, args.seed)
-    except (TaskError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}")
-        return 1
+        recipe = Recipe(args.recipe, cost=args.cost, balanced=args.balanced, alpha=args.cox_alpha)
+    except ValueError as e:
+        raise TaskError(f"--recipe/--cost/--cox-alpha: {e}") from None
+    manifest = None
+    if args.cohort:
+        manifest = load_cohort(args.cohort).manifest
+        tasks = derive_tasks(manifest, args.folds, args.seed, labels=args.labels.split(",") if args.labels else None)
+    else:
+        tasks = load_pathobench_tasks(args.tasks)
+    for t in tasks:
+        if t.error:
+            print(f"bench: task {t.name} skipped: {t.error}", file=sys.stderr)
+    run_bench(models, tasks, args.out, manifest, args.seed, recipe=recipe, allow_missing=args.allow_missing)
     print((Path(args.out) / "results.md").read_text().split("## All metrics")[0])
     return 0

@@ -3,14 +3,18 @@
 ``embeddings.h5`` holds one group per modality (``wsi``, ``rna``, …) with ``ids`` (utf-8) and
 ``embeddings`` [n, d]; the ``wsi`` group also has ``case_ids`` (the patient of each slide). With
 a trained model, ``pairs/<a>-<b>/<a>`` and ``.../<b>`` hold the embeddings projected into each
-pair's shared space (l2-normalised, so that retrieval needs no model). Per-slide files in the
-Trident layout (``slide_features_<model>/<slide_id>.h5`` with ``features`` [d]) are written
-for Patho-Bench.
+pair's shared space (l2-normalised, so that retrieval needs no model). Beside it, Patho-Bench
+sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_id/<case_id>.h5``,
+``features`` [1, d], a patient's slides averaged) are written for every way of embedding
+(``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
+incomplete features file, zero patches, an unreadable file) are skipped and named.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -18,26 +22,69 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import PathalignError
 from ..io.atomic import atomic_path
-from ..slides.features_io import is_complete, read_patch_features
+from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
+from .pathobench_files import write_pathobench_files
+
+
+class EmbedError(PathalignError, ValueError):
+    """Embedding cannot start or produced nothing; the message names the folder, file or option."""
+
+
+@dataclass
+class EmbedSummary:
+    """What an ``embed`` call wrote.
+
+    Args:
+        counts: items embedded per modality.
+        skipped: slide id → why it was not embedded.
+        pathobench_dir: the Patho-Bench sample folder written (``by_slide_id``/``by_case_id`` inside).
+    """
+
+    counts: dict[str, int]
+    skipped: dict[str, str] = field(default_factory=dict)
+    pathobench_dir: Path | None = None
+
+
+def _slide_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be embedded, or None."""
+    if not path.is_file():
+        return f"no features file {path}"
+    if not is_complete(path):
+        return f"incomplete features file {path} (an interrupted extraction?)"
+    return None
 
 
 def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool):
-    out, kept = [], []
+    """Embed ``slide_ids``; returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
+    out, kept, skipped = [], [], {}
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:
         chunk = slide_ids[start:start + batch_size]
         slides = []
         for sid in chunk:
-            pf = read_patch_features(features_dir / f"{sid}.h5")
-            if pf.features is None or len(pf) == 0:
+            path = features_dir / f"{sid}.h5"
+            problem = _slide_problem(path)
+            if problem is None:
+                try:
+                    pf = read_patch_features(path)
+                except FeatureFileError as e:
+                    problem = str(e)
+                else:
+                    if pf.features is None:
+                        problem = f"{path} has coordinates but no 'features' dataset"
+                    elif len(pf) == 0:
+                        problem = f"{path} has zero patches"
+            if problem is not None:
+                skipped[sid] = problem
                 continue
             slides.append(tuple(torch.from_numpy(a) for a in pf.as_inputs()))
             kept.append(sid)
         if slides:
             with torch.no_grad():
                 out.append(encode(slides).float().cpu().numpy())
-    return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32))
+    return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
 
 
 def _write_group(fh, name, ids, emb, **extra):
@@ -48,16 +95,49 @@ def _write_group(fh, name, ids, emb, **extra):
         g.create_dataset(k, data=np.array(v, dtype=object), dtype=h5py.string_dtype("utf-8"))
 
 
-def _write_trident(out_dir: Path, ids, emb) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for sid, e in zip(ids, emb):
-        with atomic_path(out_dir / f"{sid}.h5") as tmp, h5py.File(tmp, "w") as fh:
-            fh.create_dataset("features", data=e.astype(np.float32))
+def pathobench_dir(out_path: str | Path, name: str) -> Path:
+    """The Patho-Bench sample folder written beside ``out_path`` for model ``name``."""
+    return Path(out_path).parent / f"pathobench_{name}"
+
+
+def _case_map(cohort_path) -> dict[str, str]:
+    """slide id → case id from a cohort's manifest."""
+    from ..cohort import load_cohort
+
+    case_of = {}
+    for p, sids in zip(*load_cohort(cohort_path).manifest[["case_id", "slide_ids"]].to_numpy().T):
+        case_of.update({s: p for s in sids})
+    return case_of
+
+
+def _write_slides_file(out_path: Path, model: str, ids, emb, case_ids, skipped: dict, **attrs) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs["model"] = model
+        fh.attrs["skipped_slides"] = json.dumps(skipped)
+        for k, v in attrs.items():
+            fh.attrs[k] = v
+        _write_group(fh, "wsi", ids, emb, case_ids=case_ids)
 
 
 def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
-                     trident_name: str | None = None) -> dict[str, int]:
-    """Embed a cohort with a trained model; returns the number of items per modality."""
+                     name: str | None = None, trident_name: str | None = None) -> EmbedSummary:
+    """Embed a cohort with a trained model.
+
+    Args:
+        model_path: trained model folder.
+        cohort_path: cohort folder.
+        out_path: embeddings.h5 to write.
+        features_dir: patch-features folder (default: the cohort's).
+        batch_size: slides per packed pass.
+        progress: show a progress bar.
+        name: model name of the Patho-Bench folder ``pathobench_<name>`` beside ``out_path`` (None: none written).
+        trident_name: former name of ``name`` (kept for callers of the old API).
+
+    Returns:
+        Counts per modality, the slides skipped with their reason, the Patho-Bench folder.
+    """
+    name = name or trident_name
     from ..cohort import load_cohort
     from ..models.pathalign_model import load_model
     from ..train.data import CohortData
@@ -66,13 +146,17 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
     data = CohortData(cohort, features_dir, mods, preprocessing=model.preprocessing)
-    counts, embs, ids = {}, {}, {}
+    counts, embs, ids, skipped = {}, {}, {}, {}
     if "wsi" in mods:
         slide_ids, case_of = [], []
         for p, sids in zip(data.ids, data.slides):
             slide_ids += sids
             case_of += [p] * len(sids)
-        kept, emb = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size, progress)
+        kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
+                                               progress)
+        listed = {s for sids in cohort.manifest.slide_ids for s in sids}
+        for s in sorted(listed - set(slide_ids)):
+            skipped[s] = _slide_problem(data.features_dir / f"{s}.h5") or "not usable"
         case_map = dict(zip(slide_ids, case_of))
         ids["wsi"], embs["wsi"] = kept, emb
         ids["wsi_case"] = [case_map[s] for s in kept]
@@ -87,6 +171,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = str(model_path)
+        fh.attrs["skipped_slides"] = json.dumps(skipped)
         held = (model.extra.get("splits") or {}).get("val")
         if held is not None:
             fh.attrs["heldout_patients"] = json.dumps(held)
@@ -104,59 +189,106 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
                 g.create_dataset(b, data=model.pair_heads.project(b, a, torch.from_numpy(embs[b])).numpy())
                 t, bias = model.pair_heads.temperature_bias(a, b)
             g.attrs["t"], g.attrs["b"] = float(t.detach().exp()), float(bias.detach())
-    if "wsi" in embs and trident_name:
-        _write_trident(out_path.parent / f"slide_features_{trident_name}", ids["wsi"], embs["wsi"])
-    return counts
+    pb = None
+    if "wsi" in embs and name:
+        pb = pathobench_dir(out_path, name)
+        write_pathobench_files(pb, ids["wsi"], ids["wsi_case"], embs["wsi"])
+    return EmbedSummary(counts, skipped, pb)
 
 
-def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True) -> dict[str, int]:
-    """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights."""
+def _features_slides(features_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Slide ids of the complete features files in ``features_dir``, and the incomplete ones with a reason."""
+    if not features_dir.is_dir():
+        raise EmbedError(f"{features_dir}: no such features folder")
+    ids, skipped = [], {}
+    for p in sorted(features_dir.glob("*.h5")):
+        problem = _slide_problem(p)
+        if problem is None:
+            ids.append(p.stem)
+        else:
+            skipped[p.stem] = problem
+    return ids, skipped
+
+
+def _case_ids(ids: list[str], cohort_path) -> tuple[list[str], str]:
+    if cohort_path is None:
+        return list(ids), "slide_id (no cohort given: one patient per slide)"
+    case_of = _case_map(cohort_path)
+    return [case_of.get(s, s) for s in ids], "cohort"
+
+
+def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True,
+                             cohort_path=None, out_name: str | None = None) -> EmbedSummary:
+    """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights.
+
+    Args:
+        name: slide-encoder name (e.g. ``exaone-path-2.5``).
+        weights: published checkpoint.
+        features_dir: patch-features folder.
+        out_path: embeddings.h5 to write (its folder is created).
+        batch_size: slides per packed pass.
+        progress: show a progress bar.
+        cohort_path: cohort whose manifest gives each slide's patient (``case_ids``); without it a slide is its
+            own patient, and the file says so (attribute ``case_ids_from``).
+        out_name: model name of the Patho-Bench folder (default: ``name``).
+
+    Returns:
+        Counts, skipped slides with their reason, the Patho-Bench folder.
+    """
     from ..models import SlideEncoder
 
     if not weights:
-        raise ValueError(f"--slide-encoder {name} needs --weights (a random slide encoder gives meaningless embeddings)")
+        raise EmbedError(f"--slide-encoder {name} needs --weights (a random slide encoder gives meaningless embeddings)")
+    features_dir, out_path = Path(features_dir), Path(out_path)
+    slide_ids, skipped = _features_slides(features_dir)
+    case_ids_all, source = _case_ids(slide_ids, cohort_path)
     enc = SlideEncoder.from_exaone_path(weights)
-    features_dir = Path(features_dir)
-    slide_ids = sorted(p.stem for p in features_dir.glob("*.h5") if is_complete(p))
 
     def encode(slides):
         return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides)])
 
-    kept, emb = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress)
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.attrs["model"] = f"{name}:{weights}"
-        _write_group(fh, "wsi", kept, emb)
-    _write_trident(out_path.parent / f"slide_features_{name}", kept, emb)
-    return {"wsi": len(kept)}
+    kept, emb, more = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress)
+    skipped.update(more)
+    if not kept:
+        raise EmbedError(f"{features_dir}: no slide could be embedded ({len(skipped)} skipped: "
+                         f"{dict(list(skipped.items())[:3])})")
+    cases = [dict(zip(slide_ids, case_ids_all))[s] for s in kept]
+    _write_slides_file(out_path, f"{name}:{weights}", kept, emb, cases, skipped, case_ids_from=source)
+    pb = pathobench_dir(out_path, out_name or name)
+    write_pathobench_files(pb, kept, cases, emb)
+    return EmbedSummary({"wsi": len(kept)}, skipped, pb)
 
 
-def embed_mean_pool(features_dir, out_path, cohort_path=None) -> dict[str, int]:
-    """Baseline: the mean of each slide's patch features (``wsi`` group; ``case_ids`` from the cohort when given)."""
-    features_dir = Path(features_dir)
-    case_of = {}
-    if cohort_path is not None:
-        from ..cohort import load_cohort
+def embed_mean_pool(features_dir, out_path, cohort_path=None, name: str | None = "mean-pool") -> EmbedSummary:
+    """Baseline: the mean of each slide's patch features (``wsi`` group; ``case_ids`` from the cohort when given).
 
-        for p, sids in zip(*load_cohort(cohort_path).manifest[["case_id", "slide_ids"]].to_numpy().T):
-            case_of.update({s: p for s in sids})
-    ids, embs = [], []
-    for path in sorted(features_dir.glob("*.h5")):
-        if not is_complete(path):
-            continue
-        pf = read_patch_features(path)
-        if pf.features is None or len(pf) == 0:
-            continue
-        ids.append(path.stem)
-        embs.append(np.asarray(pf.features, np.float32).mean(0))
+    Args:
+        features_dir: patch-features folder.
+        out_path: embeddings.h5 to write.
+        cohort_path: cohort giving each slide's patient (without it a slide is its own patient).
+        name: model name of the Patho-Bench folder (None: none written).
+
+    Returns:
+        Counts, skipped slides with their reason, the Patho-Bench folder.
+    """
+    features_dir, out_path = Path(features_dir), Path(out_path)
+    slide_ids, skipped = _features_slides(features_dir)
+
+    def encode(slides):
+        return torch.stack([f.float().mean(0) for f, *_ in slides])
+
+    ids, emb, more = _slide_embeddings(encode, slide_ids, features_dir, 64, False)
+    skipped.update(more)
     if not ids:
-        raise ValueError(f"{features_dir}: no complete features file")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.attrs["model"] = f"mean-pool:{features_dir}"
-        _write_group(fh, "wsi", ids, np.stack(embs), case_ids=[case_of.get(s, s) for s in ids])
-    return {"wsi": len(ids)}
+        raise EmbedError(f"{features_dir}: no complete features file with patches "
+                         f"({len(skipped)} skipped: {dict(list(skipped.items())[:3])})")
+    cases, source = _case_ids(ids, cohort_path)
+    _write_slides_file(out_path, f"mean-pool:{features_dir}", ids, emb, cases, skipped, case_ids_from=source)
+    pb = None
+    if name:
+        pb = pathobench_dir(out_path, name)
+        write_pathobench_files(pb, ids, cases, emb)
+    return EmbedSummary({"wsi": len(ids)}, skipped, pb)
 
 
 def read_embeddings(path) -> dict[str, dict]:
@@ -164,10 +296,16 @@ def read_embeddings(path) -> dict[str, dict]:
     out: dict = {}
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such embeddings file")
-    with h5py.File(path, "r") as fh:
+        raise EmbedError(f"{path}: no such embeddings file")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as e:
+        raise EmbedError(f"{path}: not a readable HDF5 file ({e})") from None
+    with fh:
         attrs = dict(fh.attrs)
         out["_attrs"] = {"model": attrs.get("model")}
+        if "skipped_slides" in attrs:
+            out["_attrs"]["skipped_slides"] = json.loads(attrs["skipped_slides"])
         if "heldout_patients" in attrs:
             out["_attrs"]["heldout_patients"] = json.loads(attrs["heldout_patients"])
         for name, g in fh.items():
@@ -182,37 +320,39 @@ def read_embeddings(path) -> dict[str, dict]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="trained model folder (RUN/model)")
-    p.add_argument("--cohort", help="cohort folder")
+    p.add_argument("--cohort", help="cohort folder (with --slide-encoder/--mean-pool: gives each slide's patient)")
     p.add_argument("--features", help="patch-features folder (default: the cohort's)")
     p.add_argument("--slide-encoder", help="instead of --model: a bare slide encoder, e.g. exaone-path-2.5")
     p.add_argument("--mean-pool", action="store_true", help="instead of --model: the mean-pooling baseline of --features")
     p.add_argument("--weights", help="weights of --slide-encoder (published checkpoint)")
-    p.add_argument("--out", required=True, help="embeddings.h5 to write")
-    p.add_argument("--name", default="pathalign", help="model name used for the Trident-style per-slide folder")
+    p.add_argument("--out", required=True, help="embeddings.h5 to write (its folder is created)")
+    p.add_argument("--name", default=None,
+                   help="model name of the Patho-Bench sample folder pathobench_<name>/ (by_slide_id/, by_case_id/) "
+                        "written beside --out (default: pathalign, the --slide-encoder name, or mean-pool)")
     p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
     p.add_argument("--quiet", action="store_true")
 
 
 def run(args) -> int:
-    try:
-        if args.model:
-            if not args.cohort:
-                raise ValueError("--model needs --cohort")
-            counts = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
-                                      not args.quiet, args.name)
-        elif args.mean_pool:
-            if not args.features:
-                raise ValueError("--mean-pool needs --features DIR")
-            counts = embed_mean_pool(args.features, args.out, args.cohort)
-        elif args.slide_encoder:
-            if not args.features:
-                raise ValueError("--slide-encoder needs --features DIR")
-            counts = embed_with_slide_encoder(args.slide_encoder, args.weights, args.features, args.out,
-                                              args.batch_size, not args.quiet)
-        else:
-            raise ValueError("give --model (with --cohort) or --slide-encoder (with --features)")
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}")
-        return 1
-    print("embedded: " + ", ".join(f"{m} {n}" for m, n in counts.items()) + f" -> {args.out}")
+    if args.model:
+        if not args.cohort:
+            raise EmbedError("--model needs --cohort")
+        summary = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
+                                   not args.quiet, args.name or "pathalign")
+    elif args.mean_pool:
+        if not args.features:
+            raise EmbedError("--mean-pool needs --features DIR")
+        summary = embed_mean_pool(args.features, args.out, args.cohort, args.name or "mean-pool")
+    elif args.slide_encoder:
+        if not args.features:
+            raise EmbedError("--slide-encoder needs --features DIR")
+        summary = embed_with_slide_encoder(args.slide_encoder, args.weights, args.features, args.out,
+                                           args.batch_size, not args.quiet, args.cohort, args.name)
+    else:
+        raise EmbedError("give --model (with --cohort), --slide-encoder or --mean-pool (with --features)")
+    for sid, why in summary.skipped.items():
+        print(f"embed: skipped slide {sid}: {why}", file=sys.stderr)
+    print("embedded: " + ", ".join(f"{m} {n}" for m, n in summary.counts.items()) + f" -> {args.out}"
+          + (f"; Patho-Bench files in {summary.pathobench_dir}" if summary.pathobench_dir else "")
+          + (f"; {len(summary.skipped)} slides skipped (named above)" if summary.skipped else ""))
     return 0
