@@ -1,0 +1,69 @@
+"""One rule for turning a ``--device`` value into a :class:`torch.device`, checked before any work.
+
+Every verb with a ``--device`` option calls :func:`resolve_device` on it first, so that
+``--device cuda`` on a machine without a GPU is one clear error (exit 2), not a traceback
+after minutes of reading slides.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import PathalignError
+
+__all__ = ["DeviceError", "resolve_device", "DEVICE_HELP"]
+
+DEVICE_HELP = "auto (GPU if there is one), cpu, cuda or cuda:N"
+_SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+class DeviceError(PathalignError):
+    """A ``--device`` value that is malformed or names hardware this machine does not have."""
+
+
+def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> torch.device:
+    """Check a device spec against this machine and return the device to run on.
+
+    Args:
+        spec: ``"auto"`` (or ``None``): ``cuda`` if a CUDA GPU is available, else ``cpu``;
+            ``"cpu"``; ``"cuda"``; or ``"cuda:N"`` for GPU index ``N``. Case and surrounding
+            blanks are ignored.
+        local_rank: under ``torchrun``, this process's ``LOCAL_RANK``; a plain ``cuda`` (or ``auto``
+            resolving to a GPU) then means ``cuda:<local_rank>``. An explicit ``cuda:N`` is kept.
+
+    Returns:
+        The :class:`torch.device` (``cuda`` always with an index).
+
+    Raises:
+        DeviceError: the spec is not one of the forms above, CUDA is asked for but not available,
+            or the index is not below ``torch.cuda.device_count()``. Raised before any work starts.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    text = "auto" if spec is None else str(spec).strip().lower()
+    match = _SPEC.match(text)
+    if match is None or (match.group(1) != "cuda" and match.group(2) is not None):
+        raise DeviceError(f"--device {spec!r}: expected {DEVICE_HELP}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if kind == "auto" and not available:
+        return torch.device("cpu")
+    if not available:
+        raise DeviceError(f"--device {spec}: no CUDA GPU is available on this machine "
+                          f"(torch.cuda.is_available() is False); use --device cpu or --device auto")
+    count = torch.cuda.device_count()
+    if index is not None:
+        i = int(index)
+    elif local_rank is not None:
+        i = int(local_rank)
+    else:
+        i = torch.cuda.current_device()
+    if i >= count:
+        raise DeviceError(f"--device {spec}: GPU index {i} does not exist (this machine has {count} GPU"
+                          f"{'' if count == 1 else 's'}: cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", i)
