@@ -65,9 +65,10 @@ def timm_convert(prefixes: tuple[str, ...] = ()) -> Callable[[dict], dict]:
 
 
 def fit_depth(sd: dict[str, Tensor]) -> dict:
-    """Read the depth off converted weights (so a checkpoint with fewer blocks builds that many)."""
+    """Read the depth off converted weights (so a checkpoint with fewer blocks builds that many); skip
+    timm's random initialisation, which the loaded weights replace (minutes for a ViT-g on a CPU)."""
     depth = count_blocks(sd, "trunk.blocks.")
-    return {"depth": depth} if depth else {}
+    return {"weight_init": "skip", **({"depth": depth} if depth else {})}
 
 
 def _register(name: str, dim: int, description: str, arch: str, kwargs: Callable[[], dict], *,
