@@ -63,7 +63,9 @@ def resolve_source(source: str | os.PathLike, subfolder: str | None = None,
     patterns = [f"{subfolder}/*"] if subfolder else allow_patterns
     offline = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
     try:
-        folder = Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns))
+        # read the environment now (huggingface_hub reads it once, at import)
+        folder = Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns,
+                                        cache_dir=os.environ.get("HF_HUB_CACHE") or None, local_files_only=offline))
     except GatedRepoError:
         raise HubError(f"{repo_id}: gated model — accept its licence on https://huggingface.co/{repo_id} and log in "
                        f"(huggingface-cli login, or set HF_TOKEN), or pass a local copy of the {what}") from None
@@ -81,3 +83,40 @@ def resolve_source(source: str | os.PathLike, subfolder: str | None = None,
     if not out.exists():
         raise HubError(f"{repo_id}: the snapshot {folder} has no {subfolder}/ folder for {what}")
     return out
+
+
+def find_checkpoint(folder: Path, names: tuple[str, ...], subfolder: str | None = None) -> Path | None:
+    """The first of ``names`` in ``folder`` (then in ``folder/subfolder``), or ``None``."""
+    for f in [folder] + ([folder / subfolder] if subfolder else []):
+        for n in names:
+            if (f / n).is_file():
+                return f / n
+    return None
+
+
+def resolve_checkpoint(source: str | os.PathLike, subfolder: str | None = None,
+                       names: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin"),
+                       what: str = "weights") -> Path:
+    """The checkpoint file for ``source``: a file; a folder holding one of ``names`` (directly or in
+    ``subfolder``: a whole repository snapshot); or a Hub id (its ``subfolder``).
+
+    Args:
+        source: file, folder or Hub id.
+        subfolder: the repository subfolder of this component (``slide-encoder``, ``patch-encoder``).
+        names: checkpoint file names, in order of preference.
+        what: what is being resolved, for error messages.
+
+    Returns:
+        Path of the checkpoint file.
+
+    Raises:
+        HubError: nothing found (the message names where it looked).
+    """
+    path = resolve_source(source, subfolder=subfolder if is_hub_id(source) else None, what=what)
+    if path.is_file():
+        return path
+    found = find_checkpoint(path, names, subfolder)
+    if found is None:
+        where = f"{path}" + (f" or {path / subfolder}" if subfolder else "")
+        raise HubError(f"{where}: no {' or '.join(names)} for {what}")
+    return found

@@ -45,13 +45,14 @@ def find_weight_file(path: Path, spec: PatchEncoderSpec) -> Path:
     Looks for the publisher's file names in ``path``, then in ``path/<hub_subfolder>`` (a whole
     repository snapshot was given).
     """
+    from ...io.hub import find_checkpoint
+
     if path.is_file():
         return path
-    names = list(dict.fromkeys(spec.weight_files + ("model.safetensors", "pytorch_model.bin")))
-    for folder in [path] + ([path / spec.hub_subfolder] if spec.hub_subfolder else []):
-        for n in names:
-            if (folder / n).is_file():
-                return folder / n
+    names = tuple(dict.fromkeys(spec.weight_files + ("model.safetensors", "pytorch_model.bin")))
+    found = find_checkpoint(path, names, spec.hub_subfolder)
+    if found is not None:
+        return found
     raise PatchEncoderError(f"{path}: no {' or '.join(names)} for patch encoder {spec.name!r}"
                             + (f" (looked in {path / spec.hub_subfolder} too)" if spec.hub_subfolder else ""))
 
