@@ -1,10 +1,41 @@
 """pathalign: align whole-slide images with molecular profiles in one embedding space."""
-from .cohort import load_cohort
-from .models import SlideEncoder, SlideEncoderConfig, SlideInputError
-from .models.pathalign_model import PathAlignConfig, PathAlignModel, load_model
-from .models.siglip import MultimodalSigLIPLoss
-from .slides.features_io import read_patch_features
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["MultimodalSigLIPLoss", "PathAlignConfig", "PathAlignModel", "SlideEncoder", "SlideEncoderConfig",
-           "SlideInputError", "load_cohort", "load_model", "read_patch_features"]
+
+# Public names -> the module defining them. Imported on first use (PEP 562) so that
+# ``import pathalign.cli`` (``pathalign --help``) does not pull in torch, h5py or pandas.
+_LAZY = {
+    "load_cohort": ".cohort",
+    "SlideEncoder": ".models",
+    "SlideEncoderConfig": ".models",
+    "SlideInputError": ".models",
+    "PathAlignConfig": ".models.pathalign_model",
+    "PathAlignModel": ".models.pathalign_model",
+    "load_model": ".models.pathalign_model",
+    "MultimodalSigLIPLoss": ".models.siglip",
+    "read_patch_features": ".slides.features_io",
+}
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here
+    from .cohort import load_cohort
+    from .models import SlideEncoder, SlideEncoderConfig, SlideInputError
+    from .models.pathalign_model import PathAlignConfig, PathAlignModel, load_model
+    from .models.siglip import MultimodalSigLIPLoss
+    from .slides.features_io import read_patch_features
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pathalign' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

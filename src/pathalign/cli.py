@@ -1,56 +1,164 @@
 """``pathalign`` command line: one subcommand per pipeline stage.
 
 Each subcommand lives in the module that does the work; that module exposes
-``add_arguments(parser)`` and ``run(args) -> int``. This file only maps names to modules,
-imported lazily so that ``pathalign --help`` stays fast.
+``add_arguments(parser)`` and ``run(args) -> int``. This file only holds the table of verbs
+(name -> module path, help) and imports a verb's module when that verb runs (or shows its
+``--help``), so that ``pathalign --help`` and a mistyped command answer at once without
+importing torch, h5py or scikit-learn.
+
+Errors: an expected failure (:class:`pathalign.errors.PathalignError`: bad input, missing file,
+unusable option) is printed as one line ``pathalign: error: <message>`` on stderr with exit
+code 2; so is a usage error. Anything else is a bug and keeps its traceback. ``--debug`` (or
+``PATHALIGN_DEBUG=1``) shows the traceback of expected errors too.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
+from typing import NamedTuple
 
-# name -> (module, one-line help[, defaults set on the parsed arguments])
-SUBCOMMANDS: dict[str, tuple] = {
-    "segment": ("pathalign.slides.cli", "segment slides into tissue fragments (GeoJSON + thumbnail)", {"stage": "segment"}),
-    "patch": ("pathalign.slides.cli", "patch tissue at a target magnification (coords.h5)", {"stage": "patch"}),
-    "extract": ("pathalign.slides.cli", "extract patch features (features.h5)", {"stage": "extract"}),
-    "preprocess": ("pathalign.slides.cli", "segment, patch and extract in one go (torchrun-shardable)",
-                   {"stage": "extract"}),
-    "synth": ("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
-    "cohort": ("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
-    "pretrain-rna": ("pathalign.train.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
-    "train": ("pathalign.train.cli", "train the multimodal alignment (torchrun for DDP)"),
-    "embed": ("pathalign.evaluate.embed", "embed every modality of every patient and slide (embeddings.h5)"),
-    "bench": ("pathalign.evaluate.bench", "benchmark embeddings: probes, survival, retrieval, cross-modal retrieval"),
-    "demo": ("pathalign.demo", "the whole life cycle on a synthetic cohort, with a report (what make demo runs)"),
-    "ablate": ("pathalign.evaluate.ablate", "train and bench the paper's ablations with one seed set"),
-    "encode-example": ("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder"),
+from .errors import PathalignError
+
+
+class Verb(NamedTuple):
+    """One subcommand: where it lives and what it writes."""
+
+    module: str
+    help: str
+    defaults: dict = {}
+    out: str | None = "dir"  # what ``--out`` is: "dir", "file" or None (checked writable before running)
+
+
+VERBS: dict[str, Verb] = {
+    "segment": Verb("pathalign.slides.cli", "segment slides into tissue fragments (GeoJSON + thumbnail)",
+                    {"stage": "segment"}),
+    "patch": Verb("pathalign.slides.cli", "patch tissue at a target magnification (coords.h5)", {"stage": "patch"}),
+    "extract": Verb("pathalign.slides.cli", "extract patch features (features.h5)", {"stage": "extract"}),
+    "preprocess": Verb("pathalign.slides.cli", "segment, patch and extract in one go (torchrun-shardable)",
+                       {"stage": "extract"}),
+    "synth": Verb("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
+    "cohort": Verb("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
+    "pretrain-rna": Verb("pathalign.train.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
+    "train": Verb("pathalign.train.cli", "train the multimodal alignment (torchrun for DDP)"),
+    "embed": Verb("pathalign.evaluate.embed", "embed every modality of every patient and slide (embeddings.h5)",
+                  out="file"),
+    "bench": Verb("pathalign.evaluate.bench", "benchmark embeddings: probes, survival, retrieval, cross-modal retrieval"),
+    "demo": Verb("pathalign.demo", "the whole life cycle on a synthetic cohort, with a report (what make demo runs)"),
+    "ablate": Verb("pathalign.evaluate.ablate", "train and bench the paper's ablations with one seed set"),
+    "encode-example": Verb("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder",
+                           out=None),
 }
 
+_DEBUG_HELP = "show the Python traceback of expected errors too (also PATHALIGN_DEBUG=1)"
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pathalign", description="Align whole-slide images with molecular profiles.")
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
+def _verb_of(argv: list[str]) -> str | None:
+    """The command word: the first argument that is not an option (top-level options take no value)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The ``pathalign`` parser; only ``verb``'s module is imported and its options added.
+
+    Args:
+        verb: the subcommand about to run (or show its help); ``None`` imports no verb module.
+
+    Returns:
+        The parser; a parsed verb's namespace carries its module as ``_module``.
+    """
+    from . import __version__
+
+    parser = _Parser(prog="pathalign", description="Align whole-slide images with molecular profiles.",
+                     epilog="Run 'pathalign COMMAND --help' for a command's options.")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"pathalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text, *defaults) in SUBCOMMANDS.items():
-        mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+    for name, spec in VERBS.items():
+        if name != verb:  # listed in --help; never parsed (main builds the parser for the verb it sees)
+            sub.add_parser(name, help=spec.help, add_help=False)
+            continue
+        mod = importlib.import_module(spec.module)
+        p = sub.add_parser(name, help=spec.help, description=(mod.__doc__ or spec.help).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
-        p.set_defaults(_module=mod, **(defaults[0] if defaults else {}))
+        if not any("--debug" in a.option_strings for a in p._actions):
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+        p.set_defaults(_module=mod, **spec.defaults)
     return parser
 
 
+def preflight(command: str, args: argparse.Namespace) -> None:
+    """Checks every verb gets before it starts, so that they fail at once and write nothing.
+
+    ``--out`` must be writable (``OutputPathError``) and ``--device`` must exist on this machine
+    (``DeviceError``); both are :class:`PathalignError`.
+    """
+    out, kind = getattr(args, "out", None), VERBS[command].out
+    if out is not None and kind is not None:
+        from .commands.outputs import check_output_dir, check_output_file
+
+        (check_output_file if kind == "file" else check_output_dir)(out, "--out")
+    if getattr(args, "device", None) is not None:
+        from .devices import resolve_device
+
+        resolve_device(args.device)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split()) or "(no message)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
+    """Run ``pathalign`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    0 success, 2 usage or expected error (one line on stderr), other codes a command's own
+    (e.g. 3: a batch finished with failed items).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb_of(argv)
+    if verb is not None and verb not in VERBS:
+        close = difflib.get_close_matches(verb, VERBS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"pathalign: error: unknown command '{verb}'{hint} (see 'pathalign --help')", file=sys.stderr)
         return 2
+    debug = bool(os.environ.get("PATHALIGN_DEBUG"))
     try:
+        parser = build_parser(verb)
+        args = parser.parse_args(argv)
+        debug = debug or bool(getattr(args, "debug", False))
+        if debug:
+            os.environ["PATHALIGN_DEBUG"] = "1"  # per-item tracebacks in batch commands too
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return 2
+        preflight(args.command, args)
         return int(args._module.run(args) or 0)
+    except PathalignError as e:
+        if debug:
+            raise
+        print(f"pathalign: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pathalign: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and friends: not an error
-        sys.stderr.close()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
         return 0
 
 

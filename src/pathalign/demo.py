@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import PathalignError
+
+
+class DemoError(PathalignError):
+    """Demo settings it cannot run with (too few patients, no training steps)."""
 
 
 @dataclass
@@ -46,8 +52,29 @@ def _stage(cfg: DemoConfig, name: str, fn, log: list) -> None:
     log.append((name, "done", dt))
 
 
+def check_demo_config(cfg: DemoConfig, batch_size: int, val_fraction: float, groups: int) -> None:
+    """Raise :class:`DemoError` naming the option when the demo cannot run to the end with ``cfg``.
+
+    Training takes batches of ``batch_size`` patients from the training split, which holds
+    ``1 - val_fraction`` of each of ``groups`` strata (each rounded): so at least
+    ``ceil((batch_size + groups / 2) / (1 - val_fraction))`` patients.
+    """
+    for option, value in (("--steps", cfg.steps), ("--genes", cfg.genes), ("--patch-size", cfg.patch_size),
+                          ("--slide-size", cfg.slide_size)):
+        if value < 1:
+            raise DemoError(f"{option} {value}: must be at least 1")
+    need = math.ceil((batch_size + groups / 2) / (1 - val_fraction))
+    if cfg.patients < need:
+        raise DemoError(f"--patients {cfg.patients}: the demo needs at least {need} (it trains on batches of "
+                        f"{batch_size} patients from the {1 - val_fraction:.0%} training split)")
+
+
 def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
-    """Run (or resume) the demo; returns the benchmark results."""
+    """Run (or resume) the demo; returns the benchmark results.
+
+    Raises:
+        DemoError: settings the demo cannot finish with; raised before anything is written.
+    """
     from .cohort import CohortSources, build_cohort
     from .evaluate.embed import embed_mean_pool, embed_with_model
     from .evaluate.bench import run_bench
@@ -57,8 +84,11 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     from .slides.pipeline import PipelineConfig, find_slides, run_pipeline
     from .slides.segment import SegmentConfig
     from .synth import SynthConfig, generate_cohort
+    from .synth.state import CANCER_TYPES
     from .train.trainer import TrainConfig, Trainer
 
+    tiny = TrainConfig.from_preset("tiny")
+    check_demo_config(cfg, tiny.batch_size, tiny.val_fraction, len(CANCER_TYPES))
     out = cfg.out
     if fresh and out.exists():
         shutil.rmtree(out)

@@ -18,8 +18,7 @@ from ..io.atomic import atomic_write_json, atomic_write_text
 from .probes import cox_probe, linear_probe
 from .retrieval import cross_modal_retrieval, label_retrieval, patient_pair_space, recall_at_k
 from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks
-
-PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
+from .metrics import PRIMARY
 
 
 def _wsi_lookup(emb: dict, level: str) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ def _plt():
 
 def plot_metrics(results: dict, out_png: str | Path) -> None:
     """Grouped bars: the primary metric (mean ± std) of each task, one bar per model; cross-modal recall@5 too."""
-    from .bench import PRIMARY
+    from .metrics import PRIMARY
 
     plt = _plt()
     models = list(results["models"])

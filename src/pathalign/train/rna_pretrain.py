@@ -16,8 +16,28 @@ from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
 from ..cohort.preprocess import make_transform
+from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
+
+MIN_SAMPLES = 10  # fewer leaves no meaningful held-out set
+
+
+class RNAPretrainError(PathalignError):
+    """Settings or a cohort that RNA pretraining cannot run with (no RNA, too few samples, bad option)."""
+
+
+def _check_settings(n_genes: int, dim: int, depth: int, steps: int, batch_size: int, lr: float, mask_ratio: float,
+                    holdout: float) -> None:
+    """Raise :class:`RNAPretrainError` naming the first unusable option, before any work."""
+    checks = [("--steps", steps, steps >= 1, "at least 1"), ("--batch-size", batch_size, batch_size >= 2, "at least 2"),
+              ("--genes", n_genes, n_genes >= 1, "at least 1"), ("--dim", dim, dim >= 1, "at least 1"),
+              ("--depth", depth, depth >= 0, "0 or more"), ("--lr", lr, lr > 0, "positive"),
+              ("--mask-ratio", mask_ratio, 0 < mask_ratio < 1, "between 0 and 1 (exclusive)"),
+              ("holdout", holdout, 0 < holdout < 1, "between 0 and 1 (exclusive)")]
+    for option, value, ok, rule in checks:
+        if not ok:
+            raise RNAPretrainError(f"{option} {value}: must be {rule}")
 
 
 def _masked_mse(model, x, observed, hidden, baseline) -> tuple[float, float]:
@@ -33,11 +53,30 @@ def _masked_mse(model, x, observed, hidden, baseline) -> tuple[float, float]:
 def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, dim: int = 128, depth: int = 1,
                  steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.3,
                  holdout: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
-    """Pretrain and save the RNA foundation model; returns the held-out metrics."""
+    """Pretrain and save the RNA foundation model.
+
+    Args:
+        cohort_path: cohort folder (``pathalign cohort build``) with RNA for at least ``MIN_SAMPLES`` patients.
+        out: folder for the model (written only when training has finished).
+        n_genes, dim, depth, mask_ratio: model settings (see :class:`RNAFMConfig`).
+        steps, batch_size, lr, holdout, seed: training settings.
+        progress: show a progress bar and print the result.
+
+    Returns:
+        The held-out metrics (also written to ``out/metrics.json``).
+
+    Raises:
+        RNAPretrainError: an unusable setting, a cohort without RNA or with too few samples; raised
+            before anything is written.
+    """
+    _check_settings(n_genes, dim, depth, steps, batch_size, lr, mask_ratio, holdout)
     cohort = load_cohort(cohort_path)
+    if "rna" not in cohort.modalities:
+        raise RNAPretrainError(f"{cohort_path}: the cohort has no RNA data (build it with 'cohort build --rna ...')")
     rna = cohort.matrix("rna")
-    if len(rna) < 10:
-        raise ValueError(f"{cohort_path}: pretraining needs at least 10 RNA samples, the cohort has {len(rna)}")
+    if len(rna) < MIN_SAMPLES:
+        raise RNAPretrainError(f"{cohort_path}: pretraining needs at least {MIN_SAMPLES} RNA samples, "
+                               f"the cohort has {len(rna)}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     transform = make_transform("rna", cohort.meta, n_genes=min(n_genes, rna.shape[1])).fit(rna)
