@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import DEVICE_HELP, resolve_device
+
 from ..io.atomic import atomic_path
 from ..slides.features_io import is_complete, read_patch_features
 
@@ -56,13 +58,13 @@ def _write_trident(out_dir: Path, ids, emb) -> None:
 
 
 def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
-                     trident_name: str | None = None) -> dict[str, int]:
-    """Embed a cohort with a trained model; returns the number of items per modality."""
+                     trident_name: str | None = None, device: str | torch.device = "cpu") -> dict[str, int]:
+    """Embed a cohort with a trained model (on ``device``, fp32); returns the number of items per modality."""
     from ..cohort import load_cohort
     from ..models.pathalign_model import load_model
     from ..train.data import CohortData
 
-    model = load_model(model_path)
+    model = load_model(model_path).to(device)
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
     data = CohortData(cohort, features_dir, mods, preprocessing=model.preprocessing)
@@ -81,7 +83,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
             continue
         rows = np.flatnonzero(data.valid[m])
         with torch.no_grad():
-            embs[m] = model.encode_molecular(m, torch.from_numpy(data.arrays[m][rows])).numpy()
+            embs[m] = model.encode_molecular(m, torch.from_numpy(data.arrays[m][rows]).to(device)).cpu().numpy()
         ids[m] = [data.ids[i] for i in rows]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +102,8 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
                 continue
             g = pairs.create_group(f"{a}-{b}")
             with torch.no_grad():
-                g.create_dataset(a, data=model.loss.project(a, b, torch.from_numpy(embs[a])).numpy())
-                g.create_dataset(b, data=model.loss.project(b, a, torch.from_numpy(embs[b])).numpy())
+                g.create_dataset(a, data=model.loss.project(a, b, torch.from_numpy(embs[a]).to(device)).cpu().numpy())
+                g.create_dataset(b, data=model.loss.project(b, a, torch.from_numpy(embs[b]).to(device)).cpu().numpy())
                 t, bias = model.loss.temperature_bias(a, b)
             g.attrs["t"], g.attrs["b"] = float(t.detach().exp()), float(bias.detach())
     if "wsi" in embs and trident_name:
@@ -109,13 +111,14 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
     return counts
 
 
-def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True) -> dict[str, int]:
+def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True,
+                             device: str | torch.device = "cpu") -> dict[str, int]:
     """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights."""
     from ..models import SlideEncoder
 
     if not weights:
         raise ValueError(f"--slide-encoder {name} needs --weights (a random slide encoder gives meaningless embeddings)")
-    enc = SlideEncoder.from_exaone_path(weights)
+    enc = SlideEncoder.from_exaone_path(weights).to(device)
     features_dir = Path(features_dir)
     slide_ids = sorted(p.stem for p in features_dir.glob("*.h5") if is_complete(p))
 
@@ -190,16 +193,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="embeddings.h5 to write")
     p.add_argument("--name", default="pathalign", help="model name used for the Trident-style per-slide folder")
     p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true")
 
 
 def run(args) -> int:
+    device = resolve_device(args.device)  # before any work
     try:
         if args.model:
             if not args.cohort:
                 raise ValueError("--model needs --cohort")
             counts = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
-                                      not args.quiet, args.name)
+                                      not args.quiet, args.name, device=device)
         elif args.mean_pool:
             if not args.features:
                 raise ValueError("--mean-pool needs --features DIR")
@@ -208,7 +213,7 @@ def run(args) -> int:
             if not args.features:
                 raise ValueError("--slide-encoder needs --features DIR")
             counts = embed_with_slide_encoder(args.slide_encoder, args.weights, args.features, args.out,
-                                              args.batch_size, not args.quiet)
+                                              args.batch_size, not args.quiet, device=device)
         else:
             raise ValueError("give --model (with --cohort) or --slide-encoder (with --features)")
     except (ValueError, FileNotFoundError, KeyError) as e:
