@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REFERENCE
+from conftest import REFERENCE, needs_cuda, rel_err
 from helpers import random_slide
 from pathalign.cli import build_parser, main
 from pathalign.devices import DeviceError
@@ -75,3 +75,11 @@ def test_unavailable_device_is_refused_before_any_work(slide_features, tmp_path,
             msg = capsys.readouterr().err
         assert rc == 2 and "--device" in msg and device in msg, (device, rc, msg)
         assert not out.exists()
+
+
+@needs_cuda()
+def test_embed_cuda_matches_cpu(slide_features, tmp_path):
+    features, weights = slide_features
+    cpu = _embed(features, weights, tmp_path / "cpu.h5", "cpu")
+    gpu = _embed(features, weights, tmp_path / "cuda.h5", "cuda")
+    assert rel_err(gpu, cpu) < 1e-3, f"seed {SEED}: rel err {rel_err(gpu, cpu):.2e}"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import DATA, rel_err
+from conftest import DATA, needs_cuda, rel_err
 from pathalign.slides.patch_encoders import (PATCH_ENCODERS, PatchEncoderError, build_patch_encoder, get_spec,
                                              make_transform)
 
@@ -355,3 +355,18 @@ def test_wrong_encoder_weights_are_refused_with_key_names(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PatchEncoderError, match="no pytorch_model_vision.bin"):
         build_patch_encoder("conch-v1.5", weights=tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- GPU (gated)
+@needs_cuda()
+def test_cuda_extraction_in_the_entrys_precision_is_close_to_cpu_fp32(exaone_reference):
+    """What extract does on a GPU: the transform on the device, autocast in the entry's precision."""
+    sd = {"patch_encoder.backbone." + k: v for k, v in exaone_reference.state_dict().items()}
+    cpu = build_patch_encoder("exaone-path-2.5", weights=sd)
+    gpu = build_patch_encoder("exaone-path-2.5", weights=sd, device="cuda")
+    x = patches(256)  # Resize 256 -> 224 on the GPU too
+    with torch.no_grad():
+        want = cpu.model(cpu.transform(x))
+        with torch.autocast("cuda", dtype=gpu.precision):
+            got = gpu.model(gpu.transform(x.cuda())).float().cpu()
+    assert rel_err(got, want) < 3e-2, f"seed {SEED}: rel err {rel_err(got, want):.2e} in {gpu.precision}"
