@@ -69,6 +69,7 @@ def test_hub_id_spellings():
     assert parse_hub_id("owkin/phikon-v2@main") == ("owkin/phikon-v2", "main")
     assert parse_hub_id("/abs/path/model.safetensors") is None
     assert parse_hub_id("model.safetensors") is None
+    assert parse_hub_id("weights/uni.bin") is None  # a mistyped local file, not a repository
 
 
 def test_patch_encoder_by_hub_id_uses_the_patch_encoder_subfolder(offline_cache, patch_weights, slide_weights, tmp_path):
@@ -89,7 +90,7 @@ def test_slide_encoder_from_exaone_path_by_hub_id(offline_cache, patch_weights, 
 
 
 def test_offline_and_missing_give_clear_errors(offline_cache, monkeypatch):
-    with pytest.raises(HubError, match=r"MahmoodLab/UNI: not in the local Hub cache and HF_HUB_OFFLINE is set"):
+    with pytest.raises(HubError, match=r"MahmoodLab/UNI is not in the local Hub cache and HF_HUB_OFFLINE is set"):
         resolve_source("MahmoodLab/UNI")
     with pytest.raises(PatchEncoderError, match=r"'uni'.*HF_HUB_OFFLINE.*--weights"):
         build_patch_encoder("uni")

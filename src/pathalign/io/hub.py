@@ -22,10 +22,15 @@ class HubError(PathalignError, OSError):
     """A Hub id that cannot be resolved (not cached while offline, gated, unknown)."""
 
 
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5")  # a path, never a repository name
+
+
 def parse_hub_id(source: str) -> tuple[str, str | None] | None:
     """``(repo_id, revision)`` if ``source`` is spelled as a Hub id, else ``None``."""
     m = _HUB_ID.match(str(source).strip())
-    return (m.group(1), m.group(2)) if m else None
+    if not m or m.group(1).lower().endswith(_FILE_SUFFIXES):
+        return None
+    return m.group(1), m.group(2)
 
 
 def is_hub_id(source: str | os.PathLike) -> bool:
@@ -74,7 +79,8 @@ def resolve_source(source: str | os.PathLike, subfolder: str | None = None,
                        f"set HF_TOKEN) for {what}") from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        raise HubError(f"{repo_id}: not in the local Hub cache and {why}; download it where you have network "
+        raise HubError(f"{source}: no such local path, and the Hub repository {repo_id} is not in the local Hub cache "
+                       f"and {why}; download it where you have network "
                        f"(huggingface-cli download {repo_id}), set HF_HUB_CACHE to that cache, or pass a local path "
                        f"for {what}") from None
     except Exception as e:  # noqa: BLE001 - network and server errors, reported with the id
