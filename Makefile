@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 # Reinstall when the project's dependency list or pinned versions change. constraints.txt pins
 # this repository's exact versions (torch==2.14.1, torchvision==0.29.1, ...); the package declares ranges.
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Lint first (a second or two); the rules and their reasons are in pyproject.toml [tool.ruff].
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)

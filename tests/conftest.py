@@ -7,11 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.exists():  # CI clones main elsewhere with shared/ beside it
-    SHARED = Path(os.environ.get("PATHALIGN_SHARED", Path.cwd().parent / "shared"))
+if os.environ.get("PATHALIGN_SHARED"):
+    SHARED = Path(os.environ["PATHALIGN_SHARED"])
+else:
+    SHARED = Path(__file__).resolve().parents[2] / "shared"
+    if not SHARED.exists():  # CI clones main elsewhere with shared/ beside it
+        SHARED = Path.cwd().parent / "shared"
 REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
+SHARED_MISSING = (f"needs ../shared (real H&E data and published reference vectors), not found at {SHARED}: "
+                  "put it beside the checkout or set PATHALIGN_SHARED=/path/to/shared")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -19,6 +24,41 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def rel_err(a, b) -> float:
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _code_names(code) -> set[str]:
+    """Global names a function's code (and the code nested in it: lambdas, comprehensions) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _code_names(const)
+    return names
+
+
+def _uses_shared(func) -> bool:
+    """Does ``func`` refer to a module global that is a path under SHARED (DATA, REFERENCE, REF_FILE, ...)?"""
+    func = getattr(func, "__wrapped__", func)
+    code, module_globals = getattr(func, "__code__", None), getattr(func, "__globals__", {})
+    if code is None:
+        return False
+    for name in _code_names(code):
+        value = module_globals.get(name)
+        if isinstance(value, Path) and (value == SHARED or SHARED in value.parents):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests (or their fixtures) that read ../shared are skipped, with how to get it, when it is absent."""
+    if SHARED.is_dir():
+        return
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        funcs = [getattr(item, "function", None)]
+        if fixtures is not None:
+            funcs += [d.func for defs in fixtures.name2fixturedefs.values() for d in defs]
+        if any(f is not None and _uses_shared(f) for f in funcs):
+            item.add_marker(pytest.mark.skip(reason=SHARED_MISSING))
 
 
 def needs_cuda():

@@ -1,8 +1,30 @@
 """Random slide inputs for tests."""
 from __future__ import annotations
 
+import os
+import zlib
+
 import numpy as np
 import torch
+
+
+def seeded_rng(seed: int | None = None) -> np.random.Generator:
+    """The generator of a random test, seeded and reproducible; the seed is printed (pytest shows it on failure).
+
+    Default seed: ``PATHALIGN_TEST_SEED`` if set (``random`` draws a fresh one), else a stable hash of the
+    running test's id, so every test has its own fixed seed.
+    """
+    if seed is None:
+        env = os.environ.get("PATHALIGN_TEST_SEED", "")
+        if env == "random":
+            seed = int(np.random.SeedSequence().entropy % (1 << 32))
+        elif env:
+            seed = int(env)
+        else:
+            test_id = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+            seed = zlib.crc32(test_id.encode())
+    print(f"random test seed: {seed} (rerun with PATHALIGN_TEST_SEED={seed})")
+    return np.random.default_rng(seed)
 
 
 def random_slide(rng: np.random.Generator, n: int, c: int, n_fragments: int, grid: int = 256):

@@ -88,6 +88,11 @@ def test_usage_errors_are_one_line(tmp_path, argv, names):
     assert_clean_error(run_cli(*argv, cwd=tmp_path), *names)
 
 
+def test_unknown_registry_name(tmp_path):
+    line = assert_clean_error(run_cli("encode-example", "--preset", "nope", cwd=tmp_path), "preset 'nope'", "tiny")
+    assert "\"" not in line  # not a KeyError's quoted repr
+
+
 # --- unwritable output folder -----------------------------------------------------------------
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import REFERENCE, needs_cuda, rel_err
-from helpers import random_slide
+from helpers import random_slide, seeded_rng
 from pathalign import SlideEncoder, SlideEncoderConfig, SlideInputError
 from pathalign.io.checkpoints import CheckpointError
 
@@ -106,7 +106,7 @@ def _random_encoder(seed=0, **kw):
 
 
 def test_translating_each_fragment_leaves_slide_embedding_unchanged():
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     feats, coords, frag = random_slide(rng, 150, 24, 5)
     ref = enc.encode(feats, coords, frag)["slide_embedding"]
@@ -123,7 +123,7 @@ def test_translating_each_fragment_leaves_slide_embedding_unchanged():
 
 
 def test_permuting_tokens_permutes_patch_tokens():
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     feats, coords, frag = random_slide(rng, 120, 24, 4)
     ref = enc.encode(feats, coords, frag)
@@ -134,7 +134,7 @@ def test_permuting_tokens_permutes_patch_tokens():
 
 
 def test_encode_batch_equals_encode_slide_by_slide():
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     slides = [random_slide(rng, int(n), 24, int(f)) for n, f in [(90, 3), (1, 1), (40, 40), (70, 2)]]
     slides.append((slides[0][0], slides[0][1], None))
@@ -162,7 +162,7 @@ class _LargestTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize("backend", ["segment", "nested", "dense"])
 def test_backends_match_dense_reference_fp32(backend):
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     # fragments of one token and slides of one token included
     slides = [random_slide(rng, 60, 24, 60), random_slide(rng, 1, 24, 1), random_slide(rng, 130, 24, 7),
@@ -180,7 +180,7 @@ def test_backends_match_dense_reference_fp32(backend):
 
 @pytest.mark.parametrize("backend", ["segment", "nested"])
 def test_backends_match_dense_reference_bf16(backend):
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     slides = [random_slide(rng, 80, 24, 6), random_slide(rng, 1, 24, 1), random_slide(rng, 45, 24, 45)]
     enc.config.attention_backend = "dense"
@@ -194,7 +194,7 @@ def test_backends_match_dense_reference_bf16(backend):
 
 
 def test_segment_backend_gradients_match_dense():
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     slides = [random_slide(rng, 64, 24, 4), random_slide(rng, 20, 24, 20)]
     grads = {}
     for backend in ("dense", "segment"):
@@ -220,7 +220,7 @@ def test_default_path_allocates_nothing_of_size_t_by_t():
 @needs_cuda()
 @pytest.mark.parametrize("backend", ["segment", "nested", "varlen", "flex"])
 def test_cuda_backends_match_dense(backend):
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(1).cuda()
     slides = [random_slide(rng, 300, 24, 6), random_slide(rng, 1, 24, 1), random_slide(rng, 64, 24, 64)]
     enc.config.attention_backend = "dense"
@@ -294,7 +294,7 @@ def test_rope_unit_in_micrometres_needs_mpp():
 def test_rope_attention_map_stays_in_the_query_fragment():
     from pathalign.evaluate.attention_plot import rope_attention
 
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     feats, coords, frag = random_slide(rng, 90, 24, 4)
     q = int(rng.integers(90))

@@ -126,7 +126,7 @@ def test_reads_trident_clam_and_exaone_files(tmp_path):
            features=(feats, {}))
     pf = read_patch_features(tmp_path / "trident.h5")
     assert pf.attrs["patch_size_level0"] == 512 and pf.features.shape == (7, 5)
-    assert pf.fragment.tolist() == [0, 0, 0, 0, 1, 1, 2] or len(set(pf.fragment[:4])) == 1
+    assert sorted(np.flatnonzero(pf.fragment == f).tolist() for f in set(pf.fragment.tolist())) == [[0, 1, 2, 3], [4, 5], [6]]
     assert len(set(pf.fragment[:4])) == 1 and len(set(pf.fragment[4:6])) == 1 and len(set(pf.fragment)) == 3
     _write(tmp_path / "clam.h5", coords=(coords, {"patch_size": 256, "patch_level": 1, "downsample": [2.0, 2.0]}))
     pf = read_patch_features(tmp_path / "clam.h5")

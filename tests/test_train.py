@@ -57,8 +57,9 @@ def test_exported_model_loads_offline_and_matches(trained, features_cohort):
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["model"][k]), k
     x = torch.randn(3, model.config.input_dims["snp"])
-    s = model.similarity("snp", model.encode_snp(x), "rna", model.encode_rna(torch.randn(3, model.config.input_dims["rna"])))
-    assert s.shape == (3, 3) and (s.abs() <= 1 + 1e-5).all()
+    es, er = model.encode_snp(x), model.encode_rna(torch.randn(3, model.config.input_dims["rna"]))
+    s = model.similarity("snp", es, "rna", er)  # cosine of l2norm(W z) (DESIGN §4): odd and scale-free in z
+    assert s.shape == (3, 3) and torch.allclose(model.similarity("snp", -2.5 * es, "rna", er), -s, atol=1e-5)
 
 
 class _Killed(Exception):

@@ -21,12 +21,16 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here
-    from .cohort import load_cohort
-    from .models import SlideEncoder, SlideEncoderConfig, SlideInputError
-    from .models.pathalign_model import PathAlignConfig, PathAlignModel, load_model
-    from .models.siglip import MultimodalSigLIPLoss
-    from .slides.features_io import read_patch_features
+if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here ("X as X" marks a re-export)
+    from .cohort import load_cohort as load_cohort
+    from .models import SlideEncoder as SlideEncoder
+    from .models import SlideEncoderConfig as SlideEncoderConfig
+    from .models import SlideInputError as SlideInputError
+    from .models.pathalign_model import PathAlignConfig as PathAlignConfig
+    from .models.pathalign_model import PathAlignModel as PathAlignModel
+    from .models.pathalign_model import load_model as load_model
+    from .models.siglip import MultimodalSigLIPLoss as MultimodalSigLIPLoss
+    from .slides.features_io import read_patch_features as read_patch_features
 
 
 def __getattr__(name: str):

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .errors import PathalignError
+
 T = TypeVar("T")
+
+
+class UnknownNameError(PathalignError, KeyError):
+    """A name no entry of a registry has (a ``KeyError`` too, for callers that catch that)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -29,12 +38,12 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        """The object registered as ``name``; a ``KeyError`` listing the known names otherwise."""
+        """The object registered as ``name``; :class:`UnknownNameError` (a ``KeyError``) listing the known names otherwise."""
         try:
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

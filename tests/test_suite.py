@@ -1,0 +1,35 @@
+"""The test suite's own rules: random tests are seeded and say their seed; tests needing ../shared skip
+with a message when it is absent (issue 12 item 6)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import seeded_rng
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_seeded_rng_is_fixed_per_test_and_overridable(monkeypatch, capsys):
+    monkeypatch.delenv("PATHALIGN_TEST_SEED", raising=False)
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_x.py::test_a (call)")
+    a1, a2 = seeded_rng().random(4), seeded_rng().random(4)
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_x.py::test_b (call)")
+    b = seeded_rng().random(4)
+    assert (a1 == a2).all() and not (a1 == b).all()
+    monkeypatch.setenv("PATHALIGN_TEST_SEED", "42")
+    assert (seeded_rng().random(4) == seeded_rng(42).random(4)).all()
+    out = capsys.readouterr().out
+    assert "random test seed: 42 (rerun with PATHALIGN_TEST_SEED=42)" in out
+
+
+def test_tests_needing_shared_skip_when_it_is_absent(tmp_path):
+    target = "test_cohort.py::test_real_tcga_maf_gene_set_is_exact"
+    env = {**os.environ, "PATHALIGN_SHARED": str(tmp_path / "no_shared_here"),
+           "PYTHONPATH": str(TESTS.parent / "src")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", target],
+                          cwd=TESTS, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "SKIPPED [1]" in proc.stdout, proc.stdout + proc.stderr
+    assert "needs ../shared" in proc.stdout and "PATHALIGN_SHARED" in proc.stdout, proc.stdout
