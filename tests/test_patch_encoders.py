@@ -22,8 +22,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import DATA, needs_cuda, rel_err
-from pathalign.slides.patch_encoders import (PATCH_ENCODERS, PatchEncoderError, build_patch_encoder, get_spec,
-                                             make_transform)
+from pathalign.slides.patch_encoders import (
+    PATCH_ENCODERS,
+    PatchEncoderError,
+    build_patch_encoder,
+    get_spec,
+    make_transform,
+)
 
 SLIDE = DATA / "cmu_small_region.svs"
 TISSUE = [(1120, 672), (896, 1568)]  # level-0 (x, y) of tissue-rich windows of the real H&E region

@@ -19,7 +19,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..devices import DEVICE_HELP, resolve_device
-
 from ..io.atomic import atomic_path
 from ..slides.features_io import is_complete, read_patch_features
 

@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
-from ..devices import DEVICE_HELP, resolve_device
 from ..cohort.preprocess import make_transform
+from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel

@@ -22,8 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from . import builtin, conch, phikon, vit  # noqa: F401  (fill the registry)
-from .base import (IMAGENET, PATCH_ENCODERS, PatchEncoder, PatchEncoderError, PatchEncoderSpec, Preprocess,
-                   strip_prefixes)
+from .base import (
+    IMAGENET,
+    PATCH_ENCODERS,
+    PatchEncoder,
+    PatchEncoderError,
+    PatchEncoderSpec,
+    Preprocess,
+    strip_prefixes,
+)
 from .transforms import make_transform
 
 __all__ = ["PATCH_ENCODERS", "PatchEncoder", "PatchEncoderError", "PatchEncoderSpec", "Preprocess", "IMAGENET",

@@ -8,8 +8,8 @@ key prefixes the publisher uses. ``docs/patch_encoders.md`` lists the sources.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ...errors import PathalignError
 from ...registry import Registry
 
-PATCH_ENCODERS: Registry["PatchEncoderSpec"] = Registry("patch encoder")
+PATCH_ENCODERS: Registry[PatchEncoderSpec] = Registry("patch encoder")
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))

@@ -6,7 +6,7 @@ one grey level; at the model's native size ``Resize``/``CenterCrop`` are the ide
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

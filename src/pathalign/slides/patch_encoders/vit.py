@@ -3,7 +3,7 @@ H-optimus-0 and Prov-GigaPath, each with its publisher's ``timm.create_model`` a
 output, preprocessing and precision (sources: ``docs/patch_encoders.md``)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
