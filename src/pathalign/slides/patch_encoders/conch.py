@@ -55,12 +55,12 @@ class AttentionalPooler(nn.Module):
 class ConchVisionTower(nn.Module):
     """Trunk → attentional pooler (first query) → LayerNorm: ``[B,3,448,448]`` → ``[B, 768]``."""
 
-    def __init__(self, depth: int = 24):
+    def __init__(self, depth: int = 24, weight_init: str = ""):
         super().__init__()
         import timm
 
         self.trunk = timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=0, img_size=TRUNK_IMG,
-                                       init_values=1.0, depth=depth)
+                                       init_values=1.0, depth=depth, weight_init=weight_init)
         self.attn_pool_contrast = AttentionalPooler(768, 1024, 8, 1)
         self.ln_contrast = nn.LayerNorm(768)
 
@@ -95,8 +95,8 @@ def _convert(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 register(PatchEncoderSpec(
     "conch-v1.5", 768, "CONCH v1.5 vision tower (MahmoodLab): ViT-L/16 at 448 px + attentional pooler → 768",
-    make_model=lambda depth=24, **_: ConchVisionTower(depth), convert=_convert,
-    fit=lambda sd: {"depth": count_blocks(sd, "trunk.blocks.")} if count_blocks(sd, "trunk.blocks.") else {},
+    make_model=lambda depth=24, weight_init="", **_: ConchVisionTower(depth, weight_init), convert=_convert,
+    fit=lambda sd: {"weight_init": "skip", **({"depth": d} if (d := count_blocks(sd, "trunk.blocks.")) else {})},
     output="pooler", preprocess=Preprocess(resize=448, crop=448, interpolation="bilinear"), precision=torch.float16,
     hub_id="MahmoodLab/conchv1_5", weight_files=("pytorch_model_vision.bin",),
     source="huggingface.co/MahmoodLab/conchv1_5 model card; TRIDENT model_zoo/conchv1_5/conchv1_5.py "
