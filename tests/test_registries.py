@@ -5,7 +5,6 @@ New entries are picked up automatically (the cases are the registries' own names
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -103,19 +102,13 @@ def test_slide_encoder_preset_builds_and_encodes(name):
 # Built on the meta device: the architecture and the output shape are real, no memory is
 # allocated (the ViT-g entries would need ~4.5 GB each), no weights are read or downloaded.
 
-BROKEN_PATCH_ENCODERS = {"conch-v1.5"}  # num_classes passed twice; a bare ViT-L gives 1024, not 768
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="issue 9, helper encoders fixes it"))
-    if n in BROKEN_PATCH_ENCODERS else n for n in PATCH_ENCODERS.names()])
+@pytest.mark.parametrize("name", PATCH_ENCODERS.names())
 def test_patch_encoder_builds_with_its_dim(name):
     spec = PATCH_ENCODERS.get(name)
-    kw = {"pretrained": False} if "pretrained" in inspect.signature(spec.build).parameters else {}
     with torch.device("meta"):
-        enc = build_patch_encoder(name, device="meta", **kw)
-        crop = spec.extra.get("crop", 224)
-        patches = enc.transform(torch.zeros(2, crop, crop, 3, dtype=torch.uint8))
+        enc = build_patch_encoder(name, device="meta", pretrained=False)
+        side = spec.preprocess.resize or spec.preprocess.crop or 224  # Resize is then the identity
+        patches = enc.transform(torch.zeros(2, side, side, 3, dtype=torch.uint8))
         out = enc.model(patches)
     assert enc.dim == spec.dim
     assert tuple(out.shape) == (2, spec.dim), f"{name}: output {tuple(out.shape)}, registered dim {spec.dim}"

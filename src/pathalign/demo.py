@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .devices import DEVICE_HELP, resolve_device
 from .errors import PathalignError
 
 
@@ -34,6 +35,7 @@ class DemoConfig:
     seed: int = 0
     ablations: bool = False
     folds: int = 5
+    device: str = "cpu"  # a resolved device (pathalign.devices.resolve_device)
 
 
 def _stage(cfg: DemoConfig, name: str, fn, log: list) -> None:
@@ -97,7 +99,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     log: list = []
     t_start = time.perf_counter()
     min_um2 = 10_000 if cfg.slide_size >= 2048 else 2_000  # small demo slides have small fragments
-    pipe = PipelineConfig(out=slides_out, progress=False, patch=PatchConfig(patch_size=cfg.patch_size),
+    pipe = PipelineConfig(out=slides_out, progress=False, patch=PatchConfig(patch_size=cfg.patch_size), device=cfg.device,
                           segment=SegmentConfig(min_fragment_um2=min_um2))
 
     _stage(cfg, "synth", lambda: generate_cohort(syn, SynthConfig(patients=cfg.patients, seed=cfg.seed,
@@ -114,12 +116,15 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
         rna=str(syn / "rna_tpm.tsv.gz"), maf=[str(syn / "mutations.maf")], cnv=str(syn / "cnv_gistic.tsv"),
         methylation=str(syn / "methylation_beta.tsv.gz")), cohort, progress=False) and "", log)
     _stage(cfg, "pretrain-rna", lambda: "masked MSE ratio {:.2f}".format(pretrain_rna(
-        cohort, fm, n_genes=cfg.genes, dim=32, steps=cfg.rna_steps, seed=cfg.seed, progress=False)["ratio"]), log)
-    train_cfg = TrainConfig.from_preset("tiny", steps=cfg.steps, seed=cfg.seed, rna_fm=str(fm), progress=False)
+        cohort, fm, n_genes=cfg.genes, dim=32, steps=cfg.rna_steps, seed=cfg.seed, progress=False,
+        device=cfg.device)["ratio"]), log)
+    train_cfg = TrainConfig.from_preset("tiny", steps=cfg.steps, seed=cfg.seed, rna_fm=str(fm), progress=False,
+                                        device=cfg.device)
     _stage(cfg, "train", lambda: "data wait {:.0%}".format(Trainer(cohort, run, train_cfg).fit()["data_wait_fraction"]), log)
 
     def embed():
-        embed_with_model(run / "model", cohort, out / "embeddings.h5", progress=False, trident_name="pathalign-tiny")
+        embed_with_model(run / "model", cohort, out / "embeddings.h5", progress=False, trident_name="pathalign-tiny",
+                         device=cfg.device)
         embed_mean_pool(pipe.features_dir, out / "mean_pool.h5", cohort)
 
     _stage(cfg, "embed", embed, log)
@@ -128,7 +133,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
         from .evaluate.ablate import run_ablations
 
         _stage(cfg, "ablations", lambda: run_ablations(cohort, out / "ablations", steps=cfg.steps, seed=cfg.seed,
-                                                       rna_fm=str(fm), bench=False) and "", log)
+                                                       rna_fm=str(fm), bench=False, device=cfg.device) and "", log)
         models.update({f"ablation: {p.parent.name}": p for p in sorted((out / "ablations").glob("*/embeddings.h5"))})
     from .cohort import load_cohort
 
@@ -206,10 +211,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablations", action="store_true", help="also train and bench the ablations (slower)")
     p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args) -> int:
     cfg = DemoConfig(out=Path(args.out), patients=args.patients, slide_size=args.slide_size, patch_size=args.patch_size,
-                     genes=args.genes, steps=args.steps, seed=args.seed, ablations=args.ablations)
+                     genes=args.genes, steps=args.steps, seed=args.seed, ablations=args.ablations,
+                     device=str(resolve_device(args.device)))
     run_demo(cfg, fresh=args.fresh)
     return 0

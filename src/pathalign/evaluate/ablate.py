@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..devices import DEVICE_HELP, resolve_device
+
 from ..models.pathalign_model import load_preset
 
 MOLECULAR = ("rna", "snp", "cnv", "methylation")
@@ -31,7 +33,7 @@ def variants(preset: str, modalities: list[str]) -> dict[str, dict]:
 
 
 def run_ablations(cohort, out, preset: str = "tiny", steps: int = 300, seed: int = 0, rna_fm: str | None = None,
-                  bench: bool = True, only: list[str] | None = None, progress: bool = True) -> dict:
+                  bench: bool = True, only: list[str] | None = None, progress: bool = True, device: str = "cpu") -> dict:
     """Train (and embed) every variant under ``out/<variant>``; bench them with mean pooling when ``bench``."""
     from ..cohort import load_cohort
     from .embed import embed_mean_pool, embed_with_model
@@ -53,9 +55,10 @@ def run_ablations(cohort, out, preset: str = "tiny", steps: int = 300, seed: int
                 print(f"ablate: training {name}", flush=True)
             cfg = TrainConfig.from_preset(preset, steps=steps, seed=seed, progress=False,
                                           rna_fm=rna_fm if "rna" in over.get("modalities", modalities) else None,
-                                          modalities=over.get("modalities"), model_overrides=over.get("model_overrides", {}))
+                                          modalities=over.get("modalities"), model_overrides=over.get("model_overrides", {}),
+                                          device=str(device))
             Trainer(cohort, run, cfg).fit()
-            embed_with_model(run / "model", cohort, emb, progress=False)
+            embed_with_model(run / "model", cohort, emb, progress=False, device=device)
         models[name] = str(emb)
     if not bench:
         return models
@@ -74,10 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder")
     p.add_argument("--only", default=None, help="comma-separated variant names")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args) -> int:
     run_ablations(args.cohort, args.out, args.preset, args.steps, args.seed, args.rna_fm,
-                  only=args.only.split(",") if args.only else None)
+                  only=args.only.split(",") if args.only else None, device=str(resolve_device(args.device)))
     print((Path(args.out) / "results.md").read_text().split("## All metrics")[0])
     return 0

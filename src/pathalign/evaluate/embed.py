@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
@@ -56,8 +57,9 @@ def _slide_problem(path: Path) -> str | None:
     return None
 
 
-def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool):
-    """Embed ``slide_ids``; returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
+def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool,
+                      device: str | torch.device = "cpu"):
+    """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
     out, kept, skipped = [], [], {}
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:
@@ -79,7 +81,7 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
             if problem is not None:
                 skipped[sid] = problem
                 continue
-            slides.append(tuple(torch.from_numpy(a) for a in pf.as_inputs()))
+            slides.append(tuple(torch.from_numpy(a).to(device) for a in pf.as_inputs()))
             kept.append(sid)
         if slides:
             with torch.no_grad():
@@ -121,7 +123,8 @@ def _write_slides_file(out_path: Path, model: str, ids, emb, case_ids, skipped: 
 
 
 def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
-                     name: str | None = None, trident_name: str | None = None) -> EmbedSummary:
+                     name: str | None = None, trident_name: str | None = None,
+                     device: str | torch.device = "cpu") -> EmbedSummary:
     """Embed a cohort with a trained model.
 
     Args:
@@ -133,6 +136,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
         progress: show a progress bar.
         name: model name of the Patho-Bench folder ``pathobench_<name>`` beside ``out_path`` (None: none written).
         trident_name: former name of ``name`` (kept for callers of the old API).
+        device: where the model runs (fp32).
 
     Returns:
         Counts per modality, the slides skipped with their reason, the Patho-Bench folder.
@@ -142,7 +146,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
     from ..models.pathalign_model import load_model
     from ..train.data import CohortData
 
-    model = load_model(model_path)
+    model = load_model(model_path).to(device)
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
     data = CohortData(cohort, features_dir, mods, preprocessing=model.preprocessing)
@@ -153,7 +157,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
             slide_ids += sids
             case_of += [p] * len(sids)
         kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
-                                               progress)
+                                               progress, device)
         listed = {s for sids in cohort.manifest.slide_ids for s in sids}
         for s in sorted(listed - set(slide_ids)):
             skipped[s] = _slide_problem(data.features_dir / f"{s}.h5") or "not usable"
@@ -165,7 +169,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
             continue
         rows = np.flatnonzero(data.valid[m])
         with torch.no_grad():
-            embs[m] = model.encode_molecular(m, torch.from_numpy(data.arrays[m][rows])).numpy()
+            embs[m] = model.encode_molecular(m, torch.from_numpy(data.arrays[m][rows]).to(device)).cpu().numpy()
         ids[m] = [data.ids[i] for i in rows]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,8 +189,8 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
                 continue
             g = pairs.create_group(f"{a}-{b}")
             with torch.no_grad():
-                g.create_dataset(a, data=model.pair_heads.project(a, b, torch.from_numpy(embs[a])).numpy())
-                g.create_dataset(b, data=model.pair_heads.project(b, a, torch.from_numpy(embs[b])).numpy())
+                g.create_dataset(a, data=model.pair_heads.project(a, b, torch.from_numpy(embs[a]).to(device)).cpu().numpy())
+                g.create_dataset(b, data=model.pair_heads.project(b, a, torch.from_numpy(embs[b]).to(device)).cpu().numpy())
                 t, bias = model.pair_heads.temperature_bias(a, b)
             g.attrs["t"], g.attrs["b"] = float(t.detach().exp()), float(bias.detach())
     pb = None
@@ -218,7 +222,8 @@ def _case_ids(ids: list[str], cohort_path) -> tuple[list[str], str]:
 
 
 def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True,
-                             cohort_path=None, out_name: str | None = None) -> EmbedSummary:
+                             cohort_path=None, out_name: str | None = None,
+                             device: str | torch.device = "cpu") -> EmbedSummary:
     """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights.
 
     Args:
@@ -231,6 +236,7 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
         cohort_path: cohort whose manifest gives each slide's patient (``case_ids``); without it a slide is its
             own patient, and the file says so (attribute ``case_ids_from``).
         out_name: model name of the Patho-Bench folder (default: ``name``).
+        device: where the slide encoder runs (fp32).
 
     Returns:
         Counts, skipped slides with their reason, the Patho-Bench folder.
@@ -242,12 +248,12 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
     features_dir, out_path = Path(features_dir), Path(out_path)
     slide_ids, skipped = _features_slides(features_dir)
     case_ids_all, source = _case_ids(slide_ids, cohort_path)
-    enc = SlideEncoder.from_exaone_path(weights)
+    enc = SlideEncoder.from_exaone_path(weights).to(device)
 
     def encode(slides):
         return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides)])
 
-    kept, emb, more = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress)
+    kept, emb, more = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress, device)
     skipped.update(more)
     if not kept:
         raise EmbedError(f"{features_dir}: no slide could be embedded ({len(skipped)} skipped: "
@@ -330,15 +336,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model name of the Patho-Bench sample folder pathobench_<name>/ (by_slide_id/, by_case_id/) "
                         "written beside --out (default: pathalign, the --slide-encoder name, or mean-pool)")
     p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true")
 
 
 def run(args) -> int:
+    device = resolve_device(args.device)  # before any work
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
         summary = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
-                                   not args.quiet, args.name or "pathalign")
+                                   not args.quiet, args.name or "pathalign", device=device)
     elif args.mean_pool:
         if not args.features:
             raise EmbedError("--mean-pool needs --features DIR")
@@ -347,7 +355,7 @@ def run(args) -> int:
         if not args.features:
             raise EmbedError("--slide-encoder needs --features DIR")
         summary = embed_with_slide_encoder(args.slide_encoder, args.weights, args.features, args.out,
-                                           args.batch_size, not args.quiet, args.cohort, args.name)
+                                           args.batch_size, not args.quiet, args.cohort, args.name, device=device)
     else:
         raise EmbedError("give --model (with --cohort), --slide-encoder or --mean-pool (with --features)")
     for sid, why in summary.skipped.items():

@@ -61,8 +61,11 @@ def infer_config(sd: dict[str, Tensor], where: str = "state dict", **overrides):
 def load_exaone_slide_encoder(cls, path_or_state_dict, **overrides):
     """Build ``cls`` from a published checkpoint (path or state dict) and load its weights, eval mode."""
     if isinstance(path_or_state_dict, (str, Path)):
-        where = str(path_or_state_dict)
-        raw = read_state_dict(path_or_state_dict)
+        from ..io.hub import resolve_checkpoint  # a file, a snapshot folder or a Hub id (its slide-encoder/)
+
+        path = resolve_checkpoint(path_or_state_dict, subfolder="slide-encoder", what="the EXAONE Path slide encoder")
+        where = str(path)
+        raw = read_state_dict(path)
     else:
         where, raw = "state dict", dict(path_or_state_dict)
     sd = strip_to_transformer(raw, where)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..devices import DEVICE_HELP
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("slides", nargs="+", metavar="SLIDES", help="slide files, folders or glob patterns")
@@ -19,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tissue-threshold", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading patches")
     p.add_argument("--batch-size", type=int, default=64, help="patches per inference batch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=f"where extract runs the patch encoder: {DEVICE_HELP} "
+                   "(half precision on CUDA where the encoder's publisher uses it)")
     p.add_argument("--mpp", type=float, default=None, help="µm/px for slides whose file has none")
     p.add_argument("--backend", default="auto", help="slide reader: auto, openslide or tiffslide")
     p.add_argument("--seg-mpp", type=float, default=2.0, help="segmentation resolution (µm/px)")
@@ -36,12 +39,19 @@ def run(args) -> int:
     from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder, _dist_info
     from .segment import SegmentConfig
 
+    import os
+
+    from ..devices import resolve_device
+
+    device = args.device
+    if args.stage == "extract":  # segment / patch never use it
+        device = str(resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0))))
     try:
         if args.stage == "extract":
             validate_encoder(args.encoder)
         cfg = PipelineConfig(
             out=args.out, stage=args.stage, encoder=args.encoder, weights=args.weights, batch_size=args.batch_size,
-            workers=args.workers, device=args.device, backend=args.backend, mpp=args.mpp,
+            workers=args.workers, device=device, backend=args.backend, mpp=args.mpp,
             features_dtype="float32" if args.float32 else "float16", progress=not args.quiet,
             segment=SegmentConfig(seg_mpp=args.seg_mpp, saturation_threshold=args.saturation_threshold,
                                   min_fragment_um2=args.min_fragment_um2, min_hole_um2=args.min_hole_um2),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..devices import DEVICE_HELP
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder (pathalign cohort build)")
@@ -25,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rna-embeddings", default=None, help="table of precomputed RNA embeddings (rows = patients)")
     p.add_argument("--slide-encoder-weights", default=None,
                    help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
-    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default: the --config's device, else auto")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
@@ -33,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    import os
     from pathlib import Path
 
     from ..cohort import CohortInputError
@@ -51,6 +54,9 @@ def run(args) -> int:
                  workers=args.workers, seed=args.seed,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    from ..devices import resolve_device
+
+    overrides["device"] = str(resolve_device(overrides.get("device", "auto"), int(os.environ.get("LOCAL_RANK", 0))))
     overrides["progress"] = not args.quiet
     try:
         cfg = TrainConfig.from_preset(args.preset, **overrides)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
 from ..cohort.preprocess import make_transform
+from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
@@ -52,7 +53,8 @@ def _masked_mse(model, x, observed, hidden, baseline) -> tuple[float, float]:
 
 def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, dim: int = 128, depth: int = 1,
                  steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.3,
-                 holdout: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
+                 holdout: float = 0.1, seed: int = 0, progress: bool = True,
+                 device: str | torch.device = "cpu") -> dict:
     """Pretrain and save the RNA foundation model.
 
     Args:
@@ -61,6 +63,7 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
         n_genes, dim, depth, mask_ratio: model settings (see :class:`RNAFMConfig`).
         steps, batch_size, lr, holdout, seed: training settings.
         progress: show a progress bar and print the result.
+        device: where the model trains (random draws stay on the CPU generator, so runs match across devices).
 
     Returns:
         The held-out metrics (also written to ``out/metrics.json``).
@@ -81,17 +84,17 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     rng = np.random.default_rng(seed)
     transform = make_transform("rna", cohort.meta, n_genes=min(n_genes, rna.shape[1])).fit(rna)
     values, observed = transform.transform_masked(rna)
-    x, obs = torch.from_numpy(values), torch.from_numpy(observed)
+    x, obs = torch.from_numpy(values).to(device), torch.from_numpy(observed).to(device)
     perm = rng.permutation(len(x))
     n_hold = max(1, int(round(holdout * len(x))))
     hold, train = perm[:n_hold], perm[n_hold:]
     cfg = RNAFMConfig(n_genes=x.shape[1], dim=dim, depth=depth, mask_ratio=mask_ratio)
-    model = RNAFoundationModel(cfg)
+    model = RNAFoundationModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     baseline = (x[train] * obs[train]).sum(0) / obs[train].sum(0).clamp_min(1)  # training mean per gene
     gen = torch.Generator().manual_seed(seed)
-    hidden_eval = torch.rand(x[hold].shape, generator=gen) < mask_ratio
+    hidden_eval = (torch.rand(x[hold].shape, generator=gen) < mask_ratio).to(device)
     losses = []
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="pretrain-rna", disable=not progress, mininterval=1.0)
@@ -99,7 +102,7 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
         model.train()
         idx = torch.from_numpy(rng.choice(train, size=min(batch_size, len(train)), replace=False))
         xb, ob = x[idx], obs[idx]
-        hidden = torch.rand(xb.shape, generator=gen) < mask_ratio
+        hidden = (torch.rand(xb.shape, generator=gen) < mask_ratio).to(device)
         pred = model(xb, ob & ~hidden)
         sel = hidden & ob
         loss = ((pred - xb)[sel] ** 2).mean()
@@ -115,7 +118,7 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     metrics = {"heldout_masked_mse": err, "mean_imputation_mse": base, "ratio": err / base,
                "samples_train": int(len(train)), "samples_heldout": int(n_hold), "genes": int(x.shape[1]),
                "steps": steps, "seconds": time.perf_counter() - t0, "final_train_loss": float(np.mean(losses[-50:]))}
-    model.save(out, transform.state_dict(), extra={"metrics": metrics})
+    model.cpu().save(out, transform.state_dict(), extra={"metrics": metrics})
     atomic_write_json(metrics, Path(out) / "metrics.json")
     _plot_loss(losses, Path(out) / "loss.png")
     if progress:
@@ -151,9 +154,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mask-ratio", type=float, default=0.3, help="fraction of genes hidden per sample")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args) -> int:
     pretrain_rna(args.cohort, args.out, n_genes=args.genes, dim=args.dim, depth=args.depth, steps=args.steps,
-                 batch_size=args.batch_size, lr=args.lr, mask_ratio=args.mask_ratio, seed=args.seed)
+                 batch_size=args.batch_size, lr=args.lr, mask_ratio=args.mask_ratio, seed=args.seed,
+                 device=resolve_device(args.device))
     return 0
