@@ -186,8 +186,36 @@ class FeatureReader:
                     self._feat_bytes += full.nbytes
                 sub = full if rows is None else full[rows]
             else:
-                sub = np.asarray(ds[0, rows] if squeeze else ds[rows]) if len(rows) else np.zeros((0, idx.dim), ds.dtype)
+                sub = _read_rows(ds, rows, squeeze)
                 self.stats["rows_read"] += len(rows)
         if rows is None:
             return np.asarray(sub, np.float32), idx.coords, idx.fragment
         return np.asarray(sub, np.float32), idx.coords[rows], idx.fragment[rows]
+
+
+def _read_rows(ds, rows: np.ndarray, squeeze: bool, slab_bytes: int = 16 * MiB) -> np.ndarray:
+    """Rows ``rows`` (increasing) of a ``[N, C]`` (or ``[1, N, C]``) dataset.
+
+    Contiguous datasets take one point selection. Chunked ones are read as slabs of whole row-chunks
+    (the rows' chunks, neighbours merged up to ``slab_bytes``): a point selection on a file whose
+    chunks split the columns costs one small read per row and chunk, 10-20x slower than the slab.
+    """
+    if len(rows) == 0:
+        return np.zeros((0, ds.shape[-1]), ds.dtype)
+    if ds.chunks is None:
+        return np.asarray(ds[0, rows] if squeeze else ds[rows])
+    step = int(ds.chunks[-2])
+    n = ds.shape[-2]
+    max_blocks = max(1, slab_bytes // max(1, step * ds.shape[-1] * ds.dtype.itemsize))
+    blocks = np.unique(rows // step)
+    out, start = [], 0
+    while start < len(blocks):  # ranges of consecutive chunk rows, at most max_blocks long
+        stop = start + 1
+        while stop < len(blocks) and blocks[stop] == blocks[stop - 1] + 1 and stop - start < max_blocks:
+            stop += 1
+        a, b = int(blocks[start]) * step, min(n, (int(blocks[stop - 1]) + 1) * step)
+        slab = ds[0, a:b] if squeeze else ds[a:b]  # [b - a, C]
+        mine = rows[(rows >= a) & (rows < b)]
+        out.append(slab[mine - a])
+        start = stop
+    return np.concatenate(out)
