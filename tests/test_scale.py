@@ -61,3 +61,51 @@ def test_reader_cache_stays_within_budget_and_workers_share_it(tmp_path):
     assert 0 < len(reader._feats) < 12 and reader.stats["rows_read"] > 0
     with pytest.raises(ValueError, match="increasing"):
         reader.read("s0", np.array([3, 1]))
+
+
+def _tiny_model(dropout: float = 0.0, **slide_overrides):
+    from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel
+
+    cfg = PathAlignConfig(modalities=["wsi", "rna", "snp"], input_dims={"wsi": 12, "rna": 10, "snp": 6},
+                          slide_encoder={"preset": "tiny", "dim": 16, "depth": 2, "num_heads": 2, "n_registers": 1,
+                                         "dropout": dropout, **slide_overrides},
+                          embed_dim=16, proj_dim=8, dropout=dropout)
+    return PathAlignModel(cfg)
+
+
+def _random_batch(rng, b: int, dim: int = 12, max_n: int = 40):
+    from helpers import random_slide
+
+    valid = {m: torch.from_numpy(rng.random(b) < 0.8) for m in ("wsi", "rna", "snp")}
+    valid["wsi"][:2] = True
+    rows = torch.nonzero(valid["wsi"]).flatten()
+    slides = [random_slide(rng, int(rng.integers(4, max_n)), dim, int(rng.integers(1, 4))) for _ in rows]
+    return {"valid": valid, "rna": torch.from_numpy(rng.standard_normal((b, 10)).astype(np.float32)),
+            "snp": torch.from_numpy(rng.standard_normal((b, 6)).astype(np.float32)),
+            "slides": slides, "slide_rows": rows, "slide_ids": [f"SLIDE-{int(r)}" for r in rows],
+            "patients": [f"P{i}" for i in range(b)], "step": 0}
+
+
+def test_nan_features_name_the_slide_in_training_and_embed(tmp_path):
+    from pathalign.evaluate.embed import _slide_embeddings
+    from pathalign.models.packing import SlideInputError
+
+    rng = np.random.default_rng(7)
+    model = _tiny_model()
+    batch = _random_batch(rng, 6)
+    batch["slides"][1][0][3, 2] = float("nan")
+    with pytest.raises(SlideInputError, match=f"'{batch['slide_ids'][1]}'.*NaN"):
+        model(batch)
+    for s, name in enumerate(["good-a", "bad-b", "good-c"]):
+        f, c, g = random_slide_np(rng, 12)
+        if name.startswith("bad"):
+            f[0, 0] = np.nan
+        write_patch_file(tmp_path / f"{name}.h5", c, g, {"patch_size_level0": 256}, f)
+    with pytest.raises(SlideInputError, match="'bad-b'.*NaN"):
+        _slide_embeddings(model.eval().encode_slide, ["good-a", "bad-b", "good-c"], tmp_path, 8, False)
+
+
+def random_slide_np(rng, dim):
+    from helpers import random_slide
+
+    return tuple(t.numpy() for t in random_slide(rng, 20, dim, 2))

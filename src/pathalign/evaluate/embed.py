@@ -27,16 +27,17 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:
         chunk = slide_ids[start:start + batch_size]
-        slides = []
+        slides, names = [], []
         for sid in chunk:
             pf = read_patch_features(features_dir / f"{sid}.h5")
             if pf.features is None or len(pf) == 0:
                 continue
             slides.append(tuple(torch.from_numpy(a) for a in pf.as_inputs()))
-            kept.append(sid)
+            names.append(sid)
         if slides:
             with torch.no_grad():
-                out.append(encode(slides).float().cpu().numpy())
+                out.append(encode(slides, names=names).float().cpu().numpy())
+            kept += names
     return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32))
 
 
@@ -119,8 +120,8 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
     features_dir = Path(features_dir)
     slide_ids = sorted(p.stem for p in features_dir.glob("*.h5") if is_complete(p))
 
-    def encode(slides):
-        return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides)])
+    def encode(slides, names=None):
+        return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides, names=names)])
 
     kept, emb = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress)
     out_path = Path(out_path)
