@@ -109,3 +109,97 @@ def random_slide_np(rng, dim):
     from helpers import random_slide
 
     return tuple(t.numpy() for t in random_slide(rng, 20, dim, 2))
+
+
+# ---------------------------------------------------------------- activation checkpointing
+def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
+    from conftest import rel_err
+
+    rng = np.random.default_rng(11)
+    model = _tiny_model(dropout=0.2).train()
+    batch = _random_batch(rng, 6)
+    calls = []
+    for blk in model.slide_encoder.blocks:
+        blk.register_forward_pre_hook(lambda *a: calls.append(1))  # recomputation may stop early
+    grads = []
+    for on in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.slide_encoder.checkpoint_activations = on
+        calls.clear()
+        torch.manual_seed(3)  # same dropout masks in both runs
+        model(batch)[0].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert len(calls) == (2 if on else 1) * len(model.slide_encoder.blocks), f"checkpointing={on}: {len(calls)} block calls"
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert rel_err(grads[1][n], grads[0][n]) < 1e-6, n
+
+
+# ---------------------------------------------------------------- gradient caching
+def _halves(model):
+    """The model's two halves as gradient caching uses them: embed a (micro-)batch; loss from embeddings."""
+    return model.embed_batch, lambda emb, valid: model.loss(emb, valid)
+
+
+def _micro(batch, micro, budget=None):
+    from pathalign.train.gradcache import plan_micro_batches, row_tokens, slice_batch
+
+    return [slice_batch(batch, a, b) for a, b in plan_micro_batches(row_tokens(batch, 2), micro, budget)]
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(got, ref, what):
+    from conftest import rel_err
+
+    assert got.keys() == ref.keys(), (what, sorted(set(got) ^ set(ref)))
+    for n in ref:
+        assert rel_err(got[n], ref[n]) < 1e-5, f"{what}: {n} rel err {rel_err(got[n], ref[n]):.2e}"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradcache_equals_full_batch_gradients(seed):
+    from pathalign.train.gradcache import gradcache_step
+
+    rng = np.random.default_rng(seed)
+    batch = _random_batch(rng, 12)
+    # no dropout: against the plain one-pass forward on the whole batch
+    torch.manual_seed(seed)
+    model = _tiny_model(dropout=0.0).train()
+    model(batch)[0].backward()
+    ref = _grads(model)
+    embed, loss_from = _halves(model)
+    for micro, budget in ((1, None), (5, None), (12, 60)):
+        model.zero_grad(set_to_none=True)
+        out = gradcache_step(embed, loss_from, _micro(batch, micro, budget))
+        _assert_same_grads(_grads(model), ref, f"seed {seed}, micro-batch {micro}, token budget {budget}")
+    # dropout on: against one backward through the same micro-batches kept in one graph (same RNG draws)
+    torch.manual_seed(seed)
+    model = _tiny_model(dropout=0.3).train()
+    embed, loss_from = _halves(model)
+    parts = _micro(batch, 4)
+    torch.manual_seed(100 + seed)
+    embs = [embed(mb) for mb in parts]
+    cat = {m: torch.cat([e[0][m] for e in embs]) for m in embs[0][0]}
+    valid = {m: torch.cat([e[1][m] for e in embs]) for m in embs[0][1]}
+    ref_loss = loss_from(cat, valid).loss
+    ref_loss.backward()
+    ref = _grads(model)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(100 + seed)
+    out = gradcache_step(embed, loss_from, parts)
+    assert torch.allclose(out.loss, ref_loss, rtol=1e-6), (seed, float(out.loss), float(ref_loss))
+    _assert_same_grads(_grads(model), ref, f"seed {seed}, dropout 0.3")
+
+
+def test_micro_batch_plan_respects_rows_and_token_budget():
+    from pathalign.train.gradcache import plan_micro_batches
+
+    tokens = [100, 0, 3000, 50, 50, 50, 2000, 10]
+    plan = plan_micro_batches(tokens, 3, 2100)
+    assert plan == [(0, 2), (2, 3), (3, 6), (6, 8)], plan
+    assert [r for a, b in plan for r in range(a, b)] == list(range(len(tokens)))
+    for a, b in plan:
+        assert b - a <= 3 and (b - a == 1 or sum(tokens[a:b]) <= 2100)
