@@ -155,8 +155,10 @@ def _assert_same_grads(got, ref, what):
     from conftest import rel_err
 
     assert got.keys() == ref.keys(), (what, sorted(set(got) ^ set(ref)))
-    for n in ref:
-        assert rel_err(got[n], ref[n]) < 1e-5, f"{what}: {n} rel err {rel_err(got[n], ref[n]):.2e}"
+    flat = rel_err(torch.cat([got[n].flatten() for n in ref]), torch.cat([ref[n].flatten() for n in ref]))
+    assert flat < 1e-5, f"{what}: all parameters rel err {flat:.2e}"
+    for n in ref:  # per tensor, a little looser: a scalar such as a temperature sums many cancelling terms
+        assert rel_err(got[n], ref[n]) < 1e-4, f"{what}: {n} rel err {rel_err(got[n], ref[n]):.2e}"
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -203,3 +205,42 @@ def test_micro_batch_plan_respects_rows_and_token_budget():
     assert [r for a, b in plan for r in range(a, b)] == list(range(len(tokens)))
     for a, b in plan:
         assert b - a <= 3 and (b - a == 1 or sum(tokens[a:b]) <= 2100)
+
+
+def _ddp_gradcache_worker(rank: int, world: int, init_file: str, out_dir: str, seed: int) -> None:
+    import torch.distributed as dist
+
+    from pathalign.train.gradcache import allreduce_gradients, gradcache_step, slice_batch
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        batch = _random_batch(np.random.default_rng(seed), 12)
+        torch.manual_seed(seed)
+        model = _tiny_model(dropout=0.0).train()
+        _set_rank(model, rank, world)
+        per = 12 // world
+        local = slice_batch(batch, rank * per, (rank + 1) * per)
+        gradcache_step(*_halves(model), _micro(local, 2))
+        allreduce_gradients(model.parameters(), world)
+        torch.save(_grads(model), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _set_rank(model, rank, world):
+    model.loss.exchange.rank, model.loss.exchange.world_size = rank, world
+
+
+def test_gradcache_under_two_process_gloo_equals_single_process_full_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    seed = 4
+    mp.spawn(_ddp_gradcache_worker, args=(2, str(tmp_path / "init"), str(tmp_path), seed), nprocs=2, join=True)
+    batch = _random_batch(np.random.default_rng(seed), 12)
+    torch.manual_seed(seed)
+    model = _tiny_model(dropout=0.0).train()
+    model(batch)[0].backward()
+    ref = _grads(model)
+    for rank in range(2):
+        _assert_same_grads(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), ref, f"seed {seed}, rank {rank}")
