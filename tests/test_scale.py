@@ -244,3 +244,111 @@ def test_gradcache_under_two_process_gloo_equals_single_process_full_batch(tmp_p
     ref = _grads(model)
     for rank in range(2):
         _assert_same_grads(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), ref, f"seed {seed}, rank {rank}")
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def quick_cohort(tmp_path_factory):
+    """48 patients with RNA, CNV and one slide each (16-dim features, 24-120 patches, 1-3 fragments)."""
+    import pandas as pd
+
+    from pathalign.cohort import CohortSources, build_cohort
+    from helpers import random_slide
+
+    root = tmp_path_factory.mktemp("quick")
+    rng = np.random.default_rng(0)
+    cases = [f"TCGA-QC-{i:04d}" for i in range(48)]
+    for c in cases:
+        f, xy, g = random_slide(rng, int(rng.integers(24, 120)), 16, int(rng.integers(1, 4)))
+        write_patch_file(root / "features" / f"{c}-DX1.h5", xy.numpy(), g.numpy(), {"patch_size_level0": 256},
+                         f.numpy().astype(np.float16))
+    pd.DataFrame({"case_id": cases}).to_csv(root / "clin.tsv", sep="\t", index=False)
+    pd.DataFrame({"slide_id": [f"{c}-DX1" for c in cases], "case_id": cases}).to_csv(root / "slides.tsv", sep="\t", index=False)
+    samples = [f"{c}-01A" for c in cases]
+    pd.DataFrame(rng.gamma(2, 20, (60, 48)), index=[f"G{i}" for i in range(60)], columns=samples).rename_axis("gene").to_csv(root / "rna.tsv", sep="\t")
+    pd.DataFrame(rng.integers(-2, 3, (30, 48)), index=[f"C{i}" for i in range(30)], columns=samples).rename_axis("gene").to_csv(root / "cnv.tsv", sep="\t")
+    build_cohort(CohortSources(clinical=str(root / "clin.tsv"), slides=str(root / "slides.tsv"), features=str(root / "features"),
+                               rna=str(root / "rna.tsv"), cnv=str(root / "cnv.tsv")), root / "cohort", progress=False)
+    return root / "cohort"
+
+
+def test_resume_after_kill_with_gradient_caching_is_bit_identical(quick_cohort, tmp_path, monkeypatch):
+    from pathalign import load_model
+    from pathalign.train.trainer import TrainConfig, Trainer
+
+    cohort = quick_cohort
+    kw = dict(steps=12, batch_size=16, checkpoint_every=4, modality_dropout=0.2, max_tokens=32, progress=False, seed=0,
+              val_fraction=0.1, micro_batch=5, micro_batch_tokens=90, checkpoint_activations=True, feature_cache_mb=0)
+    Trainer(cohort, tmp_path / "full", TrainConfig.from_preset("tiny", **kw)).fit()
+    original = Trainer.save_checkpoint
+
+    def kill_after_8(self, step):
+        path = original(self, step)
+        if step == 8:
+            raise _Killed
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_8)
+    with pytest.raises(_Killed):
+        Trainer(cohort, tmp_path / "resumed", TrainConfig.from_preset("tiny", **kw)).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    Trainer(cohort, tmp_path / "resumed", TrainConfig.from_preset("tiny", **kw), resume=True).fit()
+    a = load_model(tmp_path / "full" / "model").state_dict()
+    b = load_model(tmp_path / "resumed" / "model").state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_gradient_caching_in_the_trainer_follows_the_one_pass_run(quick_cohort, tmp_path):
+    """Without dropout the micro-batched run computes the same gradients, so the weights stay together."""
+    from pathalign import load_model
+    from pathalign.train.trainer import TrainConfig, Trainer
+
+    cohort = quick_cohort
+    kw = dict(steps=4, batch_size=16, max_tokens=32, progress=False, seed=1, modality_dropout=0.2, val_fraction=0.1,
+              model_overrides={"dropout": 0.0})
+    Trainer(cohort, tmp_path / "one", TrainConfig.from_preset("tiny", **kw)).fit()
+    Trainer(cohort, tmp_path / "gc", TrainConfig.from_preset("tiny", micro_batch=3, **kw)).fit()
+    a = load_model(tmp_path / "one" / "model").state_dict()
+    b = load_model(tmp_path / "gc" / "model").state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PATHALIGN_MULTINODE_TESTS"),
+                    reason="two torchrun 'nodes' on localhost (about 1-3 min on 2 cores): set PATHALIGN_MULTINODE_TESTS=1")
+def test_two_torchrun_nodes_on_localhost_end_with_the_weights_of_one_process(quick_cohort, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from pathalign import load_model
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "cfg.yaml").write_text("model:\n  dropout: 0.0\n")  # per-rank dropout masks differ by design
+    common = ["-m", "pathalign", "train", "--cohort", str(quick_cohort), "--preset", "tiny", "--steps", "4",
+              "--batch-size", "16", "--max-tokens", "32", "--checkpoint-every", "4", "--quiet",
+              "--config", str(tmp_path / "cfg.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "test",
+                               "--rdzv_conf", f"is_host={int(rank == 0)}", "--local_addr", "127.0.0.1",
+                               *common, "--out", str(tmp_path / "two_nodes"), "--micro-batch", "3"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for rank in range(2)]
+    outs = [n.communicate(timeout=600) for n in nodes]
+    for n, (out, err) in zip(nodes, outs):
+        assert n.returncode == 0, out[-2000:] + err[-3000:]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = load_model(tmp_path / "two_nodes" / "model").state_dict()
+    b = load_model(tmp_path / "one" / "model").state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
