@@ -127,7 +127,7 @@ def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
         model.slide_encoder.checkpoint_activations = on
         calls.clear()
         torch.manual_seed(3)  # same dropout masks in both runs
-        model(batch)[0].backward()
+        _full_loss(model, batch).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         assert len(calls) == (2 if on else 1) * len(model.slide_encoder.blocks), f"checkpointing={on}: {len(calls)} block calls"
     assert grads[0].keys() == grads[1].keys()
@@ -136,9 +136,19 @@ def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
 
 
 # ---------------------------------------------------------------- gradient caching
-def _halves(model):
+def _halves(model, rank: int = 0, world: int = 1):
     """The model's two halves as gradient caching uses them: embed a (micro-)batch; loss from embeddings."""
-    return model.embed_batch, lambda emb, valid: model.loss(emb, valid)
+    from pathalign.models.siglip import MultimodalSigLIPLoss
+
+    loss_fn = MultimodalSigLIPLoss(model.config.balance, rank, world)
+    return (lambda mb: model(mb, project=False)), (lambda emb, valid: loss_fn(model(embeddings=emb, valid=valid)))
+
+
+def _full_loss(model, batch):
+    """The plain path: the whole batch in one forward, the loss on it."""
+    from pathalign.models.siglip import MultimodalSigLIPLoss
+
+    return MultimodalSigLIPLoss(model.config.balance)(model(batch)).loss
 
 
 def _micro(batch, micro, budget=None):
@@ -170,7 +180,7 @@ def test_gradcache_equals_full_batch_gradients(seed):
     # no dropout: against the plain one-pass forward on the whole batch
     torch.manual_seed(seed)
     model = _tiny_model(dropout=0.0).train()
-    model(batch)[0].backward()
+    _full_loss(model, batch).backward()
     ref = _grads(model)
     embed, loss_from = _halves(model)
     for micro, budget in ((1, None), (5, None), (12, 60)):
@@ -218,18 +228,13 @@ def _ddp_gradcache_worker(rank: int, world: int, init_file: str, out_dir: str, s
         batch = _random_batch(np.random.default_rng(seed), 12)
         torch.manual_seed(seed)
         model = _tiny_model(dropout=0.0).train()
-        _set_rank(model, rank, world)
         per = 12 // world
         local = slice_batch(batch, rank * per, (rank + 1) * per)
-        gradcache_step(*_halves(model), _micro(local, 2))
+        gradcache_step(*_halves(model, rank, world), _micro(local, 2))
         allreduce_gradients(model.parameters(), world)
         torch.save(_grads(model), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def _set_rank(model, rank, world):
-    model.loss.exchange.rank, model.loss.exchange.world_size = rank, world
 
 
 def test_gradcache_under_two_process_gloo_equals_single_process_full_batch(tmp_path):
@@ -240,7 +245,7 @@ def test_gradcache_under_two_process_gloo_equals_single_process_full_batch(tmp_p
     batch = _random_batch(np.random.default_rng(seed), 12)
     torch.manual_seed(seed)
     model = _tiny_model(dropout=0.0).train()
-    model(batch)[0].backward()
+    _full_loss(model, batch).backward()
     ref = _grads(model)
     for rank in range(2):
         _assert_same_grads(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), ref, f"seed {seed}, rank {rank}")
