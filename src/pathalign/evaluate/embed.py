@@ -64,7 +64,7 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:
         chunk = slide_ids[start:start + batch_size]
-        slides = []
+        slides, names = [], []
         for sid in chunk:
             path = features_dir / f"{sid}.h5"
             problem = _slide_problem(path)
@@ -82,10 +82,11 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
                 skipped[sid] = problem
                 continue
             slides.append(tuple(torch.from_numpy(a).to(device) for a in pf.as_inputs()))
-            kept.append(sid)
+            names.append(sid)
         if slides:
             with torch.no_grad():
-                out.append(encode(slides).float().cpu().numpy())
+                out.append(encode(slides, names=names).float().cpu().numpy())
+            kept += names
     return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
 
 
@@ -250,8 +251,8 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
     case_ids_all, source = _case_ids(slide_ids, cohort_path)
     enc = SlideEncoder.from_exaone_path(weights).to(device)
 
-    def encode(slides):
-        return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides)])
+    def encode(slides, names=None):
+        return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides, names=names)])
 
     kept, emb, more = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress, device)
     skipped.update(more)
@@ -280,7 +281,7 @@ def embed_mean_pool(features_dir, out_path, cohort_path=None, name: str | None =
     features_dir, out_path = Path(features_dir), Path(out_path)
     slide_ids, skipped = _features_slides(features_dir)
 
-    def encode(slides):
+    def encode(slides, names=None):  # names: the slide ids, unused by a mean
         return torch.stack([f.float().mean(0) for f, *_ in slides])
 
     ids, emb, more = _slide_embeddings(encode, slide_ids, features_dir, 64, False)

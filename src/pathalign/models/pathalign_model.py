@@ -110,11 +110,12 @@ class PathAlignModel(nn.Module):
         return self.pair_heads.dims[modality]
 
     # ------------------------------------------------------------------ encoders
-    def encode_slide(self, slides, mpps=None) -> Tensor:
-        """Slide embeddings ``[S, D_wsi]`` of ``[(features, coords, fragment), ...]`` (one packed pass)."""
+    def encode_slide(self, slides, mpps=None, names=None) -> Tensor:
+        """Slide embeddings ``[S, D_wsi]`` of ``[(features, coords, fragment), ...]`` (one packed pass);
+        ``names`` (slide ids) are named in input errors."""
         if self.slide_encoder is None:
             raise KeyError("this model has no slide encoder (trained without WSI)")
-        return torch.stack([o["slide_embedding"] for o in self.slide_encoder.encode_batch(slides, mpps)])
+        return torch.stack([o["slide_embedding"] for o in self.slide_encoder.encode_batch(slides, mpps, names)])
 
     def encode_molecular(self, modality: str, x: Tensor) -> Tensor:
         if modality not in self.encoders:
@@ -151,7 +152,7 @@ class PathAlignModel(nn.Module):
                 out = torch.zeros(b, self.output_dim("wsi"), device=self._device())
                 rows = batch["slide_rows"]
                 if len(rows):
-                    out = out.index_copy(0, rows.to(out.device), self.encode_slide(batch["slides"]).to(out.dtype))
+                    out = out.index_copy(0, rows.to(out.device), self.encode_slide(batch["slides"], names=batch.get("slide_ids")).to(out.dtype))
                 emb[m] = out
             else:
                 emb[m] = self.encode_molecular(m, batch[m].to(self._device()))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ..registry import Registry
@@ -188,6 +189,9 @@ class SlideEncoder(nn.Module):
         self.register_buffer("rope_periods", rope_periods(cfg.head_dim, cfg.rope_base), persistent=True)
         self.blocks = nn.ModuleList(Block(cfg, cfg.is_rope_block(i)) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        # training option, not architecture: recompute each block in the backward pass instead of
+        # keeping its activations (memory of one block instead of depth blocks; ~1 extra forward)
+        self.checkpoint_activations = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -262,11 +266,13 @@ class SlideEncoder(nn.Module):
         x[packed.prefix_slots.reshape(-1)] = prefix.reshape(-1, cfg.dim).to(x.dtype)  # [S*P, D]
         rope = self._rope_tables(packed, device) if cfg.use_rope and any(b.rope_block for b in self.blocks) else None
         rope_segments = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for blk in self.blocks[:stop]:
-            if blk.rope_block:
-                x = blk(x, rope_segments, backend, rope)
+            args = (rope_segments, backend, rope) if blk.rope_block else (packed.global_segments, backend, None)
+            if recompute:  # the RNG state is saved and replayed, so dropout masks match
+                x = torch.utils.checkpoint.checkpoint(blk, x, *args, use_reentrant=False)
             else:
-                x = blk(x, packed.global_segments, backend, None)
+                x = blk(x, *args)
         return x, rope, rope_segments
 
     def forward_packed(self, packed: PackedSlides) -> dict[str, Tensor]:

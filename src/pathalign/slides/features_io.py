@@ -136,8 +136,12 @@ def _attrs(ds) -> dict:
     return out
 
 
-def read_patch_features(path: str | Path) -> PatchFeatures:
-    """Open a pathalign, Trident, CLAM or EXAONE Path coords/features HDF5 file (see module docstring)."""
+def read_patch_features(path: str | Path, features: bool = True) -> PatchFeatures:
+    """Open a pathalign, Trident, CLAM or EXAONE Path coords/features HDF5 file (see module docstring).
+
+    ``features=False`` reads coordinates, fragments and attributes only (``.features`` is None), for
+    readers that fetch feature rows themselves.
+    """
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"{path}: no such file")
@@ -156,7 +160,7 @@ def read_patch_features(path: str | Path) -> PatchFeatures:
         coords = validate_coords(coords, path)
         attrs = {**_attrs(fh), **_attrs(fh["coords"])}
         feats = None
-        if "features" in fh:
+        if features and "features" in fh:
             feats = np.asarray(fh["features"][()])
             if feats.ndim == 3 and feats.shape[0] == 1:
                 feats = feats[0]

@@ -30,6 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default: the --config's device, else auto")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="gradient caching: encode the global batch this many patients at a time, with the full-batch "
+                        "gradients (the contrastive batch is then not bound by accelerator memory)")
+    p.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="with --micro-batch: also cap the slide tokens per micro-batch (long and short slides pack evenly)")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute slide-encoder blocks in the backward pass (less memory, ~1 extra forward)")
+    p.add_argument("--feature-cache-mb", type=float, default=None,
+                   help="slide-feature cache of all loader processes together, MiB (default 5%% of RAM, at most 4 GiB)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--quiet", action="store_true")
 
@@ -51,7 +60,9 @@ def run(args) -> int:
     flags = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens,
                  modality_dropout=args.modality_dropout, checkpoint_every=args.checkpoint_every,
                  features=args.features, rna_fm=args.rna_fm, slide_encoder_weights=args.slide_encoder_weights, rna_embeddings=args.rna_embeddings, device=args.device,
-                 workers=args.workers, seed=args.seed,
+                 workers=args.workers, seed=args.seed, micro_batch=args.micro_batch,
+                 micro_batch_tokens=args.micro_batch_tokens, feature_cache_mb=args.feature_cache_mb,
+                 checkpoint_activations=args.checkpoint_activations or None,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     from ..devices import resolve_device

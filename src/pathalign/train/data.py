@@ -4,7 +4,7 @@ layout and any resume point see exactly the same batches."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from ..cohort import Cohort, CohortInputError
 from ..cohort.preprocess import TRANSFORMS, make_transform
-from ..slides.features_io import is_complete, read_patch_features
+from ..slides.features_io import is_complete
+from .feature_reader import FeatureReader
 
 
 def split_patients(manifest: pd.DataFrame, val_fraction: float, seed: int, stratify: str | None = None) -> dict:
@@ -42,11 +43,13 @@ class CohortData:
         preprocessing: transform states to reuse (e.g. from a saved model) instead of fitting.
         transform_options: per-modality options of the transforms (e.g. ``{"rna": {"n_genes": 1000}}``).
         rna_embeddings: optional table (rows = patients or samples, columns = dims) used as the RNA input.
+        feature_cache_bytes: byte budget of the slide-feature cache, all loader processes together
+            (None: 5 % of RAM up to 4 GiB; see :mod:`.feature_reader`).
     """
 
     def __init__(self, cohort: Cohort, features_dir: str | Path | None, modalities: list[str], train_ids=None,
                  preprocessing: dict | None = None, transform_options: dict | None = None,
-                 rna_embeddings: pd.DataFrame | None = None):
+                 rna_embeddings: pd.DataFrame | None = None, feature_cache_bytes: int | None = None):
         self.cohort = cohort
         man = cohort.manifest.reset_index(drop=True)
         self.ids = man.case_id.tolist()
@@ -57,6 +60,7 @@ class CohortData:
                 raise CohortInputError(f"{cohort.path}: no patient has {m}; drop it from the modalities "
                                        f"(the cohort has {cohort.modalities})")
         self.features_dir = Path(features_dir or cohort.meta.get("slides_dir") or "")
+        self.reader = FeatureReader(self.features_dir, feature_cache_bytes)
         self.valid = {m: np.zeros(len(self.ids), bool) for m in self.modalities}
         self.arrays: dict[str, np.ndarray] = {}
         self.preprocessing: dict = dict(preprocessing or {})
@@ -102,8 +106,7 @@ class CohortData:
         dims = {m: a.shape[1] for m, a in self.arrays.items()}
         if "wsi" in self.modalities:
             first = next(s for ss in self.slides for s in ss)
-            pf = read_patch_features(self.features_dir / f"{first}.h5")
-            dims["wsi"] = int(pf.features.shape[1])
+            dims["wsi"] = self.reader.index(first).dim
         return dims
 
     def eligible(self, ids) -> np.ndarray:
@@ -111,13 +114,9 @@ class CohortData:
         idx = np.array([self.index[p] for p in ids], int)
         return idx[self.n_valid[idx] >= 2]
 
-    def load_slide(self, slide_id: str):
-        return _load_slide(str(self.features_dir / f"{slide_id}.h5"))
-
-
-@lru_cache(maxsize=4096)
-def _load_slide(path: str):
-    return read_patch_features(path).as_inputs()
+    def load_slide(self, slide_id: str, rows: np.ndarray | None = None):
+        """``(features float32, coords, fragment)`` of a slide's ``rows`` (increasing; None: all)."""
+        return self.reader.read(slide_id, rows)
 
 
 @dataclass
@@ -180,10 +179,11 @@ class StepBatches(Dataset):
                 if not batch["valid"]["wsi"][r]:
                     continue
                 sid = data.slides[i][c]
-                feats, coords, frag = data.load_slide(sid)
-                if len(feats) > spec.max_tokens:  # random subset, coordinates kept
-                    keep = np.sort(np.random.default_rng(ts).choice(len(feats), spec.max_tokens, replace=False))
-                    feats, coords, frag = feats[keep], coords[keep], frag[keep]
+                n = data.reader.n_patches(sid)
+                keep = None
+                if n > spec.max_tokens:  # random subset chosen from the length alone, coordinates kept
+                    keep = np.sort(np.random.default_rng(ts).choice(n, spec.max_tokens, replace=False))
+                feats, coords, frag = data.load_slide(sid, keep)  # only those rows are read
                 slides.append((torch.from_numpy(feats), torch.from_numpy(coords), torch.from_numpy(frag)))
                 rows.append(r)
                 names.append(sid)

@@ -60,12 +60,23 @@ class TrainConfig:
     slide_encoder_weights: str | None = None
     features: str | None = None
     progress: bool = True
+    # scale (see train/gradcache.py, train/feature_reader.py)
+    micro_batch: int | None = None  # gradient caching: rows per micro-batch (None: the whole batch at once)
+    micro_batch_tokens: int | None = None  # with micro_batch: also cap the slide tokens per micro-batch
+    checkpoint_activations: bool = False  # recompute slide-encoder blocks in the backward pass
+    feature_cache_mb: float | None = None  # feature cache of all loader processes (None: 5 % of RAM, <= 4 GiB)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
         if not 0 <= self.modality_dropout < 1:
             raise ValueError("modality_dropout must be in [0, 1)")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        if self.micro_batch_tokens is not None and self.micro_batch is None:
+            raise ValueError("micro_batch_tokens needs micro_batch (gradient caching)")
+        if self.feature_cache_mb is not None and self.feature_cache_mb < 0:
+            raise ValueError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
@@ -159,8 +170,9 @@ class Trainer:
 
             table = read_table(cfg.rna_embeddings)
             rna_emb = table.set_index(table.columns[0])
+        cache = None if cfg.feature_cache_mb is None else int(cfg.feature_cache_mb * 2**20)
         self.data = CohortData(self.cohort, cfg.features, modalities, splits["train"], preprocessing,
-                               cfg.transform_options, rna_emb)
+                               cfg.transform_options, rna_emb, feature_cache_bytes=cache)
         overrides = dict(cfg.model_overrides)
         if rna_fm_cfg is not None:
             overrides.update(rna_encoder="frozen_fm", rna_fm=rna_fm_cfg)
@@ -174,6 +186,8 @@ class Trainer:
             self.model.slide_encoder.load_state_dict(published.state_dict())
         if rna_fm_cfg is not None and self.state is None:
             self.model.encoders["rna"].foundation.load_state_dict(fm.state_dict())
+        if self.model.slide_encoder is not None:
+            self.model.slide_encoder.checkpoint_activations = cfg.checkpoint_activations
         self.loss_fn = MultimodalSigLIPLoss(self.model_config.balance, self.rank, self.world)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps, cfg.steps))
@@ -242,6 +256,7 @@ class Trainer:
         # a private generator: creating the loader must not draw from the global RNG that dropout uses,
         # or a resumed run would diverge from an uninterrupted one
         gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.data.reader.share(max(1, self.cfg.workers))
         return DataLoader(self.batches, sampler=list(steps), batch_size=None, num_workers=self.cfg.workers,
                           collate_fn=_identity, prefetch_factor=4 if self.cfg.workers else None,
                           persistent_workers=False, generator=gen)
@@ -268,15 +283,20 @@ class Trainer:
         for batch in self._loader():
             t_data = time.perf_counter()
             wait = t_data - t_last
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = self.compute_loss(self._to_device(batch))
+            if cfg.micro_batch:  # gradient caching: forward and backward in micro-batches
+                self.opt.zero_grad(set_to_none=True)
+                out = self._gradcache_backward(self._to_device(batch), amp)
+            else:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.compute_loss(self._to_device(batch))
             loss, per_pair = out.loss, out.per_pair
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({float(loss)}) at step {step + 1}; batch patients: "
                                     f"{', '.join(batch['patients'])}; last good checkpoint: "
                                     f"{self._ckpt_dir() / 'latest.txt'}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if not cfg.micro_batch:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.sched.step()
@@ -312,6 +332,29 @@ class Trainer:
     def compute_loss(self, batch: dict) -> LossOutput:
         """One step's forward: embed the batch, project it into the pair spaces, the loss (no backward)."""
         return self.loss_fn(self.net(batch))
+
+    def _gradcache_backward(self, batch: dict, amp: bool) -> LossOutput:
+        """One step's loss and parameter gradients by gradient caching (``cfg.micro_batch`` rows at a time).
+
+        Runs outside DDP's hooks: the gradients are averaged over ranks here, as DDP would.
+        """
+        from .gradcache import allreduce_gradients, gradcache_step, plan_micro_batches, row_tokens, slice_batch
+
+        cfg, model = self.cfg, self.model
+        n_prefix = model.slide_encoder.config.n_prefix if model.slide_encoder is not None else 0
+        plan = plan_micro_batches(row_tokens(batch, n_prefix), cfg.micro_batch, cfg.micro_batch_tokens)
+
+        def embed(mb):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                return model(mb, project=False)
+
+        def loss_from_embeddings(emb, valid):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                return self.loss_fn(model(embeddings=emb, valid=valid))
+
+        out = gradcache_step(embed, loss_from_embeddings, [slice_batch(batch, a, b) for a, b in plan], self.device)
+        allreduce_gradients(model.parameters(), self.world)
+        return out
 
     def _to_device(self, batch: dict) -> dict:
         if self.device.type == "cpu":
