@@ -99,7 +99,9 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
 
         _stage(cfg, "ablations", lambda: run_ablations(cohort, out / "ablations", steps=cfg.steps, seed=cfg.seed,
                                                        rna_fm=str(fm), bench=False) and "", log)
-        models.update({f"ablation: {p.parent.name}": p for p in sorted((out / "ablations").glob("*/embeddings.h5"))})
+        seed_dir = out / "ablations" / f"seed_{cfg.seed}"
+        models.update({f"ablation: {p.parent.name}": p for p in sorted(seed_dir.glob("*/embeddings.h5"))
+                       if p.parent.name != "full"})
     from .cohort import load_cohort
 
     manifest = load_cohort(cohort).manifest

@@ -95,9 +95,9 @@ def cnv_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     lat = latent_matrix(truth)
     n_arms = 12
     arm_of_gene = np.sort(rng.integers(0, n_arms, cfg.cnv_genes))
-    w = _loadings(rng, lat.shape[1], n_arms, 0.4, 1.2)
+    w = _loadings(rng, lat.shape[1], n_arms, 0.4, 0.6)
     unstable_arms = np.zeros(n_arms)
-    unstable_arms[rng.permutation(n_arms)[:6]] = [0.9, 0.9, 0.9, -0.9, -0.9, -0.9]  # 3 arms gained, 3 lost
+    unstable_arms[rng.permutation(n_arms)[:6]] = [1.2, 1.2, 1.2, -1.2, -1.2, -1.2]  # 3 arms gained, 3 lost
     idx = np.flatnonzero(truth["has_cnv"].to_numpy())
     d = cfg.difficulty
     arm_level = (lat[idx] @ w + instability_vector(truth)[idx, None] * unstable_arms / 2 + unstable_arms / 2

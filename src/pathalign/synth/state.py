@@ -157,7 +157,7 @@ def sample_truth(cfg: SynthConfig) -> pd.DataFrame:
     t_censor = rng.uniform(300, 4000, n)
     os_days = np.maximum(1, np.minimum(t_event, t_censor)).round().astype(int)
     os_event = (t_event <= t_censor).astype(int)
-    has = {m: rng.random(n) < r for m, r in cfg.modality_rates.items()}
+    has = {m: rng.random(n) < cfg.modality_rates[m] for m in MODALITY_RATES}  # a fixed draw order
     mods = list(MODALITY_RATES)
     for i in range(n):  # every patient has at least two modalities
         while sum(has[m][i] for m in mods) < 2:
