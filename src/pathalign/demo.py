@@ -148,6 +148,11 @@ def write_report(cfg: DemoConfig, results: dict, manifest, pipe, run: Path) -> b
 Synthetic cohort: {cfg.patients} patients, {int(manifest.has_wsi.sum())} with slides; tiny preset, {cfg.steps} steps.
 Cross-modal retrieval is measured on held-out patients (never seen in training).
 
+The cohort is built to be hard in known ways (mechanisms and truth: `synth/truth.md`): `tumour_side` is
+a spatial arrangement inside the fragments (some fragments disagree); `genomic_instability` is carried by
+mutations, copy number, methylation and the arrangement of tumour subclones on the slide, but not by RNA;
+methylation is measured for ~30 % of patients and only ~7 % have every modality.
+
 {table}
 
 ## Figures
