@@ -134,7 +134,9 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
 
         _stage(cfg, "ablations", lambda: run_ablations(cohort, out / "ablations", steps=cfg.steps, seed=cfg.seed,
                                                        rna_fm=str(fm), bench=False, device=cfg.device) and "", log)
-        models.update({f"ablation: {p.parent.name}": p for p in sorted((out / "ablations").glob("*/embeddings.h5"))})
+        seed_dir = out / "ablations" / f"seed_{cfg.seed}"
+        models.update({f"ablation: {p.parent.name}": p for p in sorted(seed_dir.glob("*/embeddings.h5"))
+                       if p.parent.name != "full"})
     from .cohort import load_cohort
 
     manifest = load_cohort(cohort).manifest
@@ -180,6 +182,11 @@ def write_report(cfg: DemoConfig, results: dict, manifest, pipe, run: Path) -> b
 
 Synthetic cohort: {cfg.patients} patients, {int(manifest.has_wsi.sum())} with slides; tiny preset, {cfg.steps} steps.
 Cross-modal retrieval is measured on held-out patients (never seen in training).
+
+The cohort is built to be hard in known ways (mechanisms and truth: `synth/truth.md`): `tumour_side` is
+a spatial arrangement inside the fragments (some fragments disagree); `genomic_instability` is carried by
+mutations, copy number, methylation and the arrangement of tumour subclones on the slide, but not by RNA;
+methylation is measured for ~30 % of patients and only ~7 % have every modality.
 
 {table}
 

@@ -1,87 +1,360 @@
-"""``pathalign ablate``: the paper's ablations, trained and benched with one seed set in one table.
+"""``pathalign ablate``: the method with one part changed at a time, over several seeds, in one table.
 
-Variants: the full model; no RoPE (every block NoPE); RoPE without the fragment mask; the fragment
-mask without RoPE; a single-pair loss (WSI↔RNA only); and each molecular modality left out of
-training in turn. The mean pooling of patch features is benched beside them.
+Arms (``--only`` picks some; ``full`` is always trained, it is what the others are compared with):
+
+* ``full`` — the method as configured;
+* position: ``no-rope`` (every block NoPE), ``rope-no-fragment-mask``, ``fragment-mask-no-rope``;
+* loss: ``single-pair-wsi-rna`` (WSI↔RNA only), ``shared-projection`` (no pair adapters: one space for
+  every pair, each modality's encoder being its only projection; ``embed_dim`` is set to the slide
+  embedding's dim so that the identity fits);
+* data: ``complete-case`` (training restricted to patients with every modality), ``without-<m>``
+  (modality ``m`` left out of training);
+* ``random-slide-encoder`` — the slide encoder frozen at its random initialisation (molecular encoders
+  and pair heads trained as usual);
+* ``mean-pooling`` — the mean of each slide's patch features (no training).
+
+Each trained arm runs once per seed (``--seeds 0,1,2``): the seed sets the training seed, the held-out
+patients and the benchmark folds, identically for every arm, so arms are compared *paired by seed*.
+Per metric the table gives the mean over seeds ± the half-width of its 95 % t-interval
+(``t_{n-1, 0.975} · sd / √n``), and for every arm the paired difference to ``full`` (per-seed
+differences, same t-interval). Outputs: ``<out>/seed_<s>/<arm>/`` (runs), ``<out>/seed_<s>/results.*``
+(the bench of that seed), ``<out>/ablation.json`` and ``<out>/ablation.md``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..devices import DEVICE_HELP, resolve_device
+import numpy as np
 
+from ..devices import DEVICE_HELP, resolve_device
+from ..errors import PathalignError
+from ..io.atomic import atomic_write_json, atomic_write_text
 from ..models.pathalign_model import load_preset
 
 MOLECULAR = ("rna", "snp", "cnv", "methylation")
+BASELINE = "mean-pooling"
+PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
 
 
-def variants(preset: str, modalities: list[str]) -> dict[str, dict]:
-    """Training overrides per ablation (``model_overrides`` and ``modalities``)."""
+class AblationError(PathalignError, ValueError):
+    """An unusable ablation request (unknown arm, cohort too small, bad option); the message names it."""
+
+
+@dataclass
+class Arm:
+    """What one arm changes: training overrides, modalities, training patients, frozen parts."""
+
+    model_overrides: dict = field(default_factory=dict)
+    modalities: list[str] | None = None
+    complete_cases: bool = False
+    freeze_slide_encoder: bool = False
+    trained: bool = True
+
+
+def arms(preset: str, modalities: list[str], wsi_dim: int | None = None) -> dict[str, Arm]:
+    """Every arm for this preset and cohort (``wsi_dim``: the slide embedding's dim, for ``shared-projection``)."""
     enc = dict(load_preset(preset).get("slide_encoder", {}))
     out = {
-        "full": {},
-        "no-rope": {"model_overrides": {"slide_encoder": {**enc, "nope_interval": 0}}},
-        "rope-no-fragment-mask": {"model_overrides": {"slide_encoder": {**enc, "fragment_mask": False}}},
-        "fragment-mask-no-rope": {"model_overrides": {"slide_encoder": {**enc, "use_rope": False}}},
-        "single-pair-wsi-rna": {"model_overrides": {"pairs": [["wsi", "rna"]]}},
+        "full": Arm(),
+        "no-rope": Arm({"slide_encoder": {**enc, "nope_interval": 0}}),
+        "rope-no-fragment-mask": Arm({"slide_encoder": {**enc, "fragment_mask": False}}),
+        "fragment-mask-no-rope": Arm({"slide_encoder": {**enc, "use_rope": False}}),
+        "single-pair-wsi-rna": Arm({"pairs": [["wsi", "rna"]]}),
+        "shared-projection": Arm({"pair_adapters": False, **({"embed_dim": wsi_dim} if wsi_dim else {})}),
+        "complete-case": Arm(complete_cases=True),
+        "random-slide-encoder": Arm(freeze_slide_encoder=True),
     }
     for m in MOLECULAR:
         if m in modalities and len(modalities) > 2:
-            out[f"without-{m}"] = {"modalities": [x for x in modalities if x != m]}
+            out[f"without-{m}"] = Arm(modalities=[x for x in modalities if x != m])
+    out[BASELINE] = Arm(trained=False)
     return out
 
 
-def run_ablations(cohort, out, preset: str = "tiny", steps: int = 300, seed: int = 0, rna_fm: str | None = None,
-                  bench: bool = True, only: list[str] | None = None, progress: bool = True, device: str = "cpu") -> dict:
-    """Train (and embed) every variant under ``out/<variant>``; bench them with mean pooling when ``bench``."""
-    from ..cohort import load_cohort
-    from .embed import embed_mean_pool, embed_with_model
+def variants(preset: str, modalities: list[str]) -> dict[str, dict]:
+    """Training overrides per trained arm (``model_overrides`` and ``modalities``), as older callers used them."""
+    return {k: {"model_overrides": a.model_overrides, **({"modalities": a.modalities} if a.modalities else {})}
+            for k, a in arms(preset, modalities).items() if a.trained}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; a clear error for anything else."""
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip() != ""]
+    except ValueError:
+        raise AblationError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise AblationError(f"--seeds must name distinct seeds, got {text!r}")
+    return seeds
+
+
+def select_arms(available: dict[str, Arm], only: list[str] | None) -> list[str]:
+    """The arms to run: ``only`` (plus ``full``) or all; an unknown name is an error listing the known ones."""
+    if not only:
+        return list(available)
+    unknown = [n for n in only if n not in available]
+    if unknown:
+        raise AblationError(f"--only: unknown arm(s) {', '.join(map(repr, unknown))}; known: {', '.join(available)}")
+    return ["full"] + [n for n in available if n in only and n != "full"]
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def mean_ci(values, level: float = 0.95) -> dict:
+    """Mean and two-sided t-interval of the mean: ``mean ± t_{n-1,(1+level)/2} · sd / √n`` (sd with n-1).
+
+    Returns ``{"mean", "half_width", "low", "high", "n", "values"}``; with one value the interval is undefined
+    (``half_width`` NaN).
+    """
+    from scipy.stats import t as student_t
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
+    n = len(x)
+    if n == 0:
+        return {"mean": float("nan"), "half_width": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
+                "values": []}
+    mean = float(x.mean())
+    hw = float(student_t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": mean, "half_width": hw, "low": mean - hw, "high": mean + hw, "n": n, "values": x.tolist()}
+
+
+def paired_difference(arm: dict[int, float], reference: dict[int, float], level: float = 0.95) -> dict:
+    """``arm - reference`` paired by seed (seeds present in both), with the t-interval of the mean difference."""
+    seeds = sorted(s for s in arm if s in reference and arm[s] is not None and reference[s] is not None)
+    out = mean_ci([arm[s] - reference[s] for s in seeds], level)
+    out["seeds"] = seeds
+    out["excludes_zero"] = bool(out["n"] > 1 and (out["low"] > 0 or out["high"] < 0))
+    return out
+
+
+def seed_metrics(results: dict) -> dict[str, dict[str, float]]:
+    """Per model: ``{"<task> <metric>": value}`` (primary metric, mean over folds) and cross-modal recall@5."""
+    out: dict[str, dict[str, float]] = {}
+    for model, res in results["models"].items():
+        row = {}
+        for task, r in res.get("tasks", {}).items():
+            metric = PRIMARY[results["tasks"][task]["type"]]
+            if isinstance(r.get(metric), dict):
+                row[f"{task} {metric}"] = r[metric]["mean"]
+        for pair, r in res.get("cross_modal", {}).items():
+            if "recall@5" in r:
+                row[f"{pair} recall@5"] = r["recall@5"]
+                row[f"{pair} chance@5"] = r["chance@5"]
+        out[model] = row
+    return out
+
+
+def aggregate(per_seed: dict[int, dict[str, dict[str, float]]], reference: str = "full", level: float = 0.95) -> dict:
+    """Mean ± CI per arm and metric over seeds, and paired differences to ``reference``."""
+    arm_names = list(dict.fromkeys(a for s in per_seed.values() for a in s))
+    metrics = list(dict.fromkeys(k for s in per_seed.values() for a in s.values() for k in a))
+    table: dict = {"arms": arm_names, "metrics": metrics, "seeds": sorted(per_seed), "values": {}, "differences": {}}
+    for a in arm_names:
+        table["values"][a], table["differences"][a] = {}, {}
+        for m in metrics:
+            by_seed = {s: per_seed[s].get(a, {}).get(m) for s in per_seed}
+            by_seed = {s: v for s, v in by_seed.items() if v is not None}
+            if not by_seed:
+                continue
+            table["values"][a][m] = mean_ci(by_seed.values(), level)
+            ref = {s: per_seed[s].get(reference, {}).get(m) for s in per_seed}
+            ref = {s: v for s, v in ref.items() if v is not None}
+            if a != reference and ref:
+                table["differences"][a][m] = paired_difference(by_seed, ref, level)
+    return table
+
+
+def _cell(d: dict | None, diff: bool = False) -> str:
+    if not d or d["n"] == 0:
+        return "—"
+    if d["n"] < 2:
+        return f"{d['mean']:+.3f}" if diff else f"{d['mean']:.3f}"
+    if diff:
+        return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" + (" *" if d["excludes_zero"] else "")
+    return f"{d['mean']:.3f} ± {d['half_width']:.3f}"
+
+
+def render_table(table: dict, reference: str = "full") -> str:
+    """Markdown: values (mean ± 95 % CI half-width) and paired differences to ``reference`` (mean [95 % CI])."""
+    arms_, metrics = table["arms"], [m for m in table["metrics"] if not m.endswith("chance@5")]
+    n = len(table["seeds"])
+    head = "| metric | " + " | ".join(arms_) + " |\n|---|" + "---|" * len(arms_)
+    lines = [f"Seeds {', '.join(map(str, table['seeds']))} (n = {n}). Mean over seeds ± half-width of the 95 % "
+             "t-interval of the mean (t with n-1 degrees of freedom).", "", head]
+    for m in metrics:
+        cells = [_cell(table["values"][a].get(m)) for a in arms_]
+        chance = m.replace("recall@5", "chance@5")
+        if chance != m and table["values"].get(reference, {}).get(chance):
+            m = f"{m} (chance {table['values'][reference][chance]['mean']:.2f})"
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    others = [a for a in arms_ if a != reference]
+    lines += ["", f"Paired difference to `{reference}` (arm − {reference}, per seed, then mean [95 % t-interval]; "
+                  "`*`: the interval excludes 0).", "",
+              "| metric | " + " | ".join(others) + " |\n|---|" + "---|" * len(others)]
+    for m in metrics:
+        lines.append(f"| {m} | " + " | ".join(_cell(table["differences"][a].get(m), diff=True) for a in others) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _train_patients(manifest, modalities: list[str], cfg, complete: bool) -> int:
+    """How many training patients an arm has (the trainer's own split; ≥ 2 modalities, or all when ``complete``)."""
+    from ..train.data import split_patients
+
+    train = set(split_patients(manifest, cfg.val_fraction, cfg.seed, cfg.stratify)["train"])
+    has = manifest[[f"has_{m}" for m in modalities]].to_numpy()
+    count = has.sum(axis=1)
+    keep = count == len(modalities) if complete else count >= 2
+    return int((manifest.case_id.isin(train).to_numpy() & keep).sum())
+
+
+def _slide_embedding_dim(cohort, preset: str) -> int | None:
+    from ..models.slide_encoder import SLIDE_ENCODER_PRESETS
+    from ..slides.features_io import is_complete, read_patch_features
+
+    feats = Path(cohort.meta.get("slides_dir") or "")
+    first = next((feats / f"{s}.h5" for ss in cohort.manifest.slide_ids for s in ss
+                  if is_complete(feats / f"{s}.h5")), None)
+    if first is None:
+        return None
+    opts = dict(load_preset(preset).get("slide_encoder", {}))
+    base = SLIDE_ENCODER_PRESETS.get(opts.pop("preset", "tiny"))
+    cfg = base.replace(**opts, input_dim=int(read_patch_features(first).features.shape[1]))
+    return int(cfg.output_dim)
+
+
+def train_arm(cohort_path, run: Path, arm: Arm, name: str, preset: str, seed: int, overrides: dict, manifest,
+              modalities: list[str], notes: list[str], progress: bool, device: str = "cpu") -> Path:
+    """Train one arm for one seed (unless its embeddings exist) and embed the cohort; returns embeddings.h5."""
     from ..train.trainer import TrainConfig, Trainer
+    from .embed import embed_with_model
+
+    emb = run / "embeddings.h5"
+    if emb.is_file():
+        return emb
+    mods = arm.modalities or modalities
+    cfg = TrainConfig.from_preset(preset, seed=seed, progress=False, modalities=arm.modalities,
+                                  model_overrides=arm.model_overrides, complete_cases=arm.complete_cases,
+                                  **{k: v for k, v in overrides.items() if k != "rna_fm"},
+                                  rna_fm=overrides.get("rna_fm") if "rna" in mods else None, device=str(device))
+    n = _train_patients(manifest, mods, cfg, arm.complete_cases)
+    if n < 2:
+        raise AblationError(f"arm {name!r}: {n} training patient(s) (seed {seed}); contrastive training needs at least 2"
+                            + (" with every modality" if arm.complete_cases else ""))
+    if n < cfg.batch_size:
+        notes.append(f"{name}, seed {seed}: batch size {cfg.batch_size} > {n} training patients; used {n}")
+        if progress:
+            print(f"ablate: note: {notes[-1]}", flush=True)
+        cfg = replace(cfg, batch_size=n)
+    if progress:
+        print(f"ablate: seed {seed}: training {name} ({n} patients, batch {cfg.batch_size})", flush=True)
+    trainer = Trainer(cohort_path, run, cfg)
+    if arm.freeze_slide_encoder and trainer.model.slide_encoder is not None:
+        trainer.model.slide_encoder.requires_grad_(False)  # no gradient: AdamW leaves it (and its decay) alone
+    trainer.fit()
+    embed_with_model(run / "model", cohort_path, emb, progress=False, device=device)
+    return emb
+
+
+def run_ablations(cohort, out, preset: str = "tiny", steps: int = 300, seed: int = 0, rna_fm: str | None = None,
+                  bench: bool = True, only: list[str] | None = None, progress: bool = True,
+                  seeds: list[int] | None = None, batch_size: int | None = None, max_tokens: int | None = None,
+                  folds: int = 5, device: str = "cpu") -> dict:
+    """Train (and embed) every selected arm for every seed under ``out/seed_<s>/<arm>``; bench each seed and
+    aggregate over seeds when ``bench``.
+
+    Args:
+        cohort: cohort folder with slide features.
+        out: output folder.
+        preset: model preset; steps, batch_size, max_tokens: training settings (None: the preset's).
+        seed: the seed when ``seeds`` is not given.
+        rna_fm: pretrained RNA foundation model folder (used by arms that train on RNA).
+        only: arm names to run (``full`` is always added); unknown names raise :class:`AblationError`.
+        seeds: seeds to run every arm with.
+        folds: folds of the benchmark tasks.
+        device: where the arms train and embed.
+
+    Returns:
+        ``{"models": {seed: {arm: embeddings path}}}`` without ``bench``; else the aggregate table (``ablation.json``).
+    """
+    from ..cohort import load_cohort
     from .bench import run_bench
+    from .embed import embed_mean_pool
     from .tasks import derive_tasks
 
+    seeds = list(seeds) if seeds else [seed]
+    if batch_size is not None and batch_size < 2:
+        raise AblationError(f"--batch-size must be >= 2, got {batch_size}")
+    if steps < 1:
+        raise AblationError(f"--steps must be >= 1, got {steps}")
     out = Path(out)
     c = load_cohort(cohort)
     modalities = c.modalities
-    models = {}
-    for name, over in variants(preset, modalities).items():
-        if only and name not in only:
-            continue
-        run = out / name
-        emb = run / "embeddings.h5"
-        if not emb.is_file():
-            if progress:
-                print(f"ablate: training {name}", flush=True)
-            cfg = TrainConfig.from_preset(preset, steps=steps, seed=seed, progress=False,
-                                          rna_fm=rna_fm if "rna" in over.get("modalities", modalities) else None,
-                                          modalities=over.get("modalities"), model_overrides=over.get("model_overrides", {}),
-                                          device=str(device))
-            Trainer(cohort, run, cfg).fit()
-            embed_with_model(run / "model", cohort, emb, progress=False, device=device)
-        models[name] = str(emb)
+    available = arms(preset, modalities, _slide_embedding_dim(c, preset) if "wsi" in modalities else None)
+    chosen = select_arms(available, only)
+    overrides = {"steps": steps, "batch_size": batch_size, "max_tokens": max_tokens, "rna_fm": rna_fm}
+    notes: list[str] = []
+    models: dict[int, dict[str, str]] = {}
+    for s in seeds:
+        models[s] = {}
+        for name in chosen:
+            if available[name].trained:
+                models[s][name] = str(train_arm(cohort, out / f"seed_{s}" / name, available[name], name, preset, s,
+                                                overrides, c.manifest, modalities, notes, progress, device))
+    if BASELINE in chosen:
+        mean_pool = out / "mean_pool.h5"
+        if not mean_pool.is_file():
+            embed_mean_pool(c.meta["slides_dir"], mean_pool, cohort)
+        for s in seeds:
+            models[s][BASELINE] = str(mean_pool)
     if not bench:
-        return models
-    mean_pool = out / "mean_pool.h5"
-    if not mean_pool.is_file():
-        embed_mean_pool(c.meta["slides_dir"], mean_pool, cohort)
-    models["mean-pooling"] = str(mean_pool)
-    return run_bench(models, derive_tasks(c.manifest, seed=seed), out, c.manifest, seed, progress=progress)
+        return {"models": models, "notes": notes}
+    per_seed = {}
+    for s in seeds:
+        if progress:
+            print(f"ablate: seed {s}: bench", flush=True)
+        res = run_bench(models[s], derive_tasks(c.manifest, folds, s), out / f"seed_{s}", c.manifest, s,
+                        plots=False, progress=False)
+        per_seed[s] = seed_metrics(res)
+    table = aggregate(per_seed)
+    table.update(notes=notes, settings={"preset": preset, "steps": steps, "batch_size": batch_size,
+                                        "max_tokens": max_tokens, "folds": folds, "rna_fm": rna_fm, "seeds": seeds},
+                 per_seed=per_seed)
+    atomic_write_json(table, out / "ablation.json")
+    md = "# Ablations\n\n" + render_table(table)
+    if notes:
+        md += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    atomic_write_text(md, out / "ablation.md")
+    return table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder with slide features")
     p.add_argument("--out", required=True, help="folder for the runs and the table")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=300, help="training steps per arm and seed (default 300)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="patients per batch (default: the preset's, 32 for tiny); an arm with fewer training "
+                        "patients uses them all, with a note")
+    p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds (e.g. 0,1,2): every arm runs once per seed; the table gives mean ± 95 %% CI "
+                        "and the paired difference to full")
+    p.add_argument("--folds", type=int, default=5, help="folds of the benchmark tasks")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder")
-    p.add_argument("--only", default=None, help="comma-separated variant names")
+    p.add_argument("--only", default=None, help="comma-separated arm names (full is always run); see the list above")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args) -> int:
-    run_ablations(args.cohort, args.out, args.preset, args.steps, args.seed, args.rna_fm,
-                  only=args.only.split(",") if args.only else None, device=str(resolve_device(args.device)))
-    print((Path(args.out) / "results.md").read_text().split("## All metrics")[0])
+    device = str(resolve_device(args.device))  # before any work
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    run_ablations(args.cohort, args.out, args.preset, args.steps, args.seed, args.rna_fm, only=only, seeds=seeds,
+                  batch_size=args.batch_size, max_tokens=args.max_tokens, folds=args.folds,
+                  device=device)
+    print((Path(args.out) / "ablation.md").read_text())
     return 0

@@ -4,43 +4,48 @@ Writes, under ``--out``:
 
 * ``slides/<slide_id>.tiff`` — pyramidal tiled JPEG TIFFs with mpp, 1-6 tissue fragments each;
 * ``slides.tsv`` (``slide_id``, ``case_id``, ``path``) and ``clinical.tsv`` (``case_id``,
-  ``cancer_type``, ``subtype``, ``tumour_side``, ``age``, ``OS_days``, ``OS_event``);
+  ``cancer_type``, ``subtype``, ``tumour_side``, ``genomic_instability``, ``age``, ``OS_days``, ``OS_event``);
 * ``rna_tpm.tsv.gz`` (genes x samples TPM, with normal samples and second vials),
   ``mutations.maf`` (GDC MAF with a comment header and silent calls), ``cnv_gistic.tsv``
   (genes x samples, -2..2), ``methylation_beta.tsv.gz`` (probes x samples, NA allowed);
-* ``truth.parquet`` — the hidden state and which modalities each patient has.
+* ``truth.parquet`` — the hidden state and which modalities each patient has;
+* ``truth.md`` — how each modality is made from the hidden state (the mechanism behind each claim of
+  the method, :data:`~pathalign.synth.state.MECHANISMS`), with this cohort's settings and measured rates;
+  ``synth_config.json`` — the settings.
 
-Deterministic for a seed.
+Deterministic for a seed. ``difficulty`` scales every noise level (signal to noise falls as it grows).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from dataclasses import asdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..io.atomic import atomic_path, atomic_write_df
+from ..io.atomic import atomic_path, atomic_write_df, atomic_write_json, atomic_write_text
 from .omics import cnv_table, maf_table, methylation_table, rna_table
 from .slides import render_slide, texture_bank, write_pyramidal_tiff
-from .state import CANCER_TYPES, PROGRAMS, SUBTYPES, SynthConfig, sample_truth
+from .state import CANCER_TYPES, MECHANISMS, MODALITY_RATES, PROGRAMS, SUBTYPES, SynthConfig, sample_truth
 
-__all__ = ["SynthConfig", "generate_cohort"]
+__all__ = ["MECHANISMS", "SynthConfig", "generate_cohort"]
 
 _BANK = {}
 
 
 def _slide_job(job: dict) -> None:
-    seed = job["seed"]
-    if seed not in _BANK:
+    seed, params = job["seed"], job["params"]
+    key = (seed, params["nucleus_contrast"])
+    if key not in _BANK:
         _BANK.clear()
-        _BANK[seed] = texture_bank(seed)
+        _BANK[key] = texture_bank(seed, params["nucleus_contrast"])
     rng = np.random.default_rng([seed, 7, job["index"]])
-    img, _ = render_slide(rng, _BANK[seed], job["cancer_type"], job["sub"], job["pattern"], np.asarray(job["programs"]),
-                          job["size"], int(rng.integers(1, 7)))
+    img, _ = render_slide(rng, _BANK[key], job["cancer_type"], job["sub"], job["pattern"], np.asarray(job["programs"]),
+                          job["size"], int(rng.integers(1, 7)), job["instability"], params)
     write_pyramidal_tiff(Path(job["path"]), img, job["mpp"])
 
 
@@ -65,6 +70,7 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
             slide_rows.append((slide_id, r.case_id, f"slides/{slide_id}.tiff"))
             jobs.append(dict(seed=cfg.seed, index=len(jobs), path=str(path), cancer_type=r.cancer_type,
                              sub=SUBTYPES[r.cancer_type].index(r.subtype.split("_", 1)[1]), pattern=r.tumour_side,
+                             instability=r.genomic_instability, params=cfg.slide_params,
                              programs=[float(r[f"program_{p}"]) for p in PROGRAMS], size=cfg.slide_size, mpp=cfg.mpp))
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
@@ -76,7 +82,8 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
     if progress:
         print(f"synth: {len(jobs)} slides written in {time.perf_counter() - t0:.1f} s", flush=True)
     atomic_write_df(pd.DataFrame(slide_rows, columns=["slide_id", "case_id", "path"]), out / "slides.tsv")
-    clinical = truth[["case_id", "cancer_type", "subtype", "tumour_side", "age", "OS_days", "OS_event"]]
+    clinical = truth[["case_id", "cancer_type", "subtype", "tumour_side", "genomic_instability", "age", "OS_days",
+                      "OS_event"]]
     atomic_write_df(clinical, out / "clinical.tsv")
     atomic_write_df(rna_table(cfg, truth), out / "rna_tpm.tsv.gz", index=True)
     maf = maf_table(cfg, truth)
@@ -86,10 +93,30 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
     atomic_write_df(cnv_table(cfg, truth), out / "cnv_gistic.tsv", index=True)
     atomic_write_df(methylation_table(cfg, truth), out / "methylation_beta.tsv.gz", index=True, na_rep="NA")
     atomic_write_df(truth, out / "truth.parquet")
+    atomic_write_json(asdict(cfg), out / "synth_config.json")
+    atomic_write_text(describe(cfg, truth), out / "truth.md")
     if progress:
         print(f"synth: {len(truth)} patients ({', '.join(CANCER_TYPES)}), tables written to {out} "
               f"in {time.perf_counter() - t0:.1f} s", flush=True)
     return truth
+
+
+def describe(cfg: SynthConfig, truth: pd.DataFrame) -> str:
+    """``truth.md``: the mechanisms, this cohort's settings and its measured modality rates."""
+    has = truth[[f"has_{m}" for m in MODALITY_RATES]]
+    rates = "\n".join(f"| {m} | {cfg.modality_rates[m]:.2f} | {has[f'has_{m}'].mean():.3f} |" for m in MODALITY_RATES)
+    slide = ", ".join(f"{k} {v:.3f}" for k, v in cfg.slide_params.items())
+    return (MECHANISMS + f"""
+## This cohort
+
+Seed {cfg.seed}, {cfg.patients} patients, difficulty {cfg.difficulty:g}; slide cues: {slide}.
+Patients with all five modalities: {int(has.all(axis=1).sum())} ({has.all(axis=1).mean():.1%}).
+`genomic_instability` high: {(truth.genomic_instability == 'high').mean():.1%}.
+
+| modality | configured rate | share of patients (after the two-modality rule) |
+|---|---|---|
+{rates}
+""")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,10 +126,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slide-size", type=int, default=2048, help="slide side in level-0 px (default 2048)")
     p.add_argument("--mpp", type=float, default=0.5, help="µm per level-0 px (default 0.5 = 20x)")
     p.add_argument("--genes", type=int, default=1000, help="RNA genes")
+    p.add_argument("--difficulty", type=float, default=1.0,
+                   help="multiplies every noise level and weakens the slide cues (default 1.0; 0.5 easier, 2 harder); "
+                        "see truth.md in the output for what it scales")
     p.add_argument("--workers", type=int, default=None, help="processes rendering slides (default: all cores)")
 
 
 def run(args) -> int:
-    cfg = SynthConfig(patients=args.patients, seed=args.seed, slide_size=args.slide_size, mpp=args.mpp, genes=args.genes)
+    cfg = SynthConfig(patients=args.patients, seed=args.seed, slide_size=args.slide_size, mpp=args.mpp, genes=args.genes,
+                      difficulty=args.difficulty)
     generate_cohort(args.out, cfg, workers=args.workers)
     return 0

@@ -1,10 +1,17 @@
-"""Synthetic molecular tables in the real formats (Xena-style matrices, GDC MAF)."""
+"""Synthetic molecular tables in the real formats (Xena-style matrices, GDC MAF).
+
+Which part of the hidden state each table carries, and its noise, is documented in
+:data:`pathalign.synth.state.MECHANISMS`; every noise level is multiplied by ``cfg.difficulty``.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .state import SynthConfig, latent_matrix
+from .state import SynthConfig, instability_vector, latent_matrix
+
+INSTABILITY_GENES = 10  # MUT000..MUT009: mutated far more often in genomically unstable tumours
+INSTABILITY_PROBE_FRACTION = 0.1  # the first 10 % of probes: hypermethylated when unstable
 
 NON_SILENT = ("Missense_Mutation", "Nonsense_Mutation", "Frame_Shift_Del", "Frame_Shift_Ins", "Splice_Site",
               "In_Frame_Del")
@@ -29,11 +36,15 @@ def rna_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     base = rng.normal(3.0, 1.5, cfg.genes)
     w = _loadings(rng, lat.shape[1], cfg.genes, 0.25, 1.0)
     w[-1] *= 1.5  # the spatial pattern moves a subset of genes (so alignment can teach it to the slide encoder)
+    # the metabolic program (shared with methylation only) moves many genes strongly; instability: no term at all
+    w_met = _loadings(rng, 1, cfg.genes, 0.3, 1.5)[0]
+    met = truth["program_metabolic"].to_numpy()
+    noise = 0.9 * cfg.difficulty
     cols, values = [], []
     idx = np.flatnonzero(truth["has_rna"].to_numpy())
     for i in idx:
         case = truth.case_id.iat[i]
-        expr = base + lat[i] @ w + rng.normal(0, 0.5, cfg.genes)
+        expr = base + lat[i] @ w + met[i] * w_met + rng.normal(0, noise, cfg.genes)
         cols.append(_aliquot(case, "01A", "R", rng, "07"))
         values.append(expr)
         if rng.random() < cfg.duplicate_vial_rate:  # a second vial: the TCGA rule keeps vial A
@@ -58,7 +69,10 @@ def maf_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     lat = latent_matrix(truth)
     genes = [f"MUT{i:03d}" for i in range(cfg.mutation_genes)]
     w = _loadings(rng, lat.shape[1], cfg.mutation_genes, 0.25, 1.8)
-    logit = -2.8 + lat @ w
+    w[:, :INSTABILITY_GENES] = 0  # the instability genes follow instability alone
+    logit = -2.8 + lat @ w + rng.normal(0, 0.8 * cfg.difficulty, (len(truth), cfg.mutation_genes))
+    logit[:, :INSTABILITY_GENES] = -2.8 + 1.4 * instability_vector(truth)[:, None] \
+        + rng.normal(0, 0.8 * cfg.difficulty, (len(truth), INSTABILITY_GENES))
     prob = 1 / (1 + np.exp(-logit))
     rows = []
     for i in np.flatnonzero(truth["has_snp"].to_numpy()):
@@ -81,10 +95,14 @@ def cnv_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     lat = latent_matrix(truth)
     n_arms = 12
     arm_of_gene = np.sort(rng.integers(0, n_arms, cfg.cnv_genes))
-    w = _loadings(rng, lat.shape[1], n_arms, 0.4, 1.2)
+    w = _loadings(rng, lat.shape[1], n_arms, 0.4, 0.6)
+    unstable_arms = np.zeros(n_arms)
+    unstable_arms[rng.permutation(n_arms)[:6]] = [1.2, 1.2, 1.2, -1.2, -1.2, -1.2]  # 3 arms gained, 3 lost
     idx = np.flatnonzero(truth["has_cnv"].to_numpy())
-    arm_level = lat[idx] @ w + rng.normal(0, 0.5, (len(idx), n_arms))  # [n, arms]
-    gene_level = arm_level[:, arm_of_gene] + rng.normal(0, 0.35, (len(idx), cfg.cnv_genes))
+    d = cfg.difficulty
+    arm_level = (lat[idx] @ w + instability_vector(truth)[idx, None] * unstable_arms / 2 + unstable_arms / 2
+                 + rng.normal(0, 0.6 * d, (len(idx), n_arms)))  # [n, arms]; the events only when unstable
+    gene_level = arm_level[:, arm_of_gene] + rng.normal(0, 0.35 * d, (len(idx), cfg.cnv_genes))
     calls = np.clip(np.round(gene_level), -2, 2).astype(int)
     cols = [_aliquot(truth.case_id.iat[i], "01A", "D", rng, "01") for i in idx]
     genes = [f"CN{i:04d}" for i in range(cfg.cnv_genes)]
@@ -98,8 +116,14 @@ def methylation_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     lat = latent_matrix(truth)
     w = _loadings(rng, lat.shape[1], cfg.probes, 0.2, 1.5)
     base = rng.normal(0, 2.0, cfg.probes)
+    w_met = _loadings(rng, 1, cfg.probes, 0.3, 1.2)[0]
+    block = np.zeros(cfg.probes)
+    block[:max(1, int(INSTABILITY_PROBE_FRACTION * cfg.probes))] = 1.2  # CIMP-like block
     idx = np.flatnonzero(truth["has_methylation"].to_numpy())
-    m = base + lat[idx] @ w + rng.normal(0, 0.5, (len(idx), cfg.probes))
+    met = truth["program_metabolic"].to_numpy()[idx]
+    instab = instability_vector(truth)[idx]
+    m = (base + lat[idx] @ w + met[:, None] * w_met + (instab[:, None] + 1) / 2 * block
+         + rng.normal(0, 0.7 * cfg.difficulty, (len(idx), cfg.probes)))
     beta = 1 / (1 + np.exp(-m))
     beta[rng.random(beta.shape) < cfg.methylation_na_rate] = np.nan
     cols = [_aliquot(truth.case_id.iat[i], "01A", "D", rng, "05") for i in idx]

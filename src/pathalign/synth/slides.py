@@ -6,7 +6,13 @@ programs, the textures its cancer type and subtype, and the *arrangement* its hi
 spatial pattern: the tumour occupies the left or the right part of every fragment (in slide
 axes), with the same area either way. Fragments are centrally symmetric in distribution, so
 the two patterns have the same composition and the same tumour/stroma interface: only a
-model that knows where patches sit relative to each other can tell them apart.
+model that knows where patches sit relative to each other can tell them apart. A few fragments
+(``discordant_fragments``) put the tumour on the other side.
+
+The tumour is made of two kinds of cells, with large and with small nuclei, in equal areas (the
+nuclear area fraction is the same in both, so the mean haematoxylin is too). Genomically stable
+tumours mix them at a scale finer than a patch; unstable ones (``genomic_instability`` high) form
+separate subclones several patches wide. Only the arrangement differs, not the composition.
 
 Colours are made by Beer–Lambert mixing of haematoxylin and eosin optical densities, so
 stain deconvolution recovers them.
@@ -27,6 +33,10 @@ OD_HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
 OD_EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
 BANK = 512  # texture tile side (px)
 CLASSES = ("tumour", "stroma", "immune", "necrosis")
+TUMOUR_CELLS = ("large", "small")  # the two tumour cell kinds (subclones when unstable)
+# blob scale of the large/small tumour map, in px of the class map (1/4 resolution): fine mixing (below a
+# patch) when stable, subclones spanning several patches when unstable
+CLONE_SCALE = {"low": 4, "high": 96}
 TYPE_STYLE = {  # nucleus radius (px), tumour nuclear density, eosin strength: close on purpose, so that
     "BRCA": (5, 0.0045, 0.55),  # cancer types differ subtly in morphology and strongly in molecules
     "LUAD": (5.5, 0.0040, 0.52),
@@ -60,8 +70,10 @@ def _to_rgb(h: np.ndarray, e: np.ndarray) -> np.ndarray:
     return np.clip(255 * np.exp(-od), 0, 255).astype(np.uint8)
 
 
-def texture_bank(seed: int) -> dict[tuple[str, int, str], np.ndarray]:
-    """RGB ``[BANK, BANK, 3]`` textures per (cancer type, subtype index, tissue class)."""
+def texture_bank(seed: int, nucleus_contrast: float = 0.35) -> dict[tuple[str, int, str], np.ndarray]:
+    """RGB ``[BANK, BANK, 3]`` textures per (cancer type, subtype index, tissue class); the tumour comes as
+    ``tumour_large`` and ``tumour_small`` (nucleus radius times ``1 + nucleus_contrast`` or divided by it, with
+    the nucleus count scaled so that the nuclear area fraction stays the same)."""
     bank = {}
     for ti, ctype in enumerate(CANCER_TYPES):
         radius, density, eosin = TYPE_STYLE[ctype]
@@ -69,13 +81,15 @@ def texture_bank(seed: int) -> dict[tuple[str, int, str], np.ndarray]:
             rng = np.random.default_rng([seed, 99, ti, sub])
             shape = (BANK, BANK)
             # tumour: subtype 0 glandular (nuclei around clear lumina), subtype 1 solid sheets
-            nuc = _nuclei(rng, shape, density * (1.0 if sub else 0.8), radius)
             e = eosin * (0.6 + 0.25 * rng.random(shape).astype(np.float32))
-            if sub == 0:
-                lumina = _nuclei(rng, shape, 0.00025, 4 * radius, 0.2)
-                nuc *= 1 - np.clip(lumina * 1.5, 0, 1)
-                e *= 1 - 0.8 * np.clip(lumina, 0, 1)
-            bank[(ctype, sub, "tumour")] = _to_rgb(1.3 * nuc + 0.08, e)
+            lumina = _nuclei(rng, shape, 0.00025, 4 * radius, 0.2) if sub == 0 else None
+            for kind, scale in zip(TUMOUR_CELLS, (1 + nucleus_contrast, 1 / (1 + nucleus_contrast))):
+                nuc = _nuclei(rng, shape, density * (1.0 if sub else 0.8) / scale ** 2, radius * scale)
+                ek = e
+                if lumina is not None:
+                    nuc *= 1 - np.clip(lumina * 1.5, 0, 1)
+                    ek = e * (1 - 0.8 * np.clip(lumina, 0, 1))
+                bank[(ctype, sub, f"tumour_{kind}")] = _to_rgb(1.3 * nuc + 0.08, ek)
             fib = _fibres(rng, shape, rng.uniform(0, np.pi))
             snuc = _nuclei(rng, shape, 0.0006, max(2, radius - 2), 0.5)
             bank[(ctype, sub, "stroma")] = _to_rgb(0.9 * snuc + 0.05, eosin * (0.8 + 0.25 * fib))
@@ -124,38 +138,59 @@ def fragment_geometry(rng, size: int, n_fragments: int) -> tuple[np.ndarray, np.
     return frag, xrank
 
 
-def tissue_classes(rng, size: int, n_fragments: int, pattern: str, programs: np.ndarray):
-    """Per-pixel class index (0 background, 1 + index in ``CLASSES``) and fragment id, ``[size, size]``."""
+def _smooth_field(rng, small: int, scale: int) -> np.ndarray:
+    """``[small, small]`` smooth random field with blobs of about ``scale`` px."""
+    n = max(2, small // scale)
+    return cv2.resize(rng.random((n, n)).astype(np.float32), (small, small), interpolation=cv2.INTER_CUBIC)
+
+
+def tissue_classes(rng, size: int, n_fragments: int, pattern: str, programs: np.ndarray, instability: str = "low",
+                   discordant_fragments: float = 0.0, fraction_noise: float = 0.0):
+    """Per-pixel class index (0 background, 1 + index in ``CLASSES``), fragment id and tumour cell kind
+    (1 large, 0 small, -1 not tumour), ``[size, size]``; the fragments that put the tumour on the other side."""
     small = size // GEOMETRY_SCALE
     frag, xrank = fragment_geometry(rng, small, n_fragments)
     immune, prolif, stroma, hypoxia = programs
-    f_tumour = float(np.clip(0.45 + 0.08 * prolif - 0.06 * stroma, 0.25, 0.65))
-    if pattern == PATTERNS[0]:  # left: the leftmost f_tumour of every fragment's area
-        tumour = (frag >= 0) & (xrank < f_tumour)
-    else:  # right: the rightmost part of the same area
-        tumour = (frag >= 0) & (xrank > 1 - f_tumour)
+    noise = rng.normal(0, fraction_noise, 3)
+    f_tumour = float(np.clip(0.45 + 0.08 * prolif - 0.06 * stroma + noise[0], 0.25, 0.65))
+    flipped = rng.random(n_fragments) < discordant_fragments  # fragments with the tumour on the other side
+    left = np.where(flipped, pattern != PATTERNS[0], pattern == PATTERNS[0])
+    left_px = left[np.clip(frag, 0, None)]
+    # left: the leftmost f_tumour of every fragment's area; right: the rightmost part of the same area
+    tumour = (frag >= 0) & np.where(left_px, xrank < f_tumour, xrank > 1 - f_tumour)
     blob = cv2.resize(rng.random((small // 8, small // 8)).astype(np.float32), (small, small), interpolation=cv2.INTER_CUBIC)
-    immune_frac = float(np.clip(0.15 + 0.08 * immune, 0.02, 0.4))
-    necrosis_frac = float(np.clip(0.05 + 0.06 * hypoxia, 0.0, 0.3))
+    immune_frac = float(np.clip(0.15 + 0.08 * immune + 0.6 * noise[1], 0.02, 0.4))
+    necrosis_frac = float(np.clip(0.05 + 0.06 * hypoxia + 0.4 * noise[2], 0.0, 0.3))
+    clone = _smooth_field(rng, small, CLONE_SCALE[instability])
+    large = clone > np.median(clone[tumour]) if tumour.any() else clone > 0.5  # equal areas of the two kinds
     cls = np.zeros((small, small), np.uint8)
     cls[frag >= 0] = 1 + CLASSES.index("stroma")
     cls[tumour] = 1 + CLASSES.index("tumour")
     cls[(frag >= 0) & ~tumour & (blob < immune_frac)] = 1 + CLASSES.index("immune")
     cls[tumour & (blob > 1 - necrosis_frac)] = 1 + CLASSES.index("necrosis")
+    kind = np.where(cls == 1 + CLASSES.index("tumour"), large.astype(np.int8), np.int8(-1))
     up = (size, size)
     return (cv2.resize(cls, up, interpolation=cv2.INTER_NEAREST),
-            cv2.resize(frag, up, interpolation=cv2.INTER_NEAREST))
+            cv2.resize(frag, up, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(kind, up, interpolation=cv2.INTER_NEAREST), flipped)
 
 
 def render_slide(rng, bank, ctype: str, sub: int, pattern: str, programs: np.ndarray, size: int,
-                 n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
-    """RGB ``[size, size, 3]`` slide and its per-pixel fragment map."""
-    cls, frag = tissue_classes(rng, size, n_fragments, pattern, programs)
+                 n_fragments: int, instability: str = "low", params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """RGB ``[size, size, 3]`` slide and its per-pixel fragment map.
+
+    ``params``: ``discordant_fragments`` and ``fraction_noise`` (:attr:`SynthConfig.slide_params`; default none).
+    """
+    p = params or {}
+    cls, frag, kind, _ = tissue_classes(rng, size, n_fragments, pattern, programs, instability,
+                                        p.get("discordant_fragments", 0.0), p.get("fraction_noise", 0.0))
     img = np.empty((size, size, 3), np.uint8)
     img[:] = np.array([242, 240, 244], np.uint8)
     reps = (size // BANK + 2, size // BANK + 2, 1)
-    for k, name in enumerate(CLASSES):
-        mask = (cls == k + 1).view(np.uint8)
+    layers = [(f"tumour_{TUMOUR_CELLS[0]}", kind == 1), (f"tumour_{TUMOUR_CELLS[1]}", kind == 0)]
+    layers += [(name, cls == k + 1) for k, name in enumerate(CLASSES) if name != "tumour"]
+    for name, where in layers:
+        mask = where.view(np.uint8)
         if not mask.any():
             continue
         oy, ox = rng.integers(0, BANK, 2)

@@ -53,6 +53,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "cpu"
     modalities: list[str] | None = None
+    complete_cases: bool = False  # train only on patients with every modality (the complete-case baseline)
     model_overrides: dict = field(default_factory=dict)
     transform_options: dict = field(default_factory=dict)
     rna_fm: str | None = None
@@ -199,6 +200,8 @@ class Trainer:
             torch.set_rng_state(self.state["rng_torch"])
             self.start_step = int(self.state["step"])
         self.train_idx = self.data.eligible(splits["train"])
+        if cfg.complete_cases:
+            self.train_idx = self.train_idx[self.data.n_valid[self.train_idx] == len(self.data.modalities)]
         spec = BatchSpec(cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.modality_dropout, self.rank, self.world)
         self.batches = StepBatches(self.data, self.train_idx, spec)
         self.net = self.model

@@ -1,0 +1,96 @@
+"""``ablate``: the seed statistics against scipy, the arms' error cases and the small-cohort batch rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from pathalign.errors import PathalignError
+from pathalign.evaluate.ablate import (AblationError, aggregate, arms, mean_ci, paired_difference, parse_seeds,
+                                       render_table, run_ablations, select_arms)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 11])
+def test_mean_ci_is_the_student_t_interval(n):
+    seed = 100 + n
+    x = np.random.default_rng(seed).normal(0.7, 0.1, n)
+    got = mean_ci(x)
+    low, high = scipy.stats.t.interval(0.95, n - 1, loc=x.mean(), scale=scipy.stats.sem(x))
+    assert got["n"] == n and got["mean"] == pytest.approx(x.mean()), seed
+    assert got["low"] == pytest.approx(low, rel=1e-10) and got["high"] == pytest.approx(high, rel=1e-10), seed
+    assert np.isnan(mean_ci([0.5])["half_width"])
+
+
+def test_paired_difference_is_the_paired_t_interval_by_seed():
+    seed = 7
+    rng = np.random.default_rng(seed)
+    full = rng.normal(0.8, 0.05, 5)
+    arm = full - 0.03 + rng.normal(0, 0.01, 5)
+    ref = scipy.stats.ttest_rel(arm, full).confidence_interval(0.95)
+    # seeds given out of order, and one seed only the arm has: pairing is by seed, the unpaired one is left out
+    a = {s: float(v) for s, v in zip([4, 2, 0, 3, 1], arm[[4, 2, 0, 3, 1]])}
+    a[9] = 0.1
+    f = {s: float(v) for s, v in enumerate(full)}
+    got = paired_difference(a, f)
+    assert got["seeds"] == [0, 1, 2, 3, 4]
+    assert got["low"] == pytest.approx(ref.low, rel=1e-10) and got["high"] == pytest.approx(ref.high, rel=1e-10), seed
+    assert got["excludes_zero"] == (ref.high < 0 or ref.low > 0)
+
+
+def test_aggregate_and_table():
+    per_seed = {s: {"full": {"t bal": 0.8 + 0.01 * s, "wsi-rna recall@5": 0.6 + 0.02 * s, "wsi-rna chance@5": 0.16},
+                    "worse": {"t bal": 0.6 + 0.012 * s, "wsi-rna recall@5": 0.61 + 0.01 * (s % 2)},
+                    "mean-pooling": {"t bal": 0.55}} for s in (0, 1, 2)}
+    table = aggregate(per_seed)
+    assert table["values"]["full"]["t bal"]["mean"] == pytest.approx(0.81)
+    diff = table["differences"]["worse"]["t bal"]
+    ref = scipy.stats.ttest_rel([0.6, 0.612, 0.624], [0.8, 0.81, 0.82]).confidence_interval(0.95)
+    assert diff["low"] == pytest.approx(ref.low) and diff["excludes_zero"]
+    assert "wsi-rna recall@5" not in table["values"]["mean-pooling"]
+    md = render_table(table)
+    assert "| t bal |" in md and "-0.198 [" in md and " *" in md and "chance 0.16" in md
+    assert "chance@5 |" not in md  # chance is shown beside recall, not as a row
+
+
+def test_unknown_arm_and_bad_seeds_are_clear_errors(features_cohort, tmp_path):
+    cohort, _, _ = features_cohort
+    available = arms("tiny", ["wsi", "rna", "snp", "cnv", "methylation"], wsi_dim=110)
+    assert select_arms(available, ["no-rope"]) == ["full", "no-rope"]
+    with pytest.raises(AblationError, match="unknown arm.*'bogus'.*known: full, no-rope"):
+        select_arms(available, ["no-rope", "bogus"])
+    with pytest.raises(AblationError, match="bogus"):  # before any training
+        run_ablations(cohort, tmp_path / "a", only=["bogus"], steps=1, progress=False)
+    assert not (tmp_path / "a").exists()
+    assert issubclass(AblationError, PathalignError)
+    assert parse_seeds("0,1, 2") == [0, 1, 2]
+    for bad in ("0,x", "1,1", ""):
+        with pytest.raises(AblationError, match="--seeds"):
+            parse_seeds(bad)
+    with pytest.raises(AblationError, match="--batch-size"):
+        run_ablations(cohort, tmp_path / "b", batch_size=1, progress=False)
+
+
+def test_small_cohort_clamps_the_batch_with_a_note_and_frozen_encoder_stays_at_init(features_cohort, tmp_path):
+    """A batch larger than an arm's training patients (the 30-patient case; complete cases are rarer still)
+    uses every patient and says so; the random-slide-encoder arm keeps the encoder at its initialisation."""
+    import torch
+
+    from pathalign.models.pathalign_model import PathAlignModel, load_model
+
+    cohort, _, _ = features_cohort
+    res = run_ablations(cohort, tmp_path / "abl", steps=2, seeds=[0], batch_size=500, max_tokens=32, bench=False,
+                        only=["complete-case", "random-slide-encoder"], progress=False)
+    assert set(res["models"][0]) == {"full", "complete-case", "random-slide-encoder"}
+    notes = " ".join(res["notes"])
+    assert "full, seed 0: batch size 500 >" in notes and "complete-case, seed 0: batch size 500 >" in notes
+    n_full = int(notes.split("full, seed 0: batch size 500 > ")[1].split()[0])
+    n_cc = int(notes.split("complete-case, seed 0: batch size 500 > ")[1].split()[0])
+    assert 2 <= n_cc < n_full
+    frozen = load_model(tmp_path / "abl" / "seed_0" / "random-slide-encoder" / "model")
+    torch.manual_seed(0)  # the trainer seeds the model's initialisation with the training seed
+    fresh = PathAlignModel(frozen.config)
+    for k, v in fresh.slide_encoder.state_dict().items():
+        assert torch.equal(v, frozen.slide_encoder.state_dict()[k]), k
+    trained = load_model(tmp_path / "abl" / "seed_0" / "full" / "model")
+    assert any(not torch.equal(v, trained.slide_encoder.state_dict()[k])
+               for k, v in fresh.slide_encoder.state_dict().items())
