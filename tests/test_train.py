@@ -93,13 +93,13 @@ def test_nan_loss_stops_with_step_and_patients_and_keeps_last_checkpoint(feature
     from pathalign.models.pathalign_model import PathAlignModel
 
     cohort, _, _ = features_cohort
-    real_forward = PathAlignModel.forward
+    real_embed = PathAlignModel.embed_batch
 
     def poisoned(self, batch):
-        loss, per_pair = real_forward(self, batch)
-        return (loss * float("nan"), per_pair) if batch["step"] == 14 else (loss, per_pair)
+        emb, valid = real_embed(self, batch)
+        return ({m: e * float("nan") for m, e in emb.items()} if batch["step"] == 14 else emb), valid
 
-    monkeypatch.setattr(PathAlignModel, "forward", poisoned)
+    monkeypatch.setattr(PathAlignModel, "embed_batch", poisoned)
     with pytest.raises(TrainingError, match=r"step 15; batch patients: TCGA-") as err:
         Trainer(cohort, tmp_path, _cfg(steps=30, checkpoint_every=10)).fit()
     assert "latest.txt" in str(err.value)

@@ -95,14 +95,14 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
             _write_group(fh, m, ids[m], embs[m], **extra)
             counts[m] = len(ids[m])
         pairs = fh.create_group("pairs")
-        for a, b in model.loss.pairs:
+        for a, b in model.pair_heads.pairs:
             if a not in embs or b not in embs:
                 continue
             g = pairs.create_group(f"{a}-{b}")
             with torch.no_grad():
-                g.create_dataset(a, data=model.loss.project(a, b, torch.from_numpy(embs[a])).numpy())
-                g.create_dataset(b, data=model.loss.project(b, a, torch.from_numpy(embs[b])).numpy())
-                t, bias = model.loss.temperature_bias(a, b)
+                g.create_dataset(a, data=model.pair_heads.project(a, b, torch.from_numpy(embs[a])).numpy())
+                g.create_dataset(b, data=model.pair_heads.project(b, a, torch.from_numpy(embs[b])).numpy())
+                t, bias = model.pair_heads.temperature_bias(a, b)
             g.attrs["t"], g.attrs["b"] = float(t.detach().exp()), float(bias.detach())
     if "wsi" in embs and trident_name:
         _write_trident(out_path.parent / f"slide_features_{trident_name}", ids["wsi"], embs["wsi"])

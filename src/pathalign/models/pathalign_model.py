@@ -1,4 +1,4 @@
-"""``PathAlignModel``: slide encoder + molecular encoders + multimodal SigLIP loss, from one config.
+"""``PathAlignModel``: slide encoder + molecular encoders + pair heads, from one config.
 
 A preset (``model_configs/*.json``) fixes the architecture; input dims come from the data
 (patch-feature dim from the features, molecular dims after preprocessing), so any patch
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .molecular import FrozenFMEncoder, MLPEncoder
 from .rna_fm import RNAFMConfig, RNAFoundationModel
-from .siglip import MultimodalSigLIPLoss
+from .pair_heads import PairHeads, PairProjection
 from .slide_encoder import SLIDE_ENCODER_PRESETS, SlideEncoder, SlideEncoderConfig
 
 MOLECULAR = ("rna", "snp", "cnv", "methylation")
@@ -80,7 +80,11 @@ class PathAlignConfig:
 
 
 class PathAlignModel(nn.Module):
-    """Encoders of every modality and the alignment loss."""
+    """Encoders of every modality and the pair heads (adapters, temperatures, biases).
+
+    The loss is not part of the model: :class:`~pathalign.models.siglip.MultimodalSigLIPLoss`
+    takes what :meth:`forward` returns.
+    """
 
     def __init__(self, config: PathAlignConfig):
         super().__init__()
@@ -96,15 +100,14 @@ class PathAlignModel(nn.Module):
             else:
                 self.encoders[m] = MLPEncoder(config.input_dims[m], config.embed_dim, config.mol_depth, config.dropout)
         dims = {m: (self.slide_encoder.config.output_dim if m == "wsi" else config.embed_dim) for m in config.modalities}
-        self.loss = MultimodalSigLIPLoss(dims, config.proj_dim, config.pair_adapters, config.balance,
-                                         config.shared_temperature, config.pairs)
+        self.pair_heads = PairHeads(dims, config.proj_dim, config.pair_adapters, config.shared_temperature, config.pairs)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.config.modalities)
 
     def output_dim(self, modality: str) -> int:
-        return self.loss.dims[modality]
+        return self.pair_heads.dims[modality]
 
     # ------------------------------------------------------------------ encoders
     def encode_slide(self, slides, mpps=None) -> Tensor:
@@ -132,7 +135,7 @@ class PathAlignModel(nn.Module):
 
     def similarity(self, mod_a: str, emb_a: Tensor, mod_b: str, emb_b: Tensor) -> Tensor:
         """Cosine similarity ``[n_a, n_b]`` in the space the pair (a, b) shares, through the pair adapters."""
-        return self.loss.project(mod_a, mod_b, emb_a) @ self.loss.project(mod_b, mod_a, emb_b).T
+        return self.pair_heads.similarity(mod_a, emb_a, mod_b, emb_b)
 
     def embed_batch(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Embeddings ``[B, d]`` and validity ``[B]`` per modality of a training batch.
@@ -154,11 +157,31 @@ class PathAlignModel(nn.Module):
                 emb[m] = self.encode_molecular(m, batch[m].to(self._device()))
         return emb, {m: v.to(self._device()) for m, v in valid.items()}
 
-    def forward(self, batch: dict):
-        """Loss on a training batch: ``(loss, per_pair)``."""
-        emb, valid = self.embed_batch(batch)
-        out = self.loss(emb, valid)
-        return out.loss, out.per_pair
+    def forward(self, batch: dict | None = None, *, embeddings: dict[str, Tensor] | None = None,
+                valid: dict[str, Tensor] | None = None, project: bool = True):
+        """A training batch through the encoders and/or the pair heads.
+
+        Three uses (all through ``forward`` so that a DDP wrapper sees every parameter):
+
+        - ``model(batch)``: :meth:`embed_batch` then the pair heads -> ``list[PairProjection]``
+          (what :class:`~pathalign.models.siglip.MultimodalSigLIPLoss` takes);
+        - ``model(batch, project=False)``: the encoders only -> ``(embeddings, valid)``;
+        - ``model(embeddings=emb, valid=valid)``: the pair heads only -> ``list[PairProjection]``
+          (e.g. on embeddings computed micro-batch by micro-batch, for gradient caching).
+        """
+        if batch is not None:
+            if embeddings is not None:
+                raise ValueError("give a batch or embeddings, not both")
+            embeddings, valid = self.embed_batch(batch)
+            if not project:
+                return embeddings, valid
+        elif embeddings is None or valid is None:
+            raise ValueError("give a batch, or embeddings and valid")
+        return self.project_pairs(embeddings, valid)
+
+    def project_pairs(self, embeddings: dict[str, Tensor], valid: dict[str, Tensor]) -> list[PairProjection]:
+        """The pair heads on per-modality embeddings ``[B, d_m]`` and validity ``[B]``."""
+        return self.pair_heads(embeddings, valid)
 
     def _device(self):
         return next(self.parameters()).device
@@ -190,9 +213,28 @@ def load_model(path: str | Path) -> PathAlignModel:
     fields = {k: v for k, v in cfg.items() if k in PathAlignConfig.__dataclass_fields__}
     model = PathAlignModel(PathAlignConfig(**fields))
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.load_state_dict(upgrade_state_dict(load_file(str(path / "model.safetensors"))))
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{path / 'model.safetensors'}: cannot load weights ({type(e).__name__}: {e})") from None
     model.preprocessing = json.loads((path / "preprocessing.json").read_text())
     model.extra = {k: v for k, v in cfg.items() if k not in fields}
     return model.eval()
+
+
+_RENAMED_PREFIXES = {"loss.": "pair_heads."}  # pathalign <= 0.1 kept the pair heads in the loss
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of an older pathalign layout with today's key names (others unchanged).
+
+    Models saved before the pair heads moved into the model hold ``loss.adapters.*``,
+    ``loss.log_t.*`` and ``loss.bias.*``; they are ``pair_heads.*`` now.
+    """
+    out = {}
+    for key, value in state.items():
+        for old, new in _RENAMED_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out

@@ -1,12 +1,13 @@
-"""Multimodal SigLIP loss with pair adapters and ValidPair masking (DESIGN §4).
+"""Multimodal SigLIP loss with ValidPair masking (DESIGN §4): a function of the pair projections.
 
-For every unordered pair {i, j} of modalities: ``u = l2norm(W_ij z_i)``, ``w = l2norm(W_ji z_j)``,
+The pair heads (``W_ij``, ``t_ij``, ``b_ij``) are part of the model (:mod:`.pair_heads`); the loss
+holds no parameters. For every unordered pair {i, j} of modalities: ``u = l2norm(W_ij z_i)``, ``w = l2norm(W_ji z_j)``,
 ``logits = exp(t_ij) u wᵀ + b_ij``, labels +1 on the diagonal (same patient) and -1 elsewhere,
 mask ``V = v_i ⊗ v_j``; ``loss_ij = -Σ V·logsigmoid(labels·logits) / max(1, #valid positives)``
 (``balance="siglip"``) or mean over valid positives + mean over valid negatives (``"pos_neg"``);
 the total is the mean over pairs with any valid entry. Invalid embeddings are replaced by zeros
-*before* anything is computed from them, so their values cannot matter and their gradients are
-exactly zero.
+(by the pair heads) *before* anything is computed from them, so their values cannot matter and
+their gradients are exactly zero.
 
 Distributed (``world_size > 1``): the column side ``w`` and its validity are all-gathered; the
 gather's backward sums the gradient from every rank into the owner's rows (reduce-scatter).
@@ -17,13 +18,14 @@ gradient equals the single-process gradient on the concatenated global batch. Th
 """
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .pair_heads import PairHeads, PairProjection, pair_key  # noqa: F401  (PairHeads: for the docstring example)
 
 BALANCES = ("siglip", "pos_neg")
 
@@ -34,10 +36,6 @@ class LossOutput:
 
     loss: Tensor
     per_pair: dict[str, Tensor] = field(default_factory=dict)
-
-
-def pair_key(a: str, b: str) -> str:
-    return f"{a}-{b}"
 
 
 def pair_terms(u: Tensor, w: Tensor, v_rows: Tensor, v_cols: Tensor, row_offset: int, t: Tensor, b: Tensor) -> dict:
@@ -102,96 +100,69 @@ class _Exchange:
 
 
 class MultimodalSigLIPLoss(nn.Module):
-    """All-pairwise sigmoid contrastive loss over modalities with pair adapters.
+    """All-pairwise sigmoid contrastive loss over the pair projections of a batch; holds no parameters.
+
+    The pair heads (adapters, temperatures, biases) belong to the model
+    (:class:`~pathalign.models.pair_heads.PairHeads`); this is a function of what they output.
 
     Args:
-        dims: embedding dim per modality (its order fixes the pair order).
-        proj_dim: dim of each pair's shared space.
-        pair_adapters: learn ``W_ij`` (False: identity; all dims must be equal).
         balance: ``"siglip"`` or ``"pos_neg"``.
-        shared_temperature: one ``t``/``b`` for every pair.
-        pairs: the pairs to train (default: all); e.g. ``[("wsi", "rna")]`` for a single-pair loss.
-        rank, world_size: distributed position (``world_size > 1`` needs ``torch.distributed``).
+        rank, world_size: distributed position (``world_size > 1`` needs ``torch.distributed``
+            initialised; every rank must call the loss with the same pairs).
+
+    Example:
+        >>> heads = PairHeads({"wsi": 8, "rna": 6}, proj_dim=4)
+        >>> loss_fn = MultimodalSigLIPLoss()
+        >>> z = {"wsi": torch.randn(5, 8), "rna": torch.randn(5, 6)}
+        >>> v = {m: torch.ones(5, dtype=torch.bool) for m in z}
+        >>> out = loss_fn(heads(z, v))
+        >>> sorted(out.per_pair)
+        ['wsi-rna']
     """
 
-    def __init__(self, dims: dict[str, int], proj_dim: int = 512, pair_adapters: bool = True, balance: str = "siglip",
-                 shared_temperature: bool = False, pairs=None, rank: int = 0, world_size: int = 1,
-                 init_t: float = math.log(10.0), init_b: float = -10.0):
+    def __init__(self, balance: str = "siglip", rank: int = 0, world_size: int = 1):
         super().__init__()
         if balance not in BALANCES:
             raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
-        if len(dims) < 2:
-            raise ValueError(f"the loss needs at least two modalities, got {list(dims)}")
-        self.dims = dict(dims)
-        self.modalities = list(dims)
-        self.pairs = [tuple(p) for p in pairs] if pairs is not None else list(itertools.combinations(self.modalities, 2))
-        for a, b in self.pairs:
-            if a not in dims or b not in dims or a == b:
-                raise ValueError(f"bad pair ({a}, {b}) for modalities {self.modalities}")
-        self.pair_adapters, self.balance, self.shared_temperature = pair_adapters, balance, shared_temperature
-        if not pair_adapters and len(set(dims.values())) != 1:
-            raise ValueError(f"pair_adapters=False needs one dim for every modality, got {dims}")
-        self.proj_dim = proj_dim if pair_adapters else next(iter(dims.values()))
-        self.adapters = nn.ModuleDict()
-        if pair_adapters:
-            for a, b in self.pairs:
-                self.adapters[f"{a}->{b}"] = nn.Linear(dims[a], proj_dim, bias=False)
-                self.adapters[f"{b}->{a}"] = nn.Linear(dims[b], proj_dim, bias=False)
-        names = ["shared"] if shared_temperature else [pair_key(a, b) for a, b in self.pairs]
-        self.log_t = nn.ParameterDict({n: nn.Parameter(torch.tensor(float(init_t))) for n in names})
-        self.bias = nn.ParameterDict({n: nn.Parameter(torch.tensor(float(init_b))) for n in names})
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.balance = balance
         self.exchange = _Exchange(rank, world_size)
 
-    def temperature_bias(self, a: str, b: str) -> tuple[Tensor, Tensor]:
-        name = "shared" if self.shared_temperature else pair_key(a, b)
-        return self.log_t[name], self.bias[name]
+    @property
+    def rank(self) -> int:
+        return self.exchange.rank
 
-    def project(self, src: str, dst: str, z: Tensor) -> Tensor:
-        """``l2norm(W_src->dst z)``: ``src`` embeddings in the space it shares with ``dst``."""
-        if self.pair_adapters:
-            z = self.adapters[f"{src}->{dst}"](z)
-        return F.normalize(z.float(), dim=-1)
+    @property
+    def world_size(self) -> int:
+        return self.exchange.world_size
 
-    def forward(self, embeddings: dict[str, Tensor], valid: dict[str, Tensor]) -> LossOutput:
+    def forward(self, pairs: Sequence[PairProjection]) -> LossOutput:
+        """The loss of a batch's pair projections (the output of ``PairHeads``).
+
+        Every pair given takes part in the graph; a pair with no valid entry anywhere in the
+        global batch adds exactly zero (value and gradient) and is left out of the mean and of
+        ``per_pair``.
+        """
         ex = self.exchange
-        local_b = None
-        clean = {}
-        for m in self.modalities:
-            if m not in embeddings:
-                continue
-            z, v = embeddings[m], valid[m].bool()
-            if local_b is None:
-                local_b = z.shape[0]
-            if z.shape[0] != local_b or v.shape[0] != local_b:
-                raise ValueError(f"modality {m!r}: {z.shape[0]} rows but the batch has {local_b}")
-            clean[m] = (torch.where(v[:, None], z, torch.zeros_like(z)), v)
-        if local_b is None:
-            raise ValueError("no embeddings given")
-        offset = ex.rank * local_b
         total, n_active, per_pair = None, 0, {}
-        for a, b in self.pairs:
-            if a not in clean or b not in clean:
-                continue
-            (za, va), (zb, vb) = clean[a], clean[b]
-            va_all, vb_all = ex.gather_nograd(va), ex.gather_nograd(vb)
-            if not (bool(va_all.any()) and bool(vb_all.any())):
-                continue  # no valid entry anywhere in the global batch: the pair contributes nothing
-            t, bias = self.temperature_bias(a, b)
-            u = self.project(a, b, za)
-            w_all = ex.gather(self.project(b, a, zb))
-            s = pair_terms(u, w_all, va, vb_all, offset, t, bias)
+        for p in pairs:
+            local_b = p.u.shape[0]
+            vb_all = ex.gather_nograd(p.valid_b)
+            w_all = ex.gather(p.w)
+            s = pair_terms(p.u, w_all, p.valid_a, vb_all, ex.rank * local_b, p.log_t, p.bias)
             n_pos, n_neg = ex.sum(s["n_pos"]), ex.sum(s["n_neg"])
             if self.balance == "siglip":
                 local = (s["pos_sum"] + s["neg_sum"]) / n_pos.clamp(min=1)
             else:
                 local = s["pos_sum"] / n_pos.clamp(min=1) + s["neg_sum"] / n_neg.clamp(min=1)
-            per_pair[pair_key(a, b)] = ex.sum(local).detach()
             total = local if total is None else total + local
-            n_active += 1
-        if total is None:  # nothing valid at all: a zero loss that still has a graph
-            zero = sum(p.sum() * 0 for p in self.parameters())
-            return LossOutput(zero, per_pair)
-        local_loss = total / n_active
+            if int(n_pos + n_neg) > 0:
+                per_pair[p.key] = ex.sum(local).detach()
+                n_active += 1
+        if total is None:  # no pair at all: a zero loss that still has a graph
+            return LossOutput(torch.zeros((), requires_grad=True), per_pair)
+        local_loss = total / max(1, n_active)
         if ex.world_size == 1:
             return LossOutput(local_loss, per_pair)
         # value = the global loss; gradient = world_size x the local term (undone by DDP's averaging)

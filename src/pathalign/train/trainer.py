@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..errors import PathalignError
 from ..cohort import load_cohort
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
-from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset
+from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
+from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import BatchSpec, CohortData, StepBatches, split_patients
 
 
@@ -88,12 +89,21 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float):
+DECAYED_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups chosen by module type: only the weights of linear/conv layers are decayed.
+
+    Everything else — biases, norm layers, embeddings, the CLS/register tokens (parameters a
+    module owns directly) and the pair heads' temperatures and biases — gets no weight decay.
+    Frozen parameters are left out.
+    """
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "token" in name or name.startswith("loss.log_t") or name.startswith("loss.bias") else decay).append(p)
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                (decay if isinstance(module, DECAYED_MODULES) and name == "weight" else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -164,12 +174,12 @@ class Trainer:
             self.model.slide_encoder.load_state_dict(published.state_dict())
         if rna_fm_cfg is not None and self.state is None:
             self.model.encoders["rna"].foundation.load_state_dict(fm.state_dict())
-        self.model.loss.exchange.rank, self.model.loss.exchange.world_size = self.rank, self.world
-        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+        self.loss_fn = MultimodalSigLIPLoss(self.model_config.balance, self.rank, self.world)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps, cfg.steps))
         self.start_step = 0
         if self.state is not None:
-            self.model.load_state_dict(self.state["model"])
+            self.model.load_state_dict(upgrade_state_dict(self.state["model"]))
             self.opt.load_state_dict(self.state["optimizer"])
             self.sched.load_state_dict(self.state["scheduler"])
             torch.set_rng_state(self.state["rng_torch"])
@@ -259,7 +269,8 @@ class Trainer:
             t_data = time.perf_counter()
             wait = t_data - t_last
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, per_pair = self.net(self._to_device(batch))
+                out = self.compute_loss(self._to_device(batch))
+            loss, per_pair = out.loss, out.per_pair
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({float(loss)}) at step {step + 1}; batch patients: "
                                     f"{', '.join(batch['patients'])}; last good checkpoint: "
@@ -298,6 +309,10 @@ class Trainer:
             atomic_write_json(metrics, self.run / "train_metrics.json")
         return metrics
 
+    def compute_loss(self, batch: dict) -> LossOutput:
+        """One step's forward: embed the batch, project it into the pair spaces, the loss (no backward)."""
+        return self.loss_fn(self.net(batch))
+
     def _to_device(self, batch: dict) -> dict:
         if self.device.type == "cpu":
             return batch
@@ -311,10 +326,10 @@ class Trainer:
     def _log_row(self, step, loss, per_pair, gnorm, wait, seconds) -> dict:
         row = {"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm),
                "data_wait": wait, "step_seconds": seconds}
-        for a, b in self.model.loss.pairs:
+        for a, b in self.model.pair_heads.pairs:
             key = f"{a}-{b}"
             row[f"loss_{key}"] = float(per_pair[key]) if key in per_pair else float("nan")
-            t, bias = self.model.loss.temperature_bias(a, b)
+            t, bias = self.model.pair_heads.temperature_bias(a, b)
             row[f"t_{key}"] = float(t.detach().exp())
             row[f"b_{key}"] = float(bias.detach())
         return row
