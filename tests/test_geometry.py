@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from pathalign.evaluate.geometry import (
+from pathalign.geometry import (
     effective_rank,
     linear_cka,
     mean_pairwise_cosine,

@@ -20,7 +20,7 @@ import itertools
 
 import numpy as np
 
-from .geometry import linear_cka, principal_angles, random_overlap_null, subspace_overlap
+from ..geometry import linear_cka, principal_angles, random_overlap_null, subspace_overlap
 
 
 def _null_summary(values: np.ndarray) -> dict[str, float]:

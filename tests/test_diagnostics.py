@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pathalign.evaluate.collapse import (
+from pathalign.train.diagnostics import (
     COLLAPSE_RANK,
     dominance_threshold,
     modality_health,
@@ -57,3 +57,46 @@ def test_pair_gradient_norms_equal_separate_backward_passes(seed):
         ref = torch.sqrt(sum(p.grad.double().pow(2).sum() for p in enc.parameters()))
         assert ours[name] == pytest.approx(float(ref), rel=1e-9), f"seed={seed} pair={name}"
     assert ours["b-c"] == 0.0  # reaches no encoder parameter
+
+
+def _model_and_batch(seed: int, modalities=("rna", "snp", "cnv", "methylation"), n: int = 32):
+    from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel
+
+    torch.manual_seed(seed)
+    dims = {m: 12 + 3 * i for i, m in enumerate(modalities)}
+    model = PathAlignModel(PathAlignConfig(modalities=list(modalities), input_dims=dims, embed_dim=16, proj_dim=8))
+    g = torch.Generator().manual_seed(seed)
+    batch = {"valid": {m: torch.ones(n, dtype=torch.bool) for m in modalities},
+             **{m: torch.randn(n, d, generator=g) for m, d in dims.items()}}
+    batch["valid"]["methylation"][: n // 4] = False  # missing for some patients
+    return model, batch
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_diagnose_is_quiet_on_a_healthy_model_and_fires_on_a_constant_encoder(seed):
+    from pathalign.train.diagnostics import diagnose
+
+    model, batch = _model_and_batch(seed)
+    healthy = diagnose(model, batch)
+    assert healthy["warnings"] == [], f"seed={seed}: {healthy['warnings']}"
+    assert healthy["health"]["methylation"].n == 24  # only the patients who have it
+    assert sum(healthy["grad_share"].values()) == pytest.approx(1.0)
+    assert model.training  # mode restored
+    with torch.no_grad():
+        model.encoders["snp"].proj.weight.zero_()  # snp now maps every patient to one vector
+    collapsed = diagnose(model, batch)
+    assert any("'snp' is collapsing" in w for w in collapsed["warnings"]), f"seed={seed}"
+    assert not any("'rna'" in w for w in collapsed["warnings"])
+
+
+def test_diagnose_names_a_dominating_pair():
+    from pathalign.train.diagnostics import diagnose
+
+    model, batch = _model_and_batch(3)
+    with torch.no_grad():
+        for name, adapter in model.pair_heads.adapters.items():
+            if name not in ("rna->cnv", "cnv->rna"):
+                adapter.weight.zero_()  # every other pair sees constant logits: no gradient reaches the encoders
+    result = diagnose(model, batch)
+    assert result["grad_share"]["rna-cnv"] == pytest.approx(1.0)
+    assert any(w.startswith("pair rna-cnv dominates") for w in result["warnings"])

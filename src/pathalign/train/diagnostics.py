@@ -5,7 +5,7 @@ to similar representations" and "overfitting to a dominant modality — one moda
 predictions; examine per-pair loss contributions". Measured on a fixed validation batch:
 
 * per modality: effective rank of the centred embeddings and mean pairwise cosine of the raw ones
-  (:mod:`pathalign.evaluate.geometry`);
+  (:mod:`pathalign.geometry`);
 * per pair: its share of the total loss and of the gradient norm reaching the shared encoders.
 
 Thresholds (chosen, see ``docs/choices.md``):
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import effective_rank, mean_pairwise_cosine
+from ..geometry import effective_rank, mean_pairwise_cosine
 
 COLLAPSE_RANK = 2.0
 COLLAPSE_COSINE = 0.95
@@ -101,3 +101,52 @@ def pair_gradient_norms(per_pair_loss: dict, params: list) -> dict[str, float]:
         sq = sum(float(g.detach().double().pow(2).sum()) for g in grads if g is not None)
         out[name] = sq ** 0.5
     return out
+
+
+def diagnose(model, batch: dict, balance: str = "siglip") -> dict:
+    """Collapse and imbalance figures of ``model`` on one (validation) batch, in eval mode.
+
+    Args:
+        model: a :class:`~pathalign.models.pathalign_model.PathAlignModel` (not DDP-wrapped).
+        batch: a training-layout batch (what :class:`~pathalign.train.data.CohortData` yields).
+        balance: the loss's balance setting (the model's config).
+    Returns:
+        ``{"health": {modality: ModalityHealth}, "loss_share": {pair: share},
+        "grad_share": {pair: share}, "grad_norm": {pair: norm}, "warnings": [str, ...]}``.
+    """
+    import torch
+
+    from ..models.siglip import MultimodalSigLIPLoss
+
+    was_training = model.training
+    model.eval()  # no dropout: the figures describe the model, not one dropout draw
+    try:
+        with torch.enable_grad():
+            emb, valid = model(batch, project=False)
+            loss_fn = MultimodalSigLIPLoss(balance=balance)
+            per_pair = {}
+            for p in model.project_pairs(emb, valid):
+                out = loss_fn([p])
+                if p.key in out.per_pair:  # a pair with a valid entry in this batch
+                    per_pair[p.key] = out.loss
+            encoders = [p for name, p in model.named_parameters() if not name.startswith("pair_heads.")]
+            norms = pair_gradient_norms(per_pair, encoders)
+        health = modality_health({m: emb[m][valid[m].bool()].detach().float().cpu().numpy() for m in emb})
+        grad_share = shares(norms)
+        return {"health": health, "loss_share": shares({k: float(v.detach()) for k, v in per_pair.items()}),
+                "grad_share": grad_share, "grad_norm": norms, "warnings": warnings_for(health, grad_share)}
+    finally:
+        model.train(was_training)
+
+
+def diagnostics_row(step: int, result: dict) -> dict:
+    """One flat CSV/TensorBoard row of :func:`diagnose`'s result (``erank/<m>``, ``cos/<m>``, ``grad_share/<pair>`` ...)."""
+    row: dict = {"step": step}
+    for m, h in result["health"].items():
+        row[f"erank/{m}"] = h.effective_rank
+        row[f"cos/{m}"] = h.mean_cosine
+    for pair, v in result["loss_share"].items():
+        row[f"loss_share/{pair}"] = v
+    for pair, v in result["grad_share"].items():
+        row[f"grad_share/{pair}"] = v
+    return row
