@@ -15,7 +15,7 @@ def test_same_source_overlap_finds_a_shared_subspace_and_not_a_random_one(seed):
     adapters = {("rna", "wsi"): rng.standard_normal((p, p)) @ basis,  # same rows, mixed
                 ("rna", "snp"): rng.standard_normal((p, p)) @ basis + 0.01 * rng.standard_normal((p, d)),
                 ("rna", "cnv"): rng.standard_normal((p, d))}
-    rows = {tuple(r["targets"]): r for r in same_source_overlaps(adapters, draws=100, seed=seed)}
+    rows = {tuple(r["targets"]): r for r in same_source_overlaps(adapters, k=p, draws=100, seed=seed)}
     shared = rows[("snp", "wsi")]
     assert shared["overlap"] > 0.99 and shared["above_null"], f"seed={seed}"
     assert max(shared["angles_deg"]) < 5

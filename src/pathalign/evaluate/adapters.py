@@ -4,9 +4,10 @@ The method's "first experiment 3": RNA→WSI and SNP→WSI projections should di
 pair-specific spaces should capture biologically meaningful relationships. Three views, each
 against a null of random matrices of the same shape:
 
-* **Same source** (W_ij vs W_ik, both read z_i): principal angles between the row spaces, i.e.
-  whether modality i shows the same directions to j and to k. Summarised as the subspace overlap
-  (mean squared cosine of the principal angles; 1 = the same subspace, chance = P / d_i).
+* **Same source** (W_ij vs W_ik, both read z_i): principal angles between the k input directions
+  each adapter amplifies most (top right singular vectors), i.e. whether modality i shows the
+  same directions to j and to k. Summarised as the subspace overlap (mean squared cosine of the
+  principal angles; 1 = the same subspace, chance about k / d_i).
 * **Same target** (W_ij vs W_kj, both land in a space shared with j): linear CKA of the projected
   embeddings W_ij z_i and W_kj z_k over the patients having i and k — whether two modalities
   agree, patient by patient, about what they align with j.
@@ -20,35 +21,48 @@ import itertools
 
 import numpy as np
 
-from ..geometry import linear_cka, principal_angles, random_overlap_null, subspace_overlap
+from ..geometry import linear_cka, principal_angles, subspace_overlap
 
 
 def _null_summary(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "q95": float(np.quantile(values, 0.95))}
 
 
-def same_source_overlaps(adapters: dict[tuple[str, str], np.ndarray], draws: int = 200,
+def top_row_space(w: np.ndarray, k: int) -> np.ndarray:
+    """Orthonormal basis ``[d, k]`` of the ``k`` input directions ``w`` [P, d] amplifies most (top right singular vectors)."""
+    _, _, vt = np.linalg.svd(np.asarray(w, dtype=np.float64), full_matrices=False)
+    return vt[:k].T
+
+
+def same_source_overlaps(adapters: dict[tuple[str, str], np.ndarray], k: int = 8, draws: int = 200,
                          seed: int = 0) -> list[dict]:
-    """Row-space overlap of every two adapters that read the same modality, with its random null.
+    """Overlap of the dominant input subspaces of every two adapters that read the same modality, with a null.
+
+    An adapter with ``P >= d`` rows spans all of ``z``; what tells two adapters apart is which
+    directions each amplifies most, so each is summarised by its top ``k`` right singular vectors.
 
     Args:
         adapters: ``{(source, target): W [P, d_source]}``.
-        draws: random matrix pairs in the null.
+        k: dominant directions compared per adapter (capped by the adapter's shape).
+        draws: random matrix pairs (same shapes) in the null.
     Returns:
-        One dict per (source, target a, target b): ``overlap``, ``angles_deg``, ``null`` (mean, q95),
+        One dict per (source, target a, target b): ``k``, ``overlap``, ``angles_deg``, ``null`` (mean, q95),
         ``above_null`` (overlap above the null's 95th percentile).
     """
+    rng = np.random.default_rng(seed)
     rows = []
     sources = sorted({s for s, _ in adapters})
     for s in sources:
         targets = sorted(t for (src, t) in adapters if src == s)
         for a, b in itertools.combinations(targets, 2):
             wa, wb = adapters[(s, a)], adapters[(s, b)]
-            # row spaces in z_s: columns of W^T [d_s, P]
-            ov = subspace_overlap(wa.T, wb.T)
-            null = random_overlap_null(wa.T.shape, wb.T.shape, draws, seed)
-            rows.append({"source": s, "targets": [a, b], "overlap": ov,
-                         "angles_deg": np.degrees(principal_angles(wa.T, wb.T)).round(2).tolist(),
+            kk = max(1, min(k, wa.shape[0], wb.shape[0], wa.shape[1] - 1))  # k < d, or every pair would overlap fully
+            qa, qb = top_row_space(wa, kk), top_row_space(wb, kk)
+            ov = subspace_overlap(qa, qb)
+            null = np.array([subspace_overlap(top_row_space(rng.standard_normal(wa.shape), kk),
+                                              top_row_space(rng.standard_normal(wb.shape), kk)) for _ in range(draws)])
+            rows.append({"source": s, "targets": [a, b], "k": kk, "overlap": ov,
+                         "angles_deg": np.degrees(principal_angles(qa, qb)).round(2).tolist(),
                          "null": _null_summary(null), "above_null": bool(ov > np.quantile(null, 0.95))})
     return rows
 
