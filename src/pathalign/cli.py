@@ -47,7 +47,9 @@ VERBS: dict[str, Verb] = {
                   out="file"),
     "bench": Verb("pathalign.evaluate.bench", "benchmark embeddings: probes, survival, retrieval, cross-modal retrieval"),
     "demo": Verb("pathalign.demo", "the whole life cycle on a synthetic cohort, with a report (what make demo runs)"),
-    "ablate": Verb("pathalign.evaluate.ablate", "train and bench the paper's ablations with one seed set"),
+    "ablate": Verb("pathalign.evaluate.ablate", "train and bench the paper's ablations over seeds (mean ± 95 % CI)"),
+    "analyze": Verb("pathalign.evaluate.analyze", "analyse a trained model: its pair adapters W_ij (subspaces, CKA, "
+                                                  "input attribution)"),
     "encode-example": Verb("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder",
                            out=None),
 }

@@ -295,7 +295,8 @@ def by_modality_subset(emb: dict, manifest: pd.DataFrame, preds: dict[str, pd.Da
 
 def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path, manifest: pd.DataFrame | None = None,
               seed: int = 0, plots: bool = True, progress: bool = True, recipe: Recipe | None = None,
-              allow_missing: bool = False) -> dict:
+              allow_missing: bool = False, missing_rates: list[float] | None = None,
+              missing_seeds: list[int] | None = None) -> dict:
     """Benchmark every embeddings file of ``models`` on ``tasks``; writes ``results.json`` and ``results.md``.
 
     Args:
@@ -309,6 +310,9 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
         recipe: probe recipe (default ``pathalign``).
         allow_missing: drop (and count) samples the split names but the embeddings lack; otherwise that is
             an error naming every task affected, raised before any probe runs.
+        missing_rates: when given, also the inference-time missing-modality degradation of every model with
+            molecular embeddings (:mod:`pathalign.evaluate.missing`) at these rates, one hiding plan per seed
+            of ``missing_seeds`` (default 0, 1, 2): ``missing_<model>.csv``/``.png`` and a section in the results.
 
     Returns:
         The results dictionary written to ``results.json``.
@@ -339,6 +343,9 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
             res["cross_modal_patients"] = "held-out (not seen in training)" if held_out is not None else "all"
             if manifest is not None:
                 res["by_modalities"] = by_modality_subset(emb, manifest, preds, held_out)
+        if missing_rates:
+            res["missing"] = _missing_curves(name, emb, tasks, missing_rates, missing_seeds or [0, 1, 2], out,
+                                             held_out, plots)
         results["models"][name] = res
     atomic_write_json(results, out / "results.json")
     atomic_write_text(render_markdown(results), out / "results.md")
@@ -347,6 +354,26 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
 
         plot_metrics(results, out / "probe_metrics.png")
     return results
+
+
+def _missing_curves(name: str, emb: dict, tasks: list[Task], rates: list[float], seeds: list[int], out: Path,
+                    held_out, plots: bool) -> dict:
+    """Degradation curves of one model (files ``missing_<name>.csv``/``.png``); their verdict for the results."""
+    from .missing import degradation, plot_curves, summarise, verdict
+
+    if not any(m in emb for m in ("rna", "snp", "cnv", "methylation")):
+        return {"skipped": "the embeddings have no molecular modality to hide"}
+    usable = [t for t in tasks if not t.error and "case_id" in t.table.columns]
+    df = degradation(emb, usable, rates, seeds, patients=held_out)
+    summary = summarise(df)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    atomic_write_text(summary.to_csv(index=False), out / f"missing_{stem}.csv")
+    if plots and len(summary):
+        plot_curves(summary, out / f"missing_{stem}.png")
+    v = verdict(summary)
+    return {"rates": list(rates), "seeds": list(seeds), "table": f"missing_{stem}.csv",
+            "retrieval_patients": "held-out" if held_out is not None else "all",
+            "verdict": v.to_dict(orient="records")}
 
 
 def _fmt(m: dict | None) -> str:
@@ -427,6 +454,15 @@ def render_markdown(results: dict) -> str:
                 else:
                     lines.append(f"| {p} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | "
                                  f"{r['chance@5']:.3f} | {r['n']} |")
+        miss = results["models"][m].get("missing")
+        if miss and "verdict" in miss:
+            lines += ["", f"Missing modalities at inference (rates {miss['rates']}, seeds {miss['seeds']}; curves in "
+                          f"`{miss['table']}` and its plot): metric with nothing hidden, with everything of the "
+                          "modality hidden, and the curve's shape.", "",
+                      "| task / pair | metric | hidden | at 0 | at 1 | drop | shape |", "|---|---|---|---|---|---|---|"]
+            for r in miss["verdict"]:
+                lines.append(f"| {r['name']} | {r['metric']} | {r['hidden']} | {r['at_0']:.3f} | {r['at_1']:.3f} | "
+                             f"{r['drop']:+.3f} | {r['shape']} |")
         sub = results["models"][m].get("by_modalities")
         if sub:
             cols = sorted({k for row in sub for k in row} - {"modalities", "patients"})
@@ -462,6 +498,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="folds for cohort-derived tasks")
     p.add_argument("--labels", default=None, help="comma-separated label columns (default: every categorical one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--missing-rates", default=None,
+                   help="comma-separated fractions (e.g. 0,0.25,0.5,0.75,1): also hide that fraction of each non-slide "
+                        "modality at inference and report every task and cross-modal pair as a curve")
+    p.add_argument("--missing-seeds", default="0,1,2", help="hiding plans per rate (default 0,1,2): the CI is over these")
     p.add_argument("--out", required=True, help="results folder")
 
 
@@ -485,6 +525,13 @@ def named_embeddings(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _floats(option: str, text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TaskError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
 def run(args) -> int:
     from ..cohort import load_cohort
 
@@ -502,6 +549,11 @@ def run(args) -> int:
     for t in tasks:
         if t.error:
             print(f"bench: task {t.name} skipped: {t.error}", file=sys.stderr)
-    run_bench(models, tasks, args.out, manifest, args.seed, recipe=recipe, allow_missing=args.allow_missing)
+    rates = _floats("--missing-rates", args.missing_rates) if args.missing_rates else None
+    if rates and any(not 0 <= r <= 1 for r in rates):
+        raise TaskError(f"--missing-rates must lie in [0, 1], got {args.missing_rates}")
+    seeds = [int(x) for x in _floats("--missing-seeds", args.missing_seeds)] if rates else None
+    run_bench(models, tasks, args.out, manifest, args.seed, recipe=recipe, allow_missing=args.allow_missing,
+              missing_rates=rates, missing_seeds=seeds)
     print((Path(args.out) / "results.md").read_text().split("## All metrics")[0])
     return 0

@@ -95,7 +95,7 @@ def _task_patients(task) -> pd.DataFrame:
 
 
 def degradation(emb: dict, tasks: list, rates: list[float], seeds: list[int],
-                ks: tuple[int, ...] = (5,)) -> pd.DataFrame:
+                ks: tuple[int, ...] = (5,), patients=None) -> pd.DataFrame:
     """Every classification task's balanced accuracy and every pair's recall@k under hidden modalities.
 
     Args:
@@ -104,6 +104,7 @@ def degradation(emb: dict, tasks: list, rates: list[float], seeds: list[int],
         rates: fractions of each non-slide modality hidden at inference.
         seeds: one hiding plan per seed.
         ks: recall@k cut-offs for cross-modal retrieval.
+        patients: restrict cross-modal retrieval to these patients (e.g. the model's held-out ones).
     Returns:
         Long table: ``kind`` (task|retrieval), ``name``, ``metric``, ``hidden`` (modality or ``all``),
         ``rate``, ``seed``, ``value``, ``n`` (patients scored) and, for retrieval, ``chance``.
@@ -124,7 +125,7 @@ def degradation(emb: dict, tasks: list, rates: list[float], seeds: list[int],
             if task.task_type == "classification":
                 rows += [dict(r, seed=seed) for r in _task_rows(task, blocks, variants, seed)]
         for target, rate, hide in variants:
-            rows += [dict(r, hidden=target, rate=rate, seed=seed) for r in _retrieval_rows(emb, hide, ks)]
+            rows += [dict(r, hidden=target, rate=rate, seed=seed) for r in _retrieval_rows(emb, hide, ks, patients)]
     return pd.DataFrame(rows)
 
 
@@ -155,12 +156,12 @@ def _task_rows(task, blocks, variants, seed) -> list[dict]:
              "rate": variants[v][1], "value": float(np.mean(s)), "n": int(len(t))} for v, s in scores.items()]
 
 
-def _retrieval_rows(emb, hide, ks) -> list[dict]:
+def _retrieval_rows(emb, hide, ks, patients=None) -> list[dict]:
     rows = []
     for key in sorted(emb.get("pairs", {})):
         a, b = key.split("-")
         try:
-            pids, xa, xb = patient_pair_space(emb, a, b)
+            pids, xa, xb = patient_pair_space(emb, a, b, patients)
         except (KeyError, ValueError):
             continue
         keep = [i for i, p in enumerate(pids) if p not in hide.get(a, ()) and p not in hide.get(b, ())]

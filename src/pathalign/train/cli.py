@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recompute slide-encoder blocks in the backward pass (less memory, ~1 extra forward)")
     p.add_argument("--feature-cache-mb", type=float, default=None,
                    help="slide-feature cache of all loader processes together, MiB (default 5%% of RAM, at most 4 GiB)")
+    p.add_argument("--diagnostics-every", type=int, default=None,
+                   help="every N steps, effective rank / mean cosine per modality and loss / gradient share per pair "
+                        "on a fixed validation batch (diagnostics.csv, TensorBoard, diagnostics.md; warnings on "
+                        "collapse or a dominating pair); default 50, 0 turns it off")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--quiet", action="store_true")
 
@@ -63,6 +67,7 @@ def run(args) -> int:
                  workers=args.workers, seed=args.seed, micro_batch=args.micro_batch,
                  micro_batch_tokens=args.micro_batch_tokens, feature_cache_mb=args.feature_cache_mb,
                  checkpoint_activations=args.checkpoint_activations or None,
+                 diagnostics_every=args.diagnostics_every,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     from ..devices import resolve_device

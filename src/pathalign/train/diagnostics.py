@@ -21,6 +21,7 @@ Thresholds (chosen, see ``docs/choices.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -150,3 +151,86 @@ def diagnostics_row(step: int, result: dict) -> dict:
     for pair, v in result["grad_share"].items():
         row[f"grad_share/{pair}"] = v
     return row
+
+
+class DiagnosticsLog:
+    """Every ``every`` steps: :func:`diagnose` on a fixed validation batch, a row in ``RUN/diagnostics.csv``
+    (and TensorBoard), warnings on stderr; :meth:`finish` writes ``RUN/diagnostics.md``.
+
+    A resumed run keeps the rows up to the step it resumes from (the file is rewritten atomically).
+    """
+
+    def __init__(self, run_dir, batch: dict, every: int, balance: str = "siglip", start_step: int = 0):
+        import csv
+
+        from ..io.atomic import atomic_write_text
+
+        self.path = Path(run_dir) / "diagnostics.csv"
+        self.batch, self.every, self.balance = batch, every, balance
+        self.rows: list[dict] = []
+        if self.path.is_file() and start_step > 0:
+            with open(self.path, newline="") as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
+        atomic_write_text(self._csv(), self.path)
+        self.warnings: dict[str, int] = {}
+        self.last: dict | None = None
+
+    def _csv(self) -> str:
+        import csv
+        import io
+
+        fields = list(dict.fromkeys(k for r in self.rows for k in r)) or ["step"]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(self.rows)
+        return buf.getvalue()
+
+    def maybe_log(self, step: int, model, last_step: bool = False, writer=None) -> list[str]:
+        """Diagnose at multiples of ``every`` (and at the last step); returns the new warnings."""
+        import sys
+
+        from ..io.atomic import atomic_write_text
+
+        if self.every <= 0 or not (step % self.every == 0 or last_step):
+            return []
+        result = diagnose(getattr(model, "module", model), self.batch, self.balance)
+        row = diagnostics_row(step, result)
+        self.rows.append(row)
+        atomic_write_text(self._csv(), self.path)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and np.isfinite(v):
+                    writer.add_scalar(f"diagnostics/{k}", v, step)
+        for w in result["warnings"]:
+            if w not in self.warnings:
+                print(f"pathalign: warning: step {step}: {w}", file=sys.stderr, flush=True)
+            self.warnings[w] = step
+        self.last = {"step": step, **result}
+        return result["warnings"]
+
+    def finish(self) -> dict:
+        """Summary for the run's metrics; writes ``diagnostics.md`` beside the CSV."""
+        from ..io.atomic import atomic_write_text
+
+        if self.last is None:
+            return {}
+        health = self.last["health"]
+        lines = ["# Training diagnostics", "",
+                 f"Fixed validation batch, every {self.every} steps (`diagnostics.csv`); last at step {self.last['step']}.",
+                 f"Collapse: effective rank < {COLLAPSE_RANK:g} or mean pairwise cosine > {COLLAPSE_COSINE:g}; "
+                 f"dominance: a pair's share of the encoder gradient norm > "
+                 f"{dominance_threshold(len(self.last['grad_share'])):.0%}.", "",
+                 "| modality | n | effective rank | mean cosine | collapsed |", "|---|---|---|---|---|"]
+        for m, h in health.items():
+            lines.append(f"| {m} | {h.n} | {h.effective_rank:.2f} | {h.mean_cosine:.3f} | {'yes' if h.collapsed else 'no'} |")
+        lines += ["", "| pair | loss share | gradient share |", "|---|---|---|"]
+        for pair, g in self.last["grad_share"].items():
+            lines.append(f"| {pair} | {self.last['loss_share'].get(pair, float('nan')):.2f} | {g:.2f} |")
+        lines += ["", "Warnings: " + ("none" if not self.warnings else "")]
+        lines += [f"- {w} (last seen at step {s})" for w, s in self.warnings.items()]
+        atomic_write_text("\n".join(lines) + "\n", self.path.with_suffix(".md"))
+        return {"step": self.last["step"], "warnings": list(self.warnings),
+                "effective_rank": {m: h.effective_rank for m, h in health.items()},
+                "mean_cosine": {m: h.mean_cosine for m, h in health.items()},
+                "grad_share": self.last["grad_share"], "loss_share": self.last["loss_share"]}

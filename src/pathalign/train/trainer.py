@@ -66,6 +66,7 @@ class TrainConfig:
     micro_batch_tokens: int | None = None  # with micro_batch: also cap the slide tokens per micro-batch
     checkpoint_activations: bool = False  # recompute slide-encoder blocks in the backward pass
     feature_cache_mb: float | None = None  # feature cache of all loader processes (None: 5 % of RAM, <= 4 GiB)
+    diagnostics_every: int = 50  # collapse/imbalance diagnostics on a fixed validation batch (0: off)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 2:
@@ -277,6 +278,7 @@ class Trainer:
                 writer = SummaryWriter(str(self.run / "tb"), purge_step=self.start_step + 1)
             except ImportError:
                 writer = None
+        diag = self._diagnostics() if is_main else None
         amp = self.device.type == "cuda"
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", disable=not (cfg.progress and is_main))
         self.net.train()
@@ -319,18 +321,33 @@ class Trainer:
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     self._log_fh.flush()
                     self.save_checkpoint(step)
+                if diag is not None:
+                    diag.maybe_log(step, self.model, step == cfg.steps, writer)
         bar.close()
         metrics = {"steps": step, "data_wait_fraction": wait_total / max(step_total, 1e-9)}
         if is_main:
             self._log_fh.close()
             if writer is not None:
                 writer.close()
+            if diag is not None:
+                metrics["diagnostics"] = diag.finish()
             self.export()
             from .plots import plot_loss_curves
 
             plot_loss_curves(self.run / "log.csv", self.run / "loss_curves.png")
             atomic_write_json(metrics, self.run / "train_metrics.json")
         return metrics
+
+    def _diagnostics(self):
+        """The diagnostics log on a fixed batch of validation patients (None when off or too few of them)."""
+        from .diagnostics import DiagnosticsLog
+
+        val_idx = self.data.eligible(self.splits.get("val", []))
+        if self.cfg.diagnostics_every <= 0 or len(val_idx) < 2:
+            return None
+        spec = BatchSpec(self.cfg.seed, min(len(val_idx), 128), self.cfg.max_tokens, 0.0)
+        batch = self._to_device(StepBatches(self.data, val_idx, spec)[0])
+        return DiagnosticsLog(self.run, batch, self.cfg.diagnostics_every, self.model.config.balance, self.start_step)
 
     def compute_loss(self, batch: dict) -> LossOutput:
         """One step's forward: embed the batch, project it into the pair spaces, the loss (no backward)."""
