@@ -43,6 +43,20 @@ def test_no_verb_prints_help(capsys):
                           "embed", "bench", "ablate", "demo"}
 
 
+def test_help_text_with_a_percent_sign(monkeypatch, capsys):
+    """argparse %-formats help strings: a verb's help with a literal '%' must still print."""
+    from pathalign import cli
+
+    monkeypatch.setitem(cli.VERBS, "pct", cli.Verb("pathalign.commands.encode_example", "mean ± 95 % CI (100%)"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    assert "mean ± 95 % CI (100%)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["pct", "--help"])
+    assert "usage: pathalign pct" in capsys.readouterr().out
+
+
 def _fresh_modules(code: str) -> set[str]:
     """Modules loaded by ``code`` in a fresh interpreter."""
     probe = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"

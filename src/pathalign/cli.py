@@ -91,11 +91,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pathalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in VERBS.items():
+        help_text = spec.help.replace("%", "%%")  # argparse %-formats help strings ("95 % CI" would raise)
         if name != verb:  # listed in --help; never parsed (main builds the parser for the verb it sees)
-            sub.add_parser(name, help=spec.help, add_help=False)
+            sub.add_parser(name, help=help_text, add_help=False)
             continue
         mod = importlib.import_module(spec.module)
-        p = sub.add_parser(name, help=spec.help, description=(mod.__doc__ or spec.help).strip(),
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or spec.help).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         if not any("--debug" in a.option_strings for a in p._actions):
