@@ -32,9 +32,12 @@ def test_a_full_disk_fails_only_the_slides_whose_write_fails(tmp_path):
     out = tmp_path / "out"
     base = [sys.executable, "-m", "pathalign"]
     # segmentation, thumbnails and coords first, without a limit (the crash came on a rerun that had coords)
-    pre = subprocess.run([*base, "patch", str(d), "--out", str(out), "--patch-size", "64", "--quiet"],
-                         capture_output=True, text=True, timeout=300)
-    assert pre.returncode == 0, pre.stdout + pre.stderr
+    from pathalign.slides.patch import PatchConfig
+    from pathalign.slides.pipeline import PipelineConfig, run_pipeline
+
+    pre = run_pipeline(sorted(d.iterdir()), PipelineConfig(out=out, stage="patch", progress=False,
+                                                           patch=PatchConfig(patch_size=64)))
+    assert (pre.status == "done").all(), pre
     extract = [*base, "extract", str(d), "--out", str(out), "--patch-size", "64", "--quiet"]
     # 16 KiB per file: the small slide's features fit, the big slides' do not
     proc = subprocess.run(extract, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(16 * 1024))

@@ -20,7 +20,7 @@ the summary is gathered on rank 0.
 Memory (per process) does not grow with the slide's area beyond its low-resolution mask:
 about two bytes per pixel of the slide at ``seg_mpp`` (the saturation channel and one working
 copy; 20 000 x 20 000 px = 0.8 GB for an 80 000-px slide at 0.5 µm/px and 2 µm/px), plus one
-read tile (``SlideReader.max_read_px``, 16.8 Mpx: ~0.2 GB with its RGBA copy), one band of the
+read tile (``SlideReader.max_read_px``, 4.2 Mpx: ~60 MB with its RGBA copies), one band of the
 patch raster (``patch.BAND_CELLS``, ~64 MB), one inference batch, and the per-patch outputs
 (coords, fragment ids, features: ~(24 + 2C) bytes per patch) — on top of the interpreter with
 torch (~0.9 GB). ``benchmarks/slide_memory.py`` measures it.

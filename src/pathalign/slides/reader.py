@@ -76,7 +76,7 @@ class SlideReader:
         return best
 
     #: the most pixels one backend call may return; larger requests are read tile by tile
-    max_read_px: int = 4096 * 4096
+    max_read_px: int = 2048 * 2048
 
     def _backend_read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """One backend call: RGB ``uint8 [h, w, 3]``, transparent pixels composited onto white."""

@@ -66,7 +66,7 @@ class Segmentation:
     config: SegmentConfig
 
 
-def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 4096,
+def low_res_image(slide: SlideReader, target_mpp: float, tile: int = 2048,
                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, float]:
     """Image of the whole slide at about ``target_mpp``; returns it and its downsample from level 0.
 
