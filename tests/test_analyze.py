@@ -1,0 +1,107 @@
+"""``pathalign analyze adapters`` on models trained on the synthetic cohort: true pairing vs shuffled patients."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathalign.cohort import CohortSources, build_cohort
+from pathalign.train.trainer import TrainConfig, Trainer
+
+MOLECULAR = ["rna", "snp", "cnv", "methylation"]
+
+
+def _shuffled_synth(syn, out, seed=0):
+    """The synthetic tables with the sample ids of every non-RNA modality permuted (independently):
+    the same values and missingness, but no patient's profiles belong together any more."""
+    rng = np.random.default_rng(seed)
+    out.mkdir()
+    for name in ("cnv_gistic.tsv", "methylation_beta.tsv.gz"):
+        df = pd.read_csv(syn / name, sep="\t")
+        cols = list(df.columns[1:])
+        df.columns = [df.columns[0]] + [cols[i] for i in rng.permutation(len(cols))]
+        df.to_csv(out / name, sep="\t", index=False)
+    lines = (syn / "mutations.maf").read_text().splitlines()
+    head = [ln for ln in lines if ln.startswith("#")]
+    maf = pd.read_csv(syn / "mutations.maf", sep="\t", comment="#")
+    barcodes = sorted(maf.Tumor_Sample_Barcode.unique())
+    mapping = dict(zip(barcodes, [barcodes[i] for i in rng.permutation(len(barcodes))]))
+    maf["Tumor_Sample_Barcode"] = maf.Tumor_Sample_Barcode.map(mapping)
+    (out / "mutations.maf").write_text("\n".join(head) + "\n" + maf.to_csv(sep="\t", index=False))
+    return out
+
+
+def _cohort(syn, tables, out):
+    build_cohort(CohortSources(clinical=str(syn / "clinical.tsv"), slides=str(syn / "slides.tsv"),
+                               rna=str(syn / "rna_tpm.tsv.gz"), maf=[str(tables / "mutations.maf")],
+                               cnv=str(tables / "cnv_gistic.tsv"), methylation=str(tables / "methylation_beta.tsv.gz")),
+                 out, progress=False)
+    return out
+
+
+def _train(cohort, run):
+    cfg = TrainConfig.from_preset("tiny", steps=120, batch_size=32, progress=False, seed=0, modalities=MOLECULAR,
+                                  checkpoint_every=1000, diagnostics_every=0)
+    Trainer(cohort, run, cfg).fit()
+    return run / "model"
+
+
+def _analyze(model, cohort, out):
+    cmd = [sys.executable, "-m", "pathalign", "analyze", "adapters", "--model", str(model), "--cohort", str(cohort),
+           "--out", str(out), "--null-draws", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "adapters.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def analyses(small_synth, small_cohort, tmp_path_factory):
+    syn, _ = small_synth
+    tmp = tmp_path_factory.mktemp("analyze")
+    true = _analyze(_train(small_cohort, tmp / "run_true"), small_cohort, tmp / "an_true")
+    shuffled_cohort = _cohort(syn, _shuffled_synth(syn, tmp / "shuffled"), tmp / "cohort_shuffled")
+    shuffled = _analyze(_train(shuffled_cohort, tmp / "run_shuffled"), shuffled_cohort, tmp / "an_shuffled")
+    return true, shuffled, tmp
+
+
+def test_shared_signal_ranks_above_the_null_and_above_a_shuffled_model(analyses):
+    true, shuffled, _ = analyses
+    t = [r for r in true["same_target"] if "cka" in r]
+    s = [r for r in shuffled["same_target"] if "cka" in r]
+    assert len(t) == 12 and len(s) == 12  # 4 targets x 3 source pairs
+    excess = lambda rows: np.mean([r["cka"] - r["null"]["q95"] for r in rows])  # noqa: E731
+    assert np.mean([r["above_null"] for r in t]) >= 0.75, [(r["target"], r["sources"], r["cka"]) for r in t]
+    assert np.mean([r["above_null"] for r in s]) <= 0.25, [(r["target"], r["sources"], r["cka"]) for r in s]
+    assert excess(t) > excess(s) + 0.02
+
+
+def test_outputs_and_attribution_name_input_features(analyses):
+    true, _, tmp = analyses
+    out = tmp / "an_true"
+    assert (out / "adapters.png").is_file() and (out / "attribution.png").is_file()
+    md = (out / "adapters.md").read_text()
+    assert "| rna | cnv vs methylation |" in md
+    assert set(true["attribution"]) == {f"{a}->{b}" for a in MOLECULAR for b in MOLECULAR if a != b}
+    snp_top = true["attribution"]["snp->cnv"]["top"]
+    assert len(snp_top) == 20 and all(f["score"] >= 0 for f in snp_top)
+    scores = [f["score"] for f in snp_top]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_model_cohort_mismatch_is_a_clear_error(analyses, small_cohort, tmp_path):
+    import shutil
+
+    _, _, tmp = analyses
+    bad = tmp_path / "model"
+    shutil.copytree(tmp / "run_true" / "model", bad)
+    pre = json.loads((bad / "preprocessing.json").read_text())
+    pre["cnv"]["features"] = [f"NOT_A_GENE_{i}" for i in range(len(pre["cnv"]["features"]))]
+    (bad / "preprocessing.json").write_text(json.dumps(pre))
+    proc = subprocess.run([sys.executable, "-m", "pathalign", "analyze", "adapters", "--model", str(bad), "--cohort",
+                           str(small_cohort), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cnv features are in the cohort" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
