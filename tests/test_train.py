@@ -42,7 +42,7 @@ def test_training_lowers_loss_and_aligns_held_out_wsi_and_rna(trained, tmp_path)
     assert (run / "loss_curves.png").is_file() and any((run / "tb").iterdir())
     embed_with_model(run / "model", cohort, tmp_path / "emb.h5", progress=False, trident_name="tiny")
     emb = read_embeddings(tmp_path / "emb.h5")
-    val = set(json.loads((run / "model" / "config.json").read_text())["splits"]["val"])
+    val = set(json.loads((run / "model" / "config.json").read_text())["training"]["splits"]["val"])
     res = cross_modal_retrieval(emb, "wsi", "rna", patients=val)
     assert res["n"] >= 20
     assert res["recall@5"] > 2.5 * res["chance@5"] and res["recall@5"] > res["chance@5"] + 0.3, res

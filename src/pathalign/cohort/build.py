@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 
 from ..io.atomic import atomic_write_df, atomic_write_json, atomic_write_text
+from ..modalities import MODALITIES, MOLECULAR
 from .ids import CohortInputError, Drop, IdRule, assign_patients, source_name
 from .readers import read_matrix, read_maf, read_table
 
-MOLECULAR = ("rna", "snp", "cnv", "methylation")
-MODALITIES = ("wsi",) + MOLECULAR
 RNA_UNITS = ("tpm", "counts", "fpkm", "log2tpm", "log2fpkm")
 CNV_KINDS = ("gistic", "log2")
 

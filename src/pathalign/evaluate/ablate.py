@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..modalities import MOLECULAR
 from ..models.pathalign_model import load_preset
-
-MOLECULAR = ("rna", "snp", "cnv", "methylation")
 
 
 def variants(preset: str, modalities: list[str]) -> dict[str, dict]:

@@ -15,6 +15,7 @@ gathered on rank 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import time
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from ..distributed import setup_distributed
 from ..io.atomic import atomic_write_df
 from .encoders import PatchEncoderError, build_patch_encoder
 from .extract import PatchDataset, extract_features
@@ -156,20 +157,12 @@ def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
     return row
 
 
-def _dist_info() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
     """Process ``slides`` (sharded across torchrun ranks); returns the summary (complete on rank 0)."""
-    rank, world, local = _dist_info()
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{local}"
+    info = setup_distributed(cfg.device)
+    rank, world = info.rank, info.world_size
+    if str(info.device) != cfg.device:
+        cfg = dataclasses.replace(cfg, device=str(info.device))
     encoder = None
     if cfg.stage == "extract":
         encoder = build_patch_encoder(cfg.encoder, cfg.weights, cfg.device)
