@@ -89,6 +89,36 @@ def test_resume_after_kill_ends_with_identical_weights(features_cohort, tmp_path
     assert len(pd.read_csv(tmp_path / "resumed" / "log.csv")) == 24
 
 
+def test_log_csv_keeps_earlier_rows_when_a_resumed_run_dies(features_cohort, tmp_path, monkeypatch):
+    """Issue 13 item 9: a kill during a resumed run must never lose the rows logged before it."""
+    cohort, _, _ = features_cohort
+    cfg = dict(steps=8, checkpoint_every=4, max_tokens=32)
+    original = Trainer.save_checkpoint
+
+    def kill_after_4(self, step):
+        path = original(self, step)
+        if step == 4:
+            raise _Killed
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_4)
+    with pytest.raises(_Killed):
+        Trainer(cohort, tmp_path, _cfg(**cfg)).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    assert list(pd.read_csv(tmp_path / "log.csv").step) == [1, 2, 3, 4]
+
+    def killed_before_first_step(self):
+        raise _Killed
+
+    monkeypatch.setattr(Trainer, "_loader", killed_before_first_step)
+    resumed = Trainer(cohort, tmp_path, _cfg(**cfg), resume=True)
+    with pytest.raises(_Killed):
+        resumed.fit()
+    # the process is "killed" here: whatever the open log handle still buffers is lost; the file must hold rows 1-4
+    assert list(pd.read_csv(tmp_path / "log.csv").step) == [1, 2, 3, 4]
+    resumed._log_fh.close()
+
+
 def test_nan_loss_stops_with_step_and_patients_and_keeps_last_checkpoint(features_cohort, tmp_path, monkeypatch):
     from pathalign.models.pathalign_model import PathAlignModel
 

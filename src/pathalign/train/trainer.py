@@ -372,17 +372,24 @@ class Trainer:
         return row
 
     def _open_log(self):
+        """``log.csv`` opened for appending; on resume, rows after the checkpoint are dropped first.
+
+        Rows already logged are never held only in memory: the trimmed file replaces the old one
+        atomically before anything is appended, so a kill at any moment keeps every row up to the
+        checkpoint (and, after a flush, the newer ones).
+        """
         path = self.run / "log.csv"
         fields = list(self._log_row(0, torch.tensor(0.0), {}, torch.tensor(0.0), 0.0, 1.0).keys())
         kept = []
         if path.is_file() and self.start_step > 0:  # drop rows logged after the checkpoint we resume from
-            with open(path) as fh:
+            with open(path, newline="") as fh:
                 kept = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.start_step]
-        self._log_fh = open(path, "w", newline="")
-        w = csv.DictWriter(self._log_fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(kept)
-        return w
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(kept)
+        self._log_fh = open(path, "a", newline="")
+        return csv.DictWriter(self._log_fh, fieldnames=fields)
 
     def export(self) -> Path:
         """Write ``RUN/model`` (``model.save_pretrained``: safetensors + config.json + model card)."""
