@@ -405,3 +405,39 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
     assert set(files) == {"model.safetensors", "config.json", "README.md"}
     assert json.loads(files["config.json"])["training"]["metrics"] == {"auc": 0.75}
     assert b"# tiny" in files["README.md"]
+
+
+def _ddp_worker(rank: int, world: int, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = PathAlignModel(PathAlignConfig(["rna", "snp", "cnv"], {"rna": 6, "snp": 4, "cnv": 5}, embed_dim=8,
+                                           proj_dim=4, dropout=0.0))
+    net = DDP(model, find_unused_parameters=True)  # as the trainer wraps it
+    loss_fn = MultimodalSigLIPLoss(rank=rank, world_size=world)
+    for step in range(3):  # a second backward is where DDP notices a parameter marked ready twice
+        g = torch.Generator().manual_seed(10 * step + rank)
+        batch = {"valid": {m: torch.ones(4, dtype=torch.bool) for m in ("rna", "snp", "cnv")},
+                 "rna": torch.randn(4, 6, generator=g), "snp": torch.randn(4, 4, generator=g),
+                 "cnv": torch.randn(4, 5, generator=g)}
+        if step == 2:
+            batch["valid"]["cnv"][:] = False  # a modality absent from the whole global batch
+        loss_fn(net(batch)).loss.backward()
+    dist.destroy_process_group()
+
+
+def test_model_output_through_ddp_trains_with_the_separate_loss():
+    """The pair heads' outputs (t, b included) reach the loss outside DDP's forward without breaking its reducer."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port), nprocs=2, join=True)
