@@ -52,7 +52,7 @@ def test_parity_batch_and_every_backend(reference):
     enc = SlideEncoder.from_exaone_path(_weights(reference))
     slides = [(f, xy, fr) for _, f, xy, fr in _slides(reference)]
     for backend in ("dense", "segment", "nested"):
-        enc.config.attention_backend = backend
+        enc.set_attention_backend(backend)
         outs = enc.encode_batch(slides)
         for b, out in enumerate(outs):
             assert rel_err(out["slide_embedding"], reference["output.slide_embedding"][b]) < 1e-5, backend
@@ -169,9 +169,9 @@ def test_backends_match_dense_reference_fp32(backend):
               random_slide(rng, 33, 24, 1)]
     singles = random_slide(rng, 50, 24, 5)
     slides.append((singles[0], singles[1], torch.where(torch.arange(50) < 3, torch.arange(50) + 1000, singles[2])))
-    enc.config.attention_backend = "dense"
+    enc.set_attention_backend("dense")
     ref = enc.encode_batch(slides)
-    enc.config.attention_backend = backend
+    enc.set_attention_backend(backend)
     out = enc.encode_batch(slides)
     for a, b in zip(out, ref):
         assert rel_err(a["slide_embedding"], b["slide_embedding"]) < 1e-5
@@ -183,9 +183,9 @@ def test_backends_match_dense_reference_bf16(backend):
     rng = seeded_rng()
     enc = _random_encoder(int(rng.integers(1 << 30)))
     slides = [random_slide(rng, 80, 24, 6), random_slide(rng, 1, 24, 1), random_slide(rng, 45, 24, 45)]
-    enc.config.attention_backend = "dense"
+    enc.set_attention_backend("dense")
     ref = enc.encode_batch(slides)
-    enc.config.attention_backend = backend
+    enc.set_attention_backend(backend)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = enc.encode_batch(slides)
     for a, b in zip(out, ref):
@@ -211,7 +211,7 @@ def test_default_path_allocates_nothing_of_size_t_by_t():
     slides = [random_slide(rng, 400, 24, 8), random_slide(rng, 300, 24, 6)]
     t = 700 + 2 * enc.config.n_prefix
     for backend, expect_big in (("auto", False), ("dense", True)):
-        enc.config.attention_backend = backend
+        enc.set_attention_backend(backend)
         with _LargestTensor() as probe:
             enc.encode_batch(slides)
         assert (probe.largest >= t * t) == expect_big, (backend, probe.largest, t * t)
@@ -223,9 +223,9 @@ def test_cuda_backends_match_dense(backend):
     rng = seeded_rng()
     enc = _random_encoder(1).cuda()
     slides = [random_slide(rng, 300, 24, 6), random_slide(rng, 1, 24, 1), random_slide(rng, 64, 24, 64)]
-    enc.config.attention_backend = "dense"
+    enc.set_attention_backend("dense")
     ref = enc.encode_batch(slides)
-    enc.config.attention_backend = backend
+    enc.set_attention_backend(backend)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = enc.encode_batch(slides)
     for a, b in zip(out, ref):

@@ -42,7 +42,7 @@ def test_training_lowers_loss_and_aligns_held_out_wsi_and_rna(trained, tmp_path)
     assert (run / "loss_curves.png").is_file() and any((run / "tb").iterdir())
     embed_with_model(run / "model", cohort, tmp_path / "emb.h5", progress=False, trident_name="tiny")
     emb = read_embeddings(tmp_path / "emb.h5")
-    val = set(json.loads((run / "model" / "config.json").read_text())["splits"]["val"])
+    val = set(json.loads((run / "model" / "config.json").read_text())["training"]["splits"]["val"])
     res = cross_modal_retrieval(emb, "wsi", "rna", patients=val)
     assert res["n"] >= 20
     assert res["recall@5"] > 2.5 * res["chance@5"] and res["recall@5"] > res["chance@5"] + 0.3, res
@@ -88,6 +88,36 @@ def test_resume_after_kill_ends_with_identical_weights(features_cohort, tmp_path
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert len(pd.read_csv(tmp_path / "resumed" / "log.csv")) == 24
+
+
+def test_log_csv_keeps_earlier_rows_when_a_resumed_run_dies(features_cohort, tmp_path, monkeypatch):
+    """Issue 13 item 9: a kill during a resumed run must never lose the rows logged before it."""
+    cohort, _, _ = features_cohort
+    cfg = dict(steps=8, checkpoint_every=4, max_tokens=32)
+    original = Trainer.save_checkpoint
+
+    def kill_after_4(self, step):
+        path = original(self, step)
+        if step == 4:
+            raise _Killed
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_4)
+    with pytest.raises(_Killed):
+        Trainer(cohort, tmp_path, _cfg(**cfg)).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    assert list(pd.read_csv(tmp_path / "log.csv").step) == [1, 2, 3, 4]
+
+    def killed_before_first_step(self):
+        raise _Killed
+
+    monkeypatch.setattr(Trainer, "_loader", killed_before_first_step)
+    resumed = Trainer(cohort, tmp_path, _cfg(**cfg), resume=True)
+    with pytest.raises(_Killed):
+        resumed.fit()
+    # the process is "killed" here: whatever the open log handle still buffers is lost; the file must hold rows 1-4
+    assert list(pd.read_csv(tmp_path / "log.csv").step) == [1, 2, 3, 4]
+    resumed._log_fh.close()
 
 
 def test_nan_loss_stops_with_step_and_patients_and_keeps_last_checkpoint(features_cohort, tmp_path, monkeypatch):

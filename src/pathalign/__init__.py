@@ -1,4 +1,11 @@
-"""pathalign: align whole-slide images with molecular profiles in one embedding space."""
+"""pathalign: align whole-slide images with molecular profiles in one embedding space.
+
+Example:
+    >>> import pathalign
+    >>> pathalign.list_models()
+    ['exaone-path-2.5', 'small', 'tiny']
+    >>> model = pathalign.load_model("runs/tcga/model")  # or "hf-hub:ORG/NAME"  # doctest: +SKIP
+"""
 from __future__ import annotations
 
 import importlib
@@ -16,6 +23,9 @@ _LAZY = {
     "PathAlignConfig": ".models.pathalign_model",
     "PathAlignModel": ".models.pathalign_model",
     "load_model": ".models.pathalign_model",
+    "create_model": ".models.pathalign_model",
+    "list_models": ".models.pathalign_model",
+    "PairHeads": ".models",
     "MultimodalSigLIPLoss": ".models.siglip",
     "read_patch_features": ".slides.features_io",
 }
@@ -28,6 +38,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here ("X as X" mar
     from .models import SlideInputError as SlideInputError
     from .models.pathalign_model import PathAlignConfig as PathAlignConfig
     from .models.pathalign_model import PathAlignModel as PathAlignModel
+    from .models import PairHeads as PairHeads
+    from .models.pathalign_model import create_model as create_model
+    from .models.pathalign_model import list_models as list_models
     from .models.pathalign_model import load_model as load_model
     from .models.siglip import MultimodalSigLIPLoss as MultimodalSigLIPLoss
     from .slides.features_io import read_patch_features as read_patch_features

@@ -23,11 +23,10 @@ import pandas as pd
 
 from .checks import METHYLATION_UNITS, check_values, drop_empty_samples
 from .folder import FORMAT_VERSION, check_complete, new_build_id, staged_folder, write_parquet
+from ..modalities import MODALITIES, MOLECULAR
 from .ids import CohortInputError, Drop, IdRule, assign_patients, source_name
 from .readers import read_matrix, read_maf, read_table
 
-MOLECULAR = ("rna", "snp", "cnv", "methylation")
-MODALITIES = ("wsi",) + MOLECULAR
 RNA_UNITS = ("tpm", "counts", "fpkm", "log2tpm", "log2fpkm")
 CNV_KINDS = ("gistic", "log2")
 

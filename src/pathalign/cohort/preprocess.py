@@ -9,7 +9,7 @@ imputed with the training mean and counted in ``last_imputed``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -119,8 +119,14 @@ class _Base:
 
     @staticmethod
     def from_state_dict(state: dict):
+        """The transform a :meth:`state_dict` describes; unknown keys are an error naming them."""
         state = dict(state)
-        return TRANSFORMS.get(state.pop("kind"))(**state)
+        cls = TRANSFORMS.get(state.pop("kind"))
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(state) - known)
+        if unknown:
+            raise CohortInputError(f"{cls.__name__} state: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**state)
 
 
 @TRANSFORMS.register("rna")
@@ -210,7 +216,12 @@ def make_transform(modality: str, cohort_meta: dict, **options):
             options.setdefault("gene_lengths", cohort_meta.get("gene_lengths"))
     if modality == "cnv":
         options.setdefault("cnv_kind", units.get("cnv", "gistic"))
-    return TRANSFORMS.get(modality)(**options)
+    cls = TRANSFORMS.get(modality)
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise CohortInputError(f"{modality} transform options: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**options)
 
 
 @TRANSFORMS.register("embedding")

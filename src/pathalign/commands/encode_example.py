@@ -30,7 +30,8 @@ def run(args) -> int:
     coords = np.stack([rng.integers(0, 200, args.patches) + 300 * frag, rng.integers(0, 200, args.patches)], 1) * 256
     feats = rng.standard_normal((args.patches, c)).astype(np.float32)
     t0 = time.perf_counter()
-    out = enc.encode(feats, coords, frag)
+    with torch.inference_mode():
+        out = enc.encode(feats, coords, frag)
     dt = time.perf_counter() - t0
     cfg = enc.config
     print(f"slide encoder: dim {cfg.dim}, depth {cfg.depth}, heads {cfg.num_heads}, registers {cfg.n_registers}, "

@@ -32,9 +32,9 @@ import numpy as np
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json, atomic_write_text
+from ..modalities import MOLECULAR
 from ..models.pathalign_model import load_preset
 
-MOLECULAR = ("rna", "snp", "cnv", "methylation")
 BASELINE = "mean-pooling"
 PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
 

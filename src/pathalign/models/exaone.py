@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..io.checkpoints import CheckpointError, read_state_dict
+from .slide_encoder_config import SlideEncoderConfig
 
 _RENAMES = {"storage_tokens": "register_tokens", "rope_embed.periods": "rope_periods"}
 _MARKER = "transformer."
@@ -36,8 +37,6 @@ def strip_to_transformer(sd: dict[str, Tensor], where: str = "state dict") -> di
 
 def infer_config(sd: dict[str, Tensor], where: str = "state dict", **overrides):
     """A :class:`SlideEncoderConfig` read off pathalign-named weights ``sd``."""
-    from .slide_encoder import SlideEncoderConfig
-
     try:
         proj = sd["patch_embed.proj.weight"]
         periods = sd["rope_periods"]

@@ -1,5 +1,6 @@
 """Molecular encoders (DESIGN §4): SNP, CNV, methylation as Linear + pre-norm residual SwiGLU;
-RNA as a frozen foundation model with a trainable head. One registry, ``MOLECULAR_ENCODERS``."""
+RNA as a frozen foundation model with a trainable head. One registry, ``MOLECULAR_ENCODERS``, whose
+entries' ``build(in_dim, dim, depth, dropout, **options)`` is how the model makes its encoders."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 from .layers import ResidualSwiGLU
+from .rna_fm import RNAFMConfig, RNAFoundationModel
 
 MOLECULAR_ENCODERS: Registry[type] = Registry("molecular encoder")
 
@@ -30,13 +32,25 @@ class MLPEncoder(nn.Module):
         self.blocks = nn.Sequential(*[ResidualSwiGLU(dim, dropout=dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
+    @classmethod
+    def build(cls, in_dim: int, dim: int, depth: int = 1, dropout: float = 0.1) -> "MLPEncoder":
+        """The registry's constructor (every entry's ``build`` takes ``in_dim, dim, depth, dropout, **options``)."""
+        return cls(in_dim, dim, depth, dropout)
+
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, in_dim]`` -> ``[B, dim]``."""
         return self.norm(self.blocks(self.drop(self.proj(x))))
 
 
 @MOLECULAR_ENCODERS.register("frozen_fm")
 class FrozenFMEncoder(nn.Module):
-    """A frozen foundation model (``encode(x) -> [B, fm_dim]``) followed by a trainable :class:`MLPEncoder` head."""
+    """A frozen foundation model (``encode(x) -> [B, fm_dim]``) followed by a trainable :class:`MLPEncoder` head.
+
+    Args:
+        foundation: the foundation model (its ``config.n_genes`` first input columns are its genes; any
+            further columns, missing-value indicators, are not fed to it).
+        dim, depth, dropout: the head (see :class:`MLPEncoder`).
+    """
 
     def __init__(self, foundation: nn.Module, dim: int, depth: int = 1, dropout: float = 0.1):
         super().__init__()
@@ -47,12 +61,24 @@ class FrozenFMEncoder(nn.Module):
         self.head = MLPEncoder(foundation.config.dim, dim, depth, dropout)
         self.dim = dim
 
-    def train(self, mode: bool = True):
+    @classmethod
+    def build(cls, in_dim: int, dim: int, depth: int = 1, dropout: float = 0.1,
+              fm_config: dict | None = None) -> "FrozenFMEncoder":
+        """The registry's constructor: an :class:`RNAFoundationModel` from ``fm_config`` (weights loaded later)."""
+        if fm_config is None:
+            raise ValueError("the frozen_fm encoder needs fm_config (the RNA foundation model's config)")
+        fm = RNAFoundationModel(RNAFMConfig(**fm_config))
+        if in_dim < fm.config.n_genes:
+            raise ValueError(f"{in_dim} input columns but the foundation model takes {fm.config.n_genes} genes")
+        return cls(fm, dim, depth, dropout)
+
+    def train(self, mode: bool = True) -> "FrozenFMEncoder":
         super().train(mode)
         self.foundation.eval()  # always frozen
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, in_dim]`` -> ``[B, dim]``."""
         with torch.no_grad():
             z = self.foundation.encode(x[:, : self.in_dim])  # missing-value indicator columns, if any, are not FM input
         return self.head(z)

@@ -153,5 +153,8 @@ class PairHeads(nn.Module):
             if a in clean and b in clean:
                 (za, va), (zb, vb) = clean[a], clean[b]
                 t, bias = self.temperature_bias(a, b)
-                out.append(PairProjection(a, b, self.project(a, b, za), self.project(b, a, zb), va, vb, t, bias))
+                # clone: outputs that are bare parameters have no grad_fn, so DDP (find_unused_parameters)
+                # would take t/b for unused at the end of forward and fail when the loss's gradient reaches them
+                out.append(PairProjection(a, b, self.project(a, b, za), self.project(b, a, zb), va, vb,
+                                          t.clone(), bias.clone()))
         return out

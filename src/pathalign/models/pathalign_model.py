@@ -1,43 +1,70 @@
 """``PathAlignModel``: slide encoder + molecular encoders + pair heads, from one config.
 
-A preset (``model_configs/*.json``) fixes the architecture; input dims come from the data
+A preset (:mod:`.presets`) fixes the architecture; input dims come from the data
 (patch-feature dim from the features, molecular dims after preprocessing), so any patch
-encoder works with any preset. Saved as a Hub-style folder: ``model.safetensors`` +
-``config.json`` + ``preprocessing.json``; ``load_model(path)`` restores it offline.
+encoder works with any preset. Saved as a Hub-style folder (:mod:`.model_folder`):
+``model.safetensors`` + ``config.json`` (sections) + a model card ``README.md``;
+``load_model(path or "hf-hub:ORG/NAME")`` restores it offline.
+
+Example:
+    >>> import pathalign
+    >>> model = pathalign.create_model("tiny", modalities=["wsi", "rna"], input_dims={"wsi": 46, "rna": 20})
+    >>> model.output_dim("rna")
+    64
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .molecular import FrozenFMEncoder, MLPEncoder
-from .rna_fm import RNAFMConfig, RNAFoundationModel
+from ..cohort.preprocess import TRANSFORMS
+from ..modalities import MOLECULAR, WSI, check_modalities
+from . import hub
+from .model_folder import (ConfigError, check_keys, dataclass_from_dict, legacy_preprocessing, make_config,
+                           read_config, read_weights, save_folder)
+from .molecular import MOLECULAR_ENCODERS
 from .pair_heads import PairHeads, PairProjection
-from .slide_encoder import SLIDE_ENCODER_PRESETS, SlideEncoder, SlideEncoderConfig
+from .presets import MODEL_PRESETS
+from .siglip import BALANCES
+from .slide_encoder import SlideEncoder
+from .slide_encoder_config import SLIDE_ENCODER_PRESETS, SlideEncoderConfig
 
-MOLECULAR = ("rna", "snp", "cnv", "methylation")
+ARCHITECTURE = "pathalign"
+MOLECULAR_DEFAULT_ENCODER = "mlp"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("pathalign.model_configs").iterdir() if p.name.endswith(".json"))
+    """Names of the model presets (``MODEL_PRESETS``)."""
+    return MODEL_PRESETS.names()
 
 
 def load_preset(name: str) -> dict:
-    """The JSON preset ``name`` (``model_configs/<name>.json``) as a dict."""
-    path = resources.files("pathalign.model_configs") / f"{name}.json"
-    if not path.is_file():
-        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(preset_names())}")
-    return json.loads(path.read_text())
+    """The model preset ``name`` as a dict: ``description``, the :class:`PathAlignConfig` fields, ``train``."""
+    p = MODEL_PRESETS.get(name)
+    return {"description": p.description, **p.model_fields(), "train": dict(p.train)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PathAlignConfig:
-    """Architecture of a :class:`PathAlignModel` (input dims included, once known from the data)."""
+    """Architecture of a :class:`PathAlignModel` (input dims included, once known from the data).
+
+    Attributes:
+        modalities: modalities the model encodes (``wsi`` and/or molecular layers), at least two.
+        input_dims: input dim per modality (patch-feature dim for ``wsi``; preprocessed columns otherwise).
+        slide_encoder: ``{"preset": name, **overrides}`` of ``SLIDE_ENCODER_PRESETS`` fields.
+        embed_dim, mol_depth, dropout: molecular encoders.
+        proj_dim, pair_adapters, shared_temperature, pairs: pair heads (:class:`PairHeads`).
+        balance: loss balance (``"siglip"`` or ``"pos_neg"``), recorded for training.
+        rna_encoder: ``MOLECULAR_ENCODERS`` entry for RNA (``"mlp"`` or ``"frozen_fm"``).
+        rna_fm: the RNA foundation model's config (``frozen_fm`` only).
+    """
 
     modalities: list[str]
     input_dims: dict[str, int]
@@ -50,33 +77,57 @@ class PathAlignConfig:
     balance: str = "siglip"
     shared_temperature: bool = False
     pairs: list[list[str]] | None = None
-    rna_encoder: str = "mlp"  # "mlp" on preprocessed RNA, or "frozen_fm" (pathalign's RNA foundation model)
+    rna_encoder: str = MOLECULAR_DEFAULT_ENCODER
     rna_fm: dict | None = None
 
     def __post_init__(self):
-        unknown = set(self.modalities) - {"wsi", *MOLECULAR}
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}")
+        check_modalities(self.modalities, "PathAlignConfig.modalities")
         if len(self.modalities) < 2:
             raise ValueError(f"training needs at least two modalities, got {self.modalities}")
         missing = [m for m in self.modalities if m not in self.input_dims]
         if missing:
             raise ValueError(f"no input dim for {missing}")
-        if self.rna_encoder not in ("mlp", "frozen_fm"):
-            raise ValueError(f"rna_encoder must be mlp or frozen_fm, got {self.rna_encoder!r}")
+        MOLECULAR_ENCODERS.get(self.rna_encoder)
+        if self.rna_encoder == "frozen_fm" and not self.rna_fm:
+            raise ValueError("rna_encoder='frozen_fm' needs rna_fm (the RNA foundation model's config)")
+        if self.balance not in BALANCES:
+            raise ValueError(f"balance must be one of {BALANCES}, got {self.balance!r}")
+        if WSI in self.modalities:
+            self.slide_encoder_config()  # unknown or bad slide-encoder settings fail here
 
     def slide_encoder_config(self) -> SlideEncoderConfig:
+        """The slide encoder's config: its preset with this config's overrides and input dim."""
         opts = dict(self.slide_encoder)
         base = SLIDE_ENCODER_PRESETS.get(opts.pop("preset", "tiny"))
-        opts["input_dim"] = self.input_dims["wsi"]
+        opts["input_dim"] = self.input_dims[WSI]
         return base.replace(**opts)
 
+    def encoder_kind(self, modality: str) -> str:
+        """The ``MOLECULAR_ENCODERS`` entry that encodes ``modality``."""
+        return self.rna_encoder if modality == "rna" else MOLECULAR_DEFAULT_ENCODER
+
+    def replace(self, **changes) -> "PathAlignConfig":
+        """A checked copy with ``changes``."""
+        check_keys(changes, [f.name for f in dataclasses.fields(self)], "PathAlignConfig.replace")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields, the slide encoder fully resolved (a saved model never depends on a preset)."""
+        d = asdict(self)
+        if WSI in self.modalities:
+            enc = asdict(self.slide_encoder_config())
+            enc.pop("input_dim")
+            d["slide_encoder"] = enc
+        return d
+
     @classmethod
-    def from_preset(cls, name: str, modalities: list[str], input_dims: dict[str, int], **overrides) -> "PathAlignConfig":
-        preset = load_preset(name)
-        fields = {k: v for k, v in preset.items() if k in cls.__dataclass_fields__}
+    def from_preset(cls, name: str, modalities: Sequence[str], input_dims: dict[str, int],
+                    **overrides) -> "PathAlignConfig":
+        """The preset ``name`` (``MODEL_PRESETS``) for these modalities and input dims, with ``overrides``."""
+        fields = MODEL_PRESETS.get(name).model_fields()
         fields.update(overrides)
-        return cls(modalities=modalities, input_dims=input_dims, **fields)
+        fields.update(modalities=list(modalities), input_dims=dict(input_dims))
+        return dataclass_from_dict(cls, fields, f"model settings (preset {name!r})")
 
 
 class PathAlignModel(nn.Module):
@@ -84,22 +135,37 @@ class PathAlignModel(nn.Module):
 
     The loss is not part of the model: :class:`~pathalign.models.siglip.MultimodalSigLIPLoss`
     takes what :meth:`forward` returns.
+
+    Args:
+        config: the architecture.
+        preprocessing: per-modality molecular transform states (see :meth:`transform`).
+        patch_encoder: ``{"name", "feature_dim"}`` of the patch features the slide encoder was trained on.
+        training: ``{"config", "splits", "data", "metrics"}`` of the training run (saved in the model card).
+
+    Example:
+        >>> model = PathAlignModel(PathAlignConfig(["rna", "snp"], {"rna": 20, "snp": 8}, embed_dim=16, proj_dim=8))
+        >>> z = model.encode_rna(torch.randn(3, 20))
+        >>> model.similarity("rna", z, "snp", model.encode_snp(torch.randn(4, 8))).shape
+        torch.Size([3, 4])
     """
 
-    def __init__(self, config: PathAlignConfig):
+    def __init__(self, config: PathAlignConfig, preprocessing: dict | None = None,
+                 patch_encoder: dict | None = None, training: dict | None = None):
         super().__init__()
         self.config = config
-        self.slide_encoder = SlideEncoder(config.slide_encoder_config()) if "wsi" in config.modalities else None
+        self.preprocessing: dict = dict(preprocessing or {})
+        self.patch_encoder: dict | None = dict(patch_encoder) if patch_encoder else None
+        self.training_info: dict | None = dict(training) if training else None
+        self.slide_encoder = SlideEncoder(config.slide_encoder_config()) if WSI in config.modalities else None
         self.encoders = nn.ModuleDict()
         for m in config.modalities:
-            if m == "wsi":
+            if m == WSI:
                 continue
-            if m == "rna" and config.rna_encoder == "frozen_fm":
-                fm = RNAFoundationModel(RNAFMConfig(**config.rna_fm))
-                self.encoders[m] = FrozenFMEncoder(fm, config.embed_dim, config.mol_depth, config.dropout)
-            else:
-                self.encoders[m] = MLPEncoder(config.input_dims[m], config.embed_dim, config.mol_depth, config.dropout)
-        dims = {m: (self.slide_encoder.config.output_dim if m == "wsi" else config.embed_dim) for m in config.modalities}
+            kind = config.encoder_kind(m)
+            options = {"fm_config": config.rna_fm} if kind == "frozen_fm" else {}
+            self.encoders[m] = MOLECULAR_ENCODERS.get(kind).build(config.input_dims[m], config.embed_dim,
+                                                                  config.mol_depth, config.dropout, **options)
+        dims = {m: (self.slide_encoder.config.output_dim if m == WSI else config.embed_dim) for m in config.modalities}
         self.pair_heads = PairHeads(dims, config.proj_dim, config.pair_adapters, config.shared_temperature, config.pairs)
 
     @property
@@ -107,37 +173,85 @@ class PathAlignModel(nn.Module):
         return list(self.config.modalities)
 
     def output_dim(self, modality: str) -> int:
+        """Dim of ``modality``'s embedding (before the pair heads)."""
         return self.pair_heads.dims[modality]
 
+    @property
+    def extra(self) -> dict:
+        """Run information in the layout older callers read (``splits``, ``train_config``, ``features_dim``)."""
+        t = self.training_info or {}
+        out = {k: t[src] for k, src in (("splits", "splits"), ("train_config", "config")) if src in t}
+        if self.patch_encoder:
+            out["features_dim"] = self.patch_encoder.get("feature_dim")
+        return out
+
     # ------------------------------------------------------------------ encoders
-    def encode_slide(self, slides, mpps=None, names=None) -> Tensor:
+    def encode_slide(self, slides: Sequence[tuple], mpps: Sequence[float | None] | None = None,
+                     names: Sequence[str] | None = None) -> Tensor:
         """Slide embeddings ``[S, D_wsi]`` of ``[(features, coords, fragment), ...]`` (one packed pass);
         ``names`` (slide ids) are named in input errors."""
         if self.slide_encoder is None:
             raise KeyError("this model has no slide encoder (trained without WSI)")
-        return torch.stack([o["slide_embedding"] for o in self.slide_encoder.encode_batch(slides, mpps, names)])
+        return self.slide_encoder(slides, mpps, names)
 
     def encode_molecular(self, modality: str, x: Tensor) -> Tensor:
+        """Embeddings ``[B, embed_dim]`` of preprocessed molecular inputs ``x`` ``[B, input_dims[modality]]``."""
         if modality not in self.encoders:
             raise KeyError(f"this model has no {modality} encoder; it has {list(self.encoders)}")
         return self.encoders[modality](x.float())
 
     def encode_rna(self, x: Tensor) -> Tensor:
+        """See :meth:`encode_molecular`."""
         return self.encode_molecular("rna", x)
 
     def encode_snp(self, x: Tensor) -> Tensor:
+        """See :meth:`encode_molecular`."""
         return self.encode_molecular("snp", x)
 
     def encode_cnv(self, x: Tensor) -> Tensor:
+        """See :meth:`encode_molecular`."""
         return self.encode_molecular("cnv", x)
 
     def encode_methylation(self, x: Tensor) -> Tensor:
+        """See :meth:`encode_molecular`."""
         return self.encode_molecular("methylation", x)
 
     def similarity(self, mod_a: str, emb_a: Tensor, mod_b: str, emb_b: Tensor) -> Tensor:
-        """Cosine similarity ``[n_a, n_b]`` in the space the pair (a, b) shares, through the pair adapters."""
+        """Cosine similarity ``[n_a, n_b]`` in the space the pair (a, b) shares, through the pair heads."""
         return self.pair_heads.similarity(mod_a, emb_a, mod_b, emb_b)
 
+    # ------------------------------------------------------------------ preprocessing
+    def transform(self, modality: str) -> Any:
+        """The fitted molecular transform of ``modality`` (``TRANSFORMS``), as saved with the model."""
+        if modality not in self.preprocessing:
+            raise KeyError(f"this model has no preprocessing for {modality!r}; it has {sorted(self.preprocessing)}")
+        state = self.preprocessing[modality]
+        if not isinstance(state, dict) or "kind" not in state:
+            raise ConfigError(f"bad preprocessing state for {modality!r}")
+        return TRANSFORMS.get(state["kind"]).from_state_dict(state)
+
+    def preprocess(self, modality: str, table: pd.DataFrame) -> Tensor:
+        """Model inputs ``float32 [n, input_dims[modality]]`` of a raw table (rows = patients, columns = features).
+
+        Example:
+            >>> x = model.preprocess("rna", tpm_table)  # doctest: +SKIP
+            >>> z = model.encode_rna(x)  # doctest: +SKIP
+        """
+        return torch.from_numpy(np.ascontiguousarray(self.transform(modality).transform(table)))
+
+    def check_patch_encoder(self, encoder: str | None, where: str = "features") -> None:
+        """Refuse patch features made by another patch encoder than the one this model was trained on.
+
+        Args:
+            encoder: the ``encoder`` attribute of the features file(s) (None: unknown, accepted).
+            where: the file or folder named in the error.
+        """
+        trained = (self.patch_encoder or {}).get("name")
+        if trained and encoder and str(encoder) != trained:
+            raise ConfigError(f"{where}: patch features from encoder {encoder!r}, but this model was trained on "
+                              f"{trained!r} features; extract them with 'pathalign preprocess --encoder {trained}'")
+
+    # ------------------------------------------------------------------ training interface
     def embed_batch(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Embeddings ``[B, d]`` and validity ``[B]`` per modality of a training batch.
 
@@ -148,8 +262,8 @@ class PathAlignModel(nn.Module):
         b = next(iter(valid.values())).shape[0]
         emb = {}
         for m in self.modalities:
-            if m == "wsi":
-                out = torch.zeros(b, self.output_dim("wsi"), device=self._device())
+            if m == WSI:
+                out = torch.zeros(b, self.output_dim(WSI), device=self._device())
                 rows = batch["slide_rows"]
                 if len(rows):
                     out = out.index_copy(0, rows.to(out.device), self.encode_slide(batch["slides"], names=batch.get("slide_ids")).to(out.dtype))
@@ -184,42 +298,45 @@ class PathAlignModel(nn.Module):
         """The pair heads on per-modality embeddings ``[B, d_m]`` and validity ``[B]``."""
         return self.pair_heads(embeddings, valid)
 
-    def _device(self):
+    def _device(self) -> torch.device:
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path, preprocessing: dict, extra: dict | None = None) -> None:
-        """Write ``model.safetensors``, ``config.json`` and ``preprocessing.json`` to ``path`` (atomically each)."""
-        from safetensors.torch import save_file
+    def export_config(self, metrics: dict | None = None) -> dict:
+        """The ``config.json`` object of this model (sections; see :mod:`.model_folder`)."""
+        training = dict(self.training_info or {})
+        if metrics:
+            training["metrics"] = {**training.get("metrics", {}), **metrics}
+        return make_config(ARCHITECTURE, self.config.to_dict(), self.preprocessing, training or None,
+                           self.patch_encoder)
 
-        from ..io.atomic import atomic_path, atomic_write_json
+    def save_pretrained(self, path: str | Path, metrics: dict | None = None, name: str | None = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and the model card ``README.md`` into ``path``.
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / "model.safetensors") as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
-        atomic_write_json({"kind": "pathalign", **asdict(self.config), **(extra or {})}, path / "config.json")
-        atomic_write_json(preprocessing, path / "preprocessing.json")
+        Args:
+            path: the folder (created; each file written atomically).
+            metrics: evaluation results to record in the config and the model card.
+            name: the model's name in the card (default: the folder name).
 
+        Example:
+            >>> model.save_pretrained("runs/tcga/model", metrics={"wsi-rna recall@5": 0.41})  # doctest: +SKIP
+            >>> pathalign.load_model("runs/tcga/model")  # doctest: +SKIP
+        """
+        config = self.export_config(metrics)
+        return save_folder(path, self.state_dict(), config, hub.model_card(config, name or Path(path).name))
 
-def load_model(path: str | Path) -> PathAlignModel:
-    """A saved :class:`PathAlignModel` in eval mode (``.preprocessing`` holds the transforms' state)."""
-    from safetensors.torch import load_file
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False,
+                    metrics: dict | None = None, commit_message: str = "Upload pathalign model") -> str:
+        """Save the model (as :meth:`save_pretrained`) and upload it to the Hub repository ``repo_id``.
 
-    path = Path(path)
-    for name in ("model.safetensors", "config.json", "preprocessing.json"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path}: not a pathalign model folder (no {name})")
-    cfg = json.loads((path / "config.json").read_text())
-    fields = {k: v for k, v in cfg.items() if k in PathAlignConfig.__dataclass_fields__}
-    model = PathAlignModel(PathAlignConfig(**fields))
-    try:
-        model.load_state_dict(upgrade_state_dict(load_file(str(path / "model.safetensors"))))
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path / 'model.safetensors'}: cannot load weights ({type(e).__name__}: {e})") from None
-    model.preprocessing = json.loads((path / "preprocessing.json").read_text())
-    model.extra = {k: v for k, v in cfg.items() if k not in fields}
-    return model.eval()
+        Returns:
+            The repository URL. Load it back with ``pathalign.load_model("hf-hub:" + repo_id)``.
+        """
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp) / "model", metrics=metrics, name=repo_id.split("/")[-1])
+            return hub.push_folder(Path(tmp) / "model", repo_id, token, private, commit_message)
 
 
 _RENAMED_PREFIXES = {"loss.": "pair_heads."}  # pathalign <= 0.1 kept the pair heads in the loss
@@ -239,3 +356,78 @@ def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 break
         out[key] = value
     return out
+
+
+def _legacy_config(flat: dict, path: Path) -> dict:
+    """A flat pathalign <= 0.1 ``config.json`` (+ ``preprocessing.json``) in today's sections."""
+    flat = {k: v for k, v in flat.items() if k != "kind"}
+    names = {f.name for f in dataclasses.fields(PathAlignConfig)}
+    model_args = {k: flat.pop(k) for k in list(flat) if k in names}
+    training = {new: flat.pop(old) for old, new in (("train_config", "config"), ("splits", "splits")) if old in flat}
+    feature_dim = flat.pop("features_dim", None)
+    check_keys(flat, [], f"{path / 'config.json'} (old layout)")
+    pe = {"name": None, "feature_dim": feature_dim} if feature_dim is not None else None
+    return make_config(ARCHITECTURE, model_args, legacy_preprocessing(path), training or None, pe)
+
+
+def load_model(path: str | Path) -> PathAlignModel:
+    """A saved :class:`PathAlignModel` in eval mode, from a folder or ``"hf-hub:ORG/NAME[@revision]"``.
+
+    Folders written by older pathalign versions (flat ``config.json``, ``preprocessing.json``,
+    ``loss.*`` weights) are converted on load; ``save_pretrained`` writes them in today's layout.
+
+    Example:
+        >>> model = pathalign.load_model("hf-hub:my-lab/pathalign-tcga")  # doctest: +SKIP
+        >>> model.patch_encoder["name"]  # doctest: +SKIP
+        'exaone-path-2.5'
+    """
+    folder = hub.resolve_hub_folder(path) if hub.is_hub_id(path) else Path(path)
+    cfg = read_config(folder, ARCHITECTURE, _legacy_config, hint="; train one with 'pathalign train'")
+    where = folder / "config.json"
+    config = dataclass_from_dict(PathAlignConfig, cfg["model_args"], f"{where} model_args")
+    model = PathAlignModel(config, cfg.get("preprocessing"), cfg.get("patch_encoder"), cfg.get("training"))
+    try:
+        model.load_state_dict(upgrade_state_dict(read_weights(folder)))
+    except RuntimeError as e:
+        raise ConfigError(f"{folder / 'model.safetensors'}: weights do not fit config.json ({str(e)[:300]})") from None
+    return model.eval()
+
+
+def create_model(name_or_path: str | Path, modalities: Sequence[str] | None = None,
+                 input_dims: dict[str, int] | None = None, **overrides) -> PathAlignModel:
+    """A model from a preset name (randomly initialised) or a saved one (path or ``hf-hub:`` id).
+
+    Args:
+        name_or_path: a name in :func:`list_models`, a model folder, or ``"hf-hub:ORG/NAME"``.
+        modalities, input_dims: required for a preset (input dims come from the data).
+        **overrides: :class:`PathAlignConfig` fields to change in the preset.
+
+    Example:
+        >>> m = create_model("tiny", modalities=["wsi", "rna"], input_dims={"wsi": 46, "rna": 30})
+        >>> sorted(m.encoders)
+        ['rna']
+    """
+    if isinstance(name_or_path, str) and name_or_path in MODEL_PRESETS:
+        if modalities is None or input_dims is None:
+            raise ValueError(f"create_model({name_or_path!r}) builds a new model: give modalities and input_dims")
+        return PathAlignModel(PathAlignConfig.from_preset(name_or_path, modalities, input_dims, **overrides))
+    if hub.is_hub_id(name_or_path) or Path(name_or_path).is_dir():
+        if overrides:
+            raise ValueError(f"{name_or_path}: a saved model cannot take overrides {sorted(overrides)}")
+        return load_model(name_or_path)
+    raise KeyError(f"{name_or_path!r} is neither a model preset ({', '.join(MODEL_PRESETS.names())}), "
+                   f"a model folder nor an hf-hub: id")
+
+
+def list_models() -> list[str]:
+    """Names of the model presets :func:`create_model` builds.
+
+    Example:
+        >>> list_models()
+        ['exaone-path-2.5', 'small', 'tiny']
+    """
+    return MODEL_PRESETS.names()
+
+
+__all__ = ["ARCHITECTURE", "MOLECULAR", "PathAlignConfig", "PathAlignModel", "create_model", "list_models",
+           "load_model", "load_preset", "preset_names", "upgrade_state_dict"]

@@ -7,14 +7,17 @@ data are hidden the same way, so no missing value is ever fed as if measured.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .layers import ResidualSwiGLU
+from .model_folder import (ConfigError, check_keys, dataclass_from_dict, legacy_preprocessing, make_config,
+                           read_config, read_weights, save_folder)
+
+ARCHITECTURE = "pathalign-rna-fm"
 
 
 @dataclass
@@ -58,30 +61,40 @@ class RNAFoundationModel(nn.Module):
         """Reconstruction ``[B, G]`` of every gene from the visible ones."""
         return self.decoder(self.encode(x, visible))
 
-    def save(self, out: str | Path, preprocessing: dict, extra: dict | None = None) -> None:
-        """Write ``model.safetensors``, ``config.json`` and ``preprocessing.json`` into ``out``."""
-        from safetensors.torch import save_file
+    def save(self, out: str | Path, preprocessing: dict, metrics: dict | None = None) -> Path:
+        """Write the model folder ``out`` (``model.safetensors`` + ``config.json``; see :mod:`.model_folder`).
 
-        from ..io.atomic import atomic_path, atomic_write_json
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        atomic_write_json({"kind": "pathalign-rna-fm", **asdict(self.config), **(extra or {})}, out / "config.json")
-        atomic_write_json(preprocessing, out / "preprocessing.json")
+        Args:
+            out: the folder.
+            preprocessing: the fitted RNA transform's state (its input genes and scaling).
+            metrics: pretraining metrics to record.
+        """
+        training = {"metrics": metrics} if metrics else None
+        config = make_config(ARCHITECTURE, asdict(self.config), {"rna": preprocessing}, training)
+        return save_folder(out, self.state_dict(), config)
 
     @classmethod
     def load(cls, path: str | Path) -> tuple["RNAFoundationModel", dict]:
-        """Load a saved model (eval mode) and its preprocessing state."""
-        from safetensors.torch import load_file
-
+        """Load a saved model (eval mode) and its RNA preprocessing state."""
         path = Path(path)
-        for name in ("model.safetensors", "config.json", "preprocessing.json"):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path}: not an RNA foundation model folder (no {name}); run 'pathalign pretrain-rna'")
-        cfg = json.loads((path / "config.json").read_text())
-        fields = RNAFMConfig.__dataclass_fields__
-        model = cls(RNAFMConfig(**{k: v for k, v in cfg.items() if k in fields}))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        return model.eval(), json.loads((path / "preprocessing.json").read_text())
+        cfg = read_config(path, ARCHITECTURE, _legacy_config, hint="; run 'pathalign pretrain-rna'")
+        config = dataclass_from_dict(RNAFMConfig, cfg["model_args"], f"{path / 'config.json'} model_args")
+        model = cls(config)
+        try:
+            model.load_state_dict(read_weights(path))
+        except RuntimeError as e:
+            raise ConfigError(f"{path / 'model.safetensors'}: weights do not fit config.json ({str(e)[:300]})") from None
+        if "rna" not in (cfg.get("preprocessing") or {}):
+            raise ConfigError(f"{path / 'config.json'}: no RNA preprocessing recorded")
+        return model.eval(), cfg["preprocessing"]["rna"]
+
+
+def _legacy_config(flat: dict, path: Path) -> dict:
+    """A flat pathalign <= 0.1 RNA FM ``config.json`` (+ ``preprocessing.json``) in today's sections."""
+    flat = {k: v for k, v in flat.items() if k != "kind"}
+    names = {f.name for f in fields(RNAFMConfig)}
+    model_args = {k: flat.pop(k) for k in list(flat) if k in names}
+    metrics = flat.pop("metrics", None)
+    check_keys(flat, [], f"{path / 'config.json'} (old layout)")
+    return make_config(ARCHITECTURE, model_args, {"rna": legacy_preprocessing(path)},
+                       {"metrics": metrics} if metrics else None)

@@ -8,115 +8,23 @@ path builds anything of size T x T.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from ..registry import Registry
 from .attention import ATTENTION_BACKENDS, choose_backend
-from .layers import SwiGLU, swiglu_hidden
+from .exaone import load_exaone_slide_encoder
+from .layers import SwiGLU
 from .packing import PackedSlides, SlideInputError, pack_slides
 from .rope import apply_rope, rope_cos_sin, rope_periods, rope_positions
+from .slide_encoder_config import POOLINGS, SLIDE_ENCODER_PRESETS, SlideEncoderConfig
 
-POOLINGS = ("mean", "cls")
+__all__ = ["POOLINGS", "SLIDE_ENCODER_PRESETS", "SlideEncoder", "SlideEncoderConfig", "SlideInputError"]
 
-
-@dataclass
-class SlideEncoderConfig:
-    """Architecture and behaviour of a :class:`SlideEncoder`.
-
-    Attributes:
-        input_dim: patch-feature dim ``C``.
-        dim: token dim ``D``.
-        depth: number of blocks.
-        num_heads: attention heads (head dim ``D/num_heads`` must be divisible by 4).
-        n_registers: register tokens after CLS.
-        nope_interval: block ``i`` is NoPE when ``i % nope_interval == 0``; 0 means every block is
-            NoPE (no position at all).
-        fragment_mask: restrict RoPE blocks to each fragment (False: RoPE blocks attend over the slide).
-        use_rope: apply rotary position in RoPE blocks (False: fragment mask without position).
-        rope_base: base of the RoPE periods.
-        rope_unit: RoPE unit in level-0 px (published: 256).
-        rope_unit_um: if set, the unit in micrometres, converted per slide with its mpp.
-        mlp_ratio / swiglu_align: SwiGLU hidden = ceil(int(ratio*dim*2/3) / align) * align.
-        mlp_hidden: explicit SwiGLU hidden width (overrides ratio/align).
-        layer_norm_eps: LayerNorm epsilon.
-        pooling: ``"mean"`` = concat(mean raw features, mean output patch tokens) as published;
-            ``"cls"`` = the output CLS token.
-        dropout: dropout on attention output and MLP output (training only).
-        attention_backend: ``"auto"`` or a name in ``ATTENTION_BACKENDS``.
-    """
-
-    input_dim: int = 768
-    dim: int = 768
-    depth: int = 6
-    num_heads: int = 12
-    n_registers: int = 7
-    nope_interval: int = 2
-    fragment_mask: bool = True
-    use_rope: bool = True
-    rope_base: float = 100.0
-    rope_unit: float = 256.0
-    rope_unit_um: float | None = None
-    mlp_ratio: float = 4.0
-    swiglu_align: int = 128
-    mlp_hidden: int | None = None
-    layer_norm_eps: float = 1e-5
-    pooling: str = "mean"
-    dropout: float = 0.0
-    attention_backend: str = "auto"
-
-    def __post_init__(self):
-        for name in ("input_dim", "dim", "depth", "num_heads"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"SlideEncoderConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        if (self.dim // self.num_heads) % 4:
-            raise ValueError(f"head dim {self.dim // self.num_heads} must be divisible by 4 for 2D RoPE")
-        if self.n_registers < 0 or self.nope_interval < 0:
-            raise ValueError("n_registers and nope_interval must be >= 0")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.rope_unit <= 0 or (self.rope_unit_um is not None and self.rope_unit_um <= 0):
-            raise ValueError("rope units must be positive")
-        if self.attention_backend != "auto":
-            ATTENTION_BACKENDS.get(self.attention_backend)
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-    @property
-    def hidden_dim(self) -> int:
-        if self.mlp_hidden is not None:
-            return int(self.mlp_hidden)
-        return swiglu_hidden(self.dim, self.mlp_ratio, self.swiglu_align)
-
-    @property
-    def n_prefix(self) -> int:
-        return 1 + self.n_registers
-
-    @property
-    def output_dim(self) -> int:
-        return self.input_dim + self.dim if self.pooling == "mean" else self.dim
-
-    def is_rope_block(self, i: int) -> bool:
-        return self.nope_interval > 0 and i % self.nope_interval != 0
-
-    def replace(self, **changes) -> "SlideEncoderConfig":
-        return dataclasses.replace(self, **changes)
-
-
-SLIDE_ENCODER_PRESETS: Registry[SlideEncoderConfig] = Registry("slide-encoder preset")
-SLIDE_ENCODER_PRESETS.register("exaone-path-2.5")(SlideEncoderConfig())
-SLIDE_ENCODER_PRESETS.register("small")(SlideEncoderConfig(input_dim=768, dim=256, depth=4, num_heads=4, n_registers=4))
-SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderConfig(input_dim=768, dim=64, depth=4, num_heads=2, n_registers=2))
-
+SlideInput = tuple  # (features [N, C], coords [N, 2] level-0 px, fragment [N] or None)
 
 class SegmentSelfAttention(nn.Module):
     """Multi-head self-attention over a packed ``[T, D]`` sequence, within segments."""
@@ -138,6 +46,7 @@ class SegmentSelfAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Attention output ``[T, D]`` of ``x`` ``[T, D]`` within ``segments``."""
         q, k, v = self.qkv_rotated(x, rope)
         out = ATTENTION_BACKENDS.get(backend)(q, k, v, segments)  # [T,H,Dh]
         return self.proj(out.reshape(x.shape))
@@ -155,12 +64,15 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, segments, backend: str, rope) -> Tensor:
+    def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """``[T, D]`` -> ``[T, D]``."""
         x = x + self.drop(self.attn(self.norm1(x), segments, backend, rope))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
+    """Patch features ``[N, C]`` -> tokens ``[N, D]``: Linear then LayerNorm."""
+
     def __init__(self, input_dim: int, dim: int, eps: float):
         super().__init__()
         self.proj = nn.Linear(input_dim, dim)
@@ -173,8 +85,18 @@ class PatchEmbed(nn.Module):
 class SlideEncoder(nn.Module):
     """F-RoPE aggregator of patch features into a slide embedding.
 
-    In eval mode ``encode``/``encode_batch`` run without gradients; in train mode gradients
-    flow to the parameters.
+    Gradients follow the caller's autograd mode (wrap inference in ``torch.inference_mode()``).
+
+    Args:
+        config: the architecture (default: the published EXAONE Path 2.5 one).
+        **overrides: fields of ``config`` to change.
+
+    Example:
+        >>> enc = SlideEncoder.from_preset("tiny", input_dim=16).eval()
+        >>> feats, coords = torch.randn(10, 16), torch.randint(0, 4096, (10, 2))
+        >>> with torch.inference_mode():
+        ...     enc([(feats, coords, None)]).shape
+        torch.Size([1, 80])
     """
 
     def __init__(self, config: SlideEncoderConfig | None = None, **overrides):
@@ -208,11 +130,21 @@ class SlideEncoder(nn.Module):
         return cls(SLIDE_ENCODER_PRESETS.get(name), **overrides)
 
     @classmethod
-    def from_exaone_path(cls, path_or_state_dict, **overrides) -> "SlideEncoder":
-        """Load the published EXAONE Path 2.5 slide encoder (eval mode); see :mod:`.exaone`."""
-        from .exaone import load_exaone_slide_encoder
+    def from_exaone_path(cls, path_or_state_dict: str | Path | Mapping[str, Tensor], **overrides) -> "SlideEncoder":
+        """Load the published EXAONE Path 2.5 slide encoder (eval mode); see :mod:`.exaone`.
 
+        Example:
+            >>> enc = SlideEncoder.from_exaone_path("slide_encoder.safetensors")  # doctest: +SKIP
+        """
         return load_exaone_slide_encoder(cls, path_or_state_dict, **overrides)
+
+    def set_attention_backend(self, backend: str) -> "SlideEncoder":
+        """Use attention ``backend`` (``"auto"`` or a name in ``ATTENTION_BACKENDS``) from now on; returns ``self``.
+
+        The config is replaced by a checked copy, never modified in place.
+        """
+        self.config = self.config.replace(attention_backend=backend)
+        return self
 
     # ------------------------------------------------------------------ packing
     def _rope_units(self, mpps: Sequence[float | None]) -> list[float]:
@@ -299,8 +231,22 @@ class SlideEncoder(nn.Module):
             slide = torch.cat([mean_feat, mean_tok.float()], dim=1) / counts[:, None].float()
         return {"tokens": tokens, "cls": cls, "slide_embedding": slide}
 
-    def encode_batch(self, slides: Sequence[tuple], mpps=None, names=None) -> list[dict[str, Tensor]]:
-        """Encode several slides in one packed pass.
+    def forward(self, slides: Sequence[SlideInput], mpps: Sequence[float | None] | None = None,
+                names: Sequence[str] | None = None) -> Tensor:
+        """Slide embeddings ``[S, output_dim]`` of several slides, in one packed pass.
+
+        Args:
+            slides: ``[(features [N,C], coords [N,2] level-0 px, fragment [N] or None), ...]``.
+            mpps: optional per-slide µm/px (needed only with ``rope_unit_um``).
+            names: optional slide names used in error messages.
+        """
+        return self.forward_packed(self.pack(slides, mpps, names))["slide_embedding"]
+
+    def encode_batch(self, slides: Sequence[SlideInput], mpps: Sequence[float | None] | None = None,
+                     names: Sequence[str] | None = None) -> list[dict[str, Tensor]]:
+        """Encode several slides in one packed pass, with patch tokens and CLS.
+
+        Gradients follow the caller's autograd mode (use ``torch.inference_mode()`` for inference).
 
         Args:
             slides: ``[(features [N,C], coords [N,2] level-0 px, fragment [N] or None), ...]``.
@@ -312,8 +258,7 @@ class SlideEncoder(nn.Module):
             in input order, ``cls`` ``[D]``.
         """
         packed = self.pack(slides, mpps, names)
-        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
-            out = self.forward_packed(packed)
+        out = self.forward_packed(packed)
         results, start = [], 0
         for s, (n, order) in enumerate(zip(packed.n_patches, packed.order)):
             tok = out["tokens"][start : start + n]
@@ -323,6 +268,15 @@ class SlideEncoder(nn.Module):
             start += n
         return results
 
-    def encode(self, features, coords, fragment=None, mpp: float | None = None) -> dict[str, Tensor]:
-        """Encode one slide; see :meth:`encode_batch`. ``fragment=None`` = one fragment for the whole slide."""
+    def encode(self, features: Tensor, coords: Tensor, fragment: Tensor | None = None,
+               mpp: float | None = None) -> dict[str, Tensor]:
+        """Encode one slide; see :meth:`encode_batch`. ``fragment=None`` = one fragment for the whole slide.
+
+        Example:
+            >>> enc = SlideEncoder.from_preset("tiny", input_dim=16).eval()
+            >>> with torch.inference_mode():
+            ...     out = enc.encode(torch.randn(5, 16), torch.randint(0, 2048, (5, 2)))
+            >>> out["slide_embedding"].shape, out["patch_tokens"].shape
+            (torch.Size([80]), torch.Size([5, 64]))
+        """
         return self.encode_batch([(features, coords, fragment)], mpps=[mpp])[0]

@@ -27,6 +27,7 @@ torch (~0.9 GB). ``benchmarks/slide_memory.py`` measures it.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -38,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from ..distributed import env_ranks as _dist_info  # noqa: F401  (slides/cli.py reads the rank through this name)
+from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
 from .encoders import PatchEncoderError, build_patch_encoder
@@ -247,20 +249,12 @@ def _feature_attrs(cfg: PipelineConfig, path: Path) -> dict:
     return {"encoder": cfg.encoder, "slide": str(path), "settings": json.dumps(stage_settings(cfg, "extract"))}
 
 
-def _dist_info() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
     """Process ``slides`` (sharded across torchrun ranks); returns the summary (complete on rank 0)."""
-    rank, world, local = _dist_info()
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{local}"
+    info = setup_distributed(cfg.device)
+    rank, world = info.rank, info.world_size
+    if str(info.device) != cfg.device:
+        cfg = dataclasses.replace(cfg, device=str(info.device))
     encoder = None
     if cfg.stage == "extract":
         encoder = build_patch_encoder(cfg.encoder, cfg.weights, cfg.device)

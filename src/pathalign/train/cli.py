@@ -47,26 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ..cohort import CohortInputError
-    from .trainer import TrainConfig, Trainer, TrainingError
+    from ..models.model_folder import ConfigError
+    from .trainer import TrainConfig, Trainer
 
-    overrides = {}
-    if args.config:
-        import yaml
-
-        overrides = yaml.safe_load(Path(args.config).read_text()) or {}
-        if "model" in overrides:
-            overrides["model_overrides"] = overrides.pop("model")
+    overrides = _read_yaml(args.config) if args.config else {}
+    if "model" in overrides:
+        overrides["model_overrides"] = overrides.pop("model")
     flags = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens,
                  modality_dropout=args.modality_dropout, checkpoint_every=args.checkpoint_every,
-                 features=args.features, rna_fm=args.rna_fm, slide_encoder_weights=args.slide_encoder_weights, rna_embeddings=args.rna_embeddings, device=args.device,
-                 workers=args.workers, seed=args.seed, micro_batch=args.micro_batch,
-                 micro_batch_tokens=args.micro_batch_tokens, feature_cache_mb=args.feature_cache_mb,
-                 checkpoint_activations=args.checkpoint_activations or None,
+                 features=args.features, rna_fm=args.rna_fm, slide_encoder_weights=args.slide_encoder_weights,
+                 rna_embeddings=args.rna_embeddings, device=args.device, workers=args.workers, seed=args.seed,
+                 micro_batch=args.micro_batch, micro_batch_tokens=args.micro_batch_tokens,
+                 feature_cache_mb=args.feature_cache_mb, checkpoint_activations=args.checkpoint_activations or None,
                  diagnostics_every=args.diagnostics_every,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
@@ -76,14 +72,29 @@ def run(args) -> int:
     overrides["progress"] = not args.quiet
     try:
         cfg = TrainConfig.from_preset(args.preset, **overrides)
-        metrics = Trainer(args.cohort, args.out, cfg, resume=args.resume).fit()
-    except (TrainingError, CohortInputError, ValueError, KeyError) as e:
-        print(f"error: {e}")
-        return 1
-    import os
-
+    except (ValueError, KeyError, TypeError) as e:
+        where = f"{args.config} / flags" if args.config else "train settings"
+        raise ConfigError(f"{where}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
+    metrics = Trainer(args.cohort, args.out, cfg, resume=args.resume).fit()
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
     print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
           f"model exported to {Path(args.out) / 'model'}")
     return 0
+
+
+def _read_yaml(path: str) -> dict:
+    """The ``--config`` YAML as a dict; a clear error naming the file when it is not one."""
+    import yaml
+
+    from ..models.model_folder import ConfigError
+
+    try:
+        data = yaml.safe_load(open(path).read()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
+    return data

@@ -118,7 +118,7 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     metrics = {"heldout_masked_mse": err, "mean_imputation_mse": base, "ratio": err / base,
                "samples_train": int(len(train)), "samples_heldout": int(n_hold), "genes": int(x.shape[1]),
                "steps": steps, "seconds": time.perf_counter() - t0, "final_train_loss": float(np.mean(losses[-50:]))}
-    model.cpu().save(out, transform.state_dict(), extra={"metrics": metrics})
+    model.cpu().save(out, transform.state_dict(), metrics=metrics)
     atomic_write_json(metrics, Path(out) / "metrics.json")
     _plot_loss(losses, Path(out) / "loss.png")
     if progress:

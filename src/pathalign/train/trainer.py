@@ -11,18 +11,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..errors import PathalignError
 from ..cohort import load_cohort
+from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import BatchSpec, CohortData, StepBatches, split_patients
@@ -32,9 +34,9 @@ class TrainingError(PathalignError, RuntimeError):
     """Training stopped (non-finite loss, bad checkpoint, incompatible resume)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and run settings (defaults from the preset's ``train`` section)."""
+    """Optimisation and run settings (defaults from the preset's ``train`` section); never modified."""
 
     preset: str = "tiny"
     steps: int = 300
@@ -82,12 +84,11 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
-        base = dict(load_preset(preset).get("train", {}))
+        """The preset's training defaults with ``overrides`` (None values ignored); unknown keys are an error."""
+        base = dict(load_preset(preset)["train"])
         base.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(base) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(preset=preset, **base)
+        base["preset"] = preset
+        return dataclass_from_dict(cls, base, "training settings")
 
 
 def lr_lambda(warmup: int, total: int):
@@ -124,8 +125,16 @@ def _identity(batch):
     return batch
 
 
-def _dist() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+def _features_encoder(data: CohortData) -> str | None:
+    """The ``encoder`` attribute of the first features file the data uses (None when not recorded)."""
+    import h5py
+
+    first = next((s for ss in data.slides for s in ss), None)
+    if first is None:
+        return None
+    with h5py.File(data.features_dir / f"{first}.h5", "r") as fh:
+        enc = fh.attrs.get("encoder")
+    return enc.decode() if isinstance(enc, bytes) else (str(enc) if enc is not None else None)
 
 
 class Trainer:
@@ -133,15 +142,8 @@ class Trainer:
 
     def __init__(self, cohort_path: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False):
         self.cfg, self.run = cfg, Path(run_dir)
-        self.rank, self.world, local = _dist()
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
-            if cfg.device.startswith("cuda"):
-                cfg.device = f"cuda:{local}"
-        self.device = torch.device(cfg.device)
+        self.dist = setup_distributed(cfg.device)
+        self.rank, self.world, self.device = self.dist.rank, self.dist.world_size, self.dist.device
         self.cohort = load_cohort(cohort_path)
         self.run.mkdir(parents=True, exist_ok=True)
         self.state = self._latest_checkpoint() if resume else None
@@ -183,7 +185,11 @@ class Trainer:
             overrides["slide_encoder"] = {k: v for k, v in asdict(published.config).items() if k != "input_dim"}
         self.model_config = PathAlignConfig.from_preset(cfg.preset, modalities, self.data.input_dims, **overrides)
         torch.manual_seed(cfg.seed)
-        self.model = PathAlignModel(self.model_config).to(self.device)
+        patch_encoder = None
+        if "wsi" in modalities:
+            patch_encoder = {"name": _features_encoder(self.data), "feature_dim": self.data.input_dims["wsi"]}
+        self.model = PathAlignModel(self.model_config, self.data.preprocessing, patch_encoder,
+                                    self._training_info()).to(self.device)
         if cfg.slide_encoder_weights and "wsi" in modalities and self.state is None:
             self.model.slide_encoder.load_state_dict(published.state_dict())
         if rna_fm_cfg is not None and self.state is None:
@@ -211,6 +217,16 @@ class Trainer:
 
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            find_unused_parameters=True)
+
+    def _training_info(self) -> dict:
+        """What the exported model records about its training (config, splits, data summary)."""
+        d = self.data
+        train = set(self.splits["train"])
+        data = {"cohort": str(self.cohort.path), "patients": len(d.ids),
+                "patients_train": len(train), "patients_val": len(self.splits["val"])}
+        for m in d.modalities:
+            data[f"patients_with_{m}"] = int(d.valid[m].sum())
+        return {"config": asdict(self.cfg), "splits": self.splits, "data": data}
 
     @staticmethod
     def _published_slide_encoder(path: str, feature_dim: int):
@@ -291,17 +307,10 @@ class Trainer:
             if cfg.micro_batch:  # gradient caching: forward and backward in micro-batches
                 self.opt.zero_grad(set_to_none=True)
                 out = self._gradcache_backward(self._to_device(batch), amp)
+                self.check_finite(out.loss, step + 1, batch)
             else:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = self.compute_loss(self._to_device(batch))
+                out = self.forward_backward(self._to_device(batch), step + 1)
             loss, per_pair = out.loss, out.per_pair
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({float(loss)}) at step {step + 1}; batch patients: "
-                                    f"{', '.join(batch['patients'])}; last good checkpoint: "
-                                    f"{self._ckpt_dir() / 'latest.txt'}")
-            if not cfg.micro_batch:
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.sched.step()
@@ -348,9 +357,17 @@ class Trainer:
         spec = BatchSpec(self.cfg.seed, min(len(val_idx), 128), self.cfg.max_tokens, 0.0)
         batch = self._to_device(StepBatches(self.data, val_idx, spec)[0])
         return DiagnosticsLog(self.run, batch, self.cfg.diagnostics_every, self.model.config.balance, self.start_step)
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA, nothing on the CPU (fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def compute_loss(self, batch: dict) -> LossOutput:
-        """One step's forward: embed the batch, project it into the pair spaces, the loss (no backward)."""
+        """One step's forward: embed the batch, project it into the pair spaces, the loss (no backward).
+
+        The pieces, for a caller that runs them apart (gradient caching): ``self.net(batch, project=False)``
+        -> ``(embeddings, valid)``; ``self.net(embeddings=..., valid=...)`` -> pair projections;
+        ``self.loss_fn(pairs)`` -> :class:`LossOutput`.
+        """
         return self.loss_fn(self.net(batch))
 
     def _gradcache_backward(self, batch: dict, amp: bool) -> LossOutput:
@@ -376,6 +393,26 @@ class Trainer:
         allreduce_gradients(model.parameters(), self.world)
         return out
 
+    def forward_backward(self, batch: dict, step: int) -> LossOutput:
+        """The loss of step ``step`` (1-based) with its gradients in ``.grad`` (set, not accumulated).
+
+        Raises:
+            TrainingError: the loss is not finite (names the step, the patients and the last checkpoint).
+        """
+        with self.autocast():
+            out = self.compute_loss(batch)
+        self.check_finite(out.loss, step, batch)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        return out
+
+    def check_finite(self, loss: Tensor, step: int, batch: dict) -> None:
+        """Stop on a non-finite loss with the step, the batch's patients and the last good checkpoint."""
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({float(loss)}) at step {step}; batch patients: "
+                                f"{', '.join(batch['patients'])}; last good checkpoint: "
+                                f"{self._ckpt_dir() / 'latest.txt'}")
+
     def _to_device(self, batch: dict) -> dict:
         if self.device.type == "cpu":
             return batch
@@ -398,21 +435,25 @@ class Trainer:
         return row
 
     def _open_log(self):
+        """``log.csv`` opened for appending; on resume, rows after the checkpoint are dropped first.
+
+        Rows already logged are never held only in memory: the trimmed file replaces the old one
+        atomically before anything is appended, so a kill at any moment keeps every row up to the
+        checkpoint (and, after a flush, the newer ones).
+        """
         path = self.run / "log.csv"
         fields = list(self._log_row(0, torch.tensor(0.0), {}, torch.tensor(0.0), 0.0, 1.0).keys())
         kept = []
         if path.is_file() and self.start_step > 0:  # drop rows logged after the checkpoint we resume from
-            with open(path) as fh:
+            with open(path, newline="") as fh:
                 kept = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.start_step]
-        self._log_fh = open(path, "w", newline="")
-        w = csv.DictWriter(self._log_fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(kept)
-        return w
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(kept)
+        self._log_fh = open(path, "a", newline="")
+        return csv.DictWriter(self._log_fh, fieldnames=fields)
 
     def export(self) -> Path:
-        """Write ``RUN/model`` (safetensors + config.json + preprocessing.json)."""
-        out = self.run / "model"
-        self.model.save(out, self.data.preprocessing, extra={"splits": self.splits, "train_config": asdict(self.cfg),
-                                                             "features_dim": self.data.input_dims.get("wsi")})
-        return out
+        """Write ``RUN/model`` (``model.save_pretrained``: safetensors + config.json + model card)."""
+        return self.model.save_pretrained(self.run / "model")

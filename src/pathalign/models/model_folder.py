@@ -1,0 +1,166 @@
+"""Model folders (DESIGN §3 Checkpoints): one save/load for every pathalign model kind.
+
+A folder holds ``model.safetensors``, ``config.json`` and, for trained models, a model card
+``README.md`` (Hub layout, loadable offline). ``config.json`` has these sections, and nothing
+else::
+
+    format_version  int, FORMAT_VERSION of the writer
+    architecture    what the folder holds: "pathalign" (PathAlignModel) or "pathalign-rna-fm"
+    model_args      the model's config dataclass, field by field
+    preprocessing   per-modality transform states (molecular preprocessing), or {}
+    training        {"config", "splits", "data", "metrics"} (each optional), or null
+    patch_encoder   {"name", "feature_dim"} the slide features were made with, or null
+
+Unknown keys are an error at every level, with a message naming them. Folders written before
+the sections existed (a flat ``config.json`` with ``kind`` plus ``preprocessing.json``) are
+converted on load by the caller's ``legacy`` function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from torch import Tensor
+
+from ..io.checkpoints import CheckpointError
+
+FORMAT_VERSION = 1
+SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "training", "patch_encoder")
+TRAINING_KEYS = ("config", "splits", "data", "metrics")
+PATCH_ENCODER_KEYS = ("name", "feature_dim")
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+
+T = TypeVar("T")
+
+
+class ConfigError(CheckpointError):
+    """A model folder or config that cannot be used; the message names the file and the keys."""
+
+
+def check_keys(data: dict, known, where: str) -> None:
+    """Raise :class:`ConfigError` naming every key of ``data`` not in ``known``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def dataclass_from_dict(cls: type[T], data: dict, where: str) -> T:
+    """``cls(**data)``, refusing unknown keys and turning a failed check into :class:`ConfigError`.
+
+    Example:
+        >>> from pathalign.models.rna_fm import RNAFMConfig
+        >>> dataclass_from_dict(RNAFMConfig, {"n_genes": 10}, "config.json").dim
+        256
+    """
+    check_keys(data, [f.name for f in dataclasses.fields(cls) if f.init], where)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"{where}: {msg}") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """JSON from ``path``; an invalid file is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def make_config(architecture: str, model_args: dict, preprocessing: dict | None = None,
+                training: dict | None = None, patch_encoder: dict | None = None) -> dict:
+    """A ``config.json`` object in sections (checked as :func:`read_config` checks it)."""
+    cfg = {"format_version": FORMAT_VERSION, "architecture": architecture, "model_args": model_args,
+           "preprocessing": dict(preprocessing or {}), "training": training, "patch_encoder": patch_encoder}
+    check_sections(cfg, CONFIG)
+    return cfg
+
+
+def check_sections(cfg: dict, where: str) -> None:
+    """Check the top level and the fixed-key sections of a ``config.json`` object."""
+    check_keys(cfg, SECTIONS, where)
+    missing = [k for k in ("format_version", "architecture", "model_args") if k not in cfg]
+    if missing:
+        raise ConfigError(f"{where}: missing section(s) {missing}")
+    if not isinstance(cfg["format_version"], int) or cfg["format_version"] > FORMAT_VERSION:
+        raise ConfigError(f"{where}: format_version {cfg['format_version']!r} is newer than this pathalign "
+                          f"reads ({FORMAT_VERSION}); upgrade pathalign")
+    for name in ("model_args", "preprocessing"):  # their keys are checked by the model's config / transforms
+        if not isinstance(cfg.get(name) or {}, dict):
+            raise ConfigError(f"{where}: section {name!r} must be an object")
+    if cfg.get("training") is not None:
+        check_keys(cfg["training"], TRAINING_KEYS, f"{where} training")
+    if cfg.get("patch_encoder") is not None:
+        check_keys(cfg["patch_encoder"], PATCH_ENCODER_KEYS, f"{where} patch_encoder")
+
+
+def save_folder(path: str | Path, state_dict: dict[str, Tensor], config: dict, card: str | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` (and ``README.md`` when ``card``) into ``path``, each atomically."""
+    from safetensors.torch import save_file
+
+    from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+
+    path = Path(path)
+    check_sections(config, str(path / CONFIG))
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / WEIGHTS) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+    atomic_write_json(config, path / CONFIG)
+    if card is not None:
+        atomic_write_text(card, path / CARD)
+    return path
+
+
+def read_config(path: str | Path, architecture: str, legacy: Callable[[dict, Path], dict] | None = None,
+                hint: str = "") -> dict:
+    """The checked ``config.json`` of the folder ``path``, converted from the old flat layout if needed.
+
+    Args:
+        path: the model folder.
+        architecture: the kind the caller can build; any other is refused.
+        legacy: converts an old flat config (``kind`` at the top) of this architecture into sections.
+        hint: what to run to make such a folder (added to "not a model folder" errors).
+    """
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG):
+        if not (path / name).is_file():
+            raise ConfigError(f"{path}: not a {architecture} model folder (no {name}){hint}")
+    cfg = read_json(path / CONFIG)
+    where = str(path / CONFIG)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(cfg).__name__}")
+    if "format_version" not in cfg and "kind" in cfg:  # written before config.json had sections
+        if cfg["kind"] != architecture:
+            raise ConfigError(f"{where}: holds a {cfg['kind']!r} model, not a {architecture!r} one{hint}")
+        if legacy is None:
+            raise ConfigError(f"{where}: old layout; re-save the model with this pathalign")
+        cfg = legacy(cfg, path)
+    check_sections(cfg, where)
+    if cfg["architecture"] != architecture:
+        raise ConfigError(f"{where}: holds a {cfg['architecture']!r} model, not a {architecture!r} one{hint}")
+    return cfg
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of ``path/model.safetensors`` (a clear error naming the file if unreadable)."""
+    from safetensors.torch import load_file
+
+    f = Path(path) / WEIGHTS
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001 - any reader failure, with the file name
+        raise ConfigError(f"{f}: cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def legacy_preprocessing(path: Path) -> dict:
+    """``preprocessing.json`` of an old-layout folder ({} when absent)."""
+    f = path / "preprocessing.json"
+    return read_json(f) if f.is_file() else {}

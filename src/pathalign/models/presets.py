@@ -1,0 +1,61 @@
+"""Model presets: the one source of every named :class:`~.pathalign_model.PathAlignModel` set-up.
+
+A preset names a slide-encoder preset (``SLIDE_ENCODER_PRESETS``), the molecular/pair-head sizes
+and the training defaults. Input dims are not part of a preset: they come from the data.
+
+Example:
+    >>> MODEL_PRESETS.get("tiny").slide_encoder
+    'tiny'
+    >>> "exaone-path-2.5" in MODEL_PRESETS
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..registry import Registry
+from .slide_encoder_config import SLIDE_ENCODER_PRESETS
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model set-up.
+
+    Attributes:
+        description: one line for ``list_models()`` and ``--help``.
+        slide_encoder: name in ``SLIDE_ENCODER_PRESETS``.
+        embed_dim, proj_dim, mol_depth, dropout: :class:`PathAlignConfig` fields.
+        train: defaults of :class:`~pathalign.train.trainer.TrainConfig` fields for this size.
+    """
+
+    description: str
+    slide_encoder: str
+    embed_dim: int
+    proj_dim: int
+    mol_depth: int
+    dropout: float
+    train: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        SLIDE_ENCODER_PRESETS.get(self.slide_encoder)
+
+    def model_fields(self) -> dict:
+        """The :class:`PathAlignConfig` fields this preset sets."""
+        return {"slide_encoder": {"preset": self.slide_encoder}, "embed_dim": self.embed_dim,
+                "proj_dim": self.proj_dim, "mol_depth": self.mol_depth, "dropout": self.dropout}
+
+
+MODEL_PRESETS: Registry[ModelPreset] = Registry("model preset")
+MODEL_PRESETS.register("exaone-path-2.5")(ModelPreset(
+    "the published EXAONE Path 2.5 architecture (slide encoder dim 768, depth 6, 12 heads, 7 registers)",
+    "exaone-path-2.5", embed_dim=768, proj_dim=512, mol_depth=2, dropout=0.1,
+    train={"steps": 20000, "batch_size": 64, "lr": 0.0002, "weight_decay": 0.05, "warmup_steps": 1000,
+           "max_tokens": 8192, "modality_dropout": 0.1, "checkpoint_every": 1000, "grad_clip": 1.0}))
+MODEL_PRESETS.register("small")(ModelPreset(
+    "a small model for a workstation GPU or a patient CPU", "small", embed_dim=256, proj_dim=256, mol_depth=2,
+    dropout=0.1, train={"steps": 5000, "batch_size": 64, "lr": 0.0005, "weight_decay": 0.05, "warmup_steps": 200,
+                        "max_tokens": 4096, "modality_dropout": 0.1, "checkpoint_every": 500, "grad_clip": 1.0}))
+MODEL_PRESETS.register("tiny")(ModelPreset(
+    "CPU-sized model for the synthetic demo and tests", "tiny", embed_dim=64, proj_dim=64, mol_depth=1, dropout=0.1,
+    train={"steps": 300, "batch_size": 32, "lr": 0.002, "weight_decay": 0.05, "warmup_steps": 20,
+           "max_tokens": 512, "modality_dropout": 0.0, "checkpoint_every": 100, "grad_clip": 1.0}))
