@@ -53,10 +53,10 @@ Mechanisms, one per claim of the method:
   other side, so a slide's label must be read from several fragments. Task: `tumour_side`.
 * **(b) a trait carried by mutation, CNV and methylation but not RNA** — `genomic_instability` raises the
   mutation rate of 10 genes (`MUT000`–`MUT009`), gains 3 and loses 3 chromosome arms, hypermethylates a
-  block of probes (the first 10 %), and on the slide splits the tumour into spatially separate subclones
-  with large vs small nuclei (coarse regions, several patches wide), where stable tumours mix the two at a
-  scale finer than a patch. The areas of both nucleus types are equal in both states, so the mean of patch
-  features barely moves; the RNA table has no term in it. Task: `genomic_instability` (slide-level probe).
+  block of probes (the first 10 %), and on the slide puts the large-nucleus tumour subclone in the upper
+  half of each fragment's tumour (low: in the lower half). The slide has the same patches in the same
+  amounts in both states, only their arrangement differs, so the mean of patch features cannot read it;
+  the RNA table has no term in it. Task: `genomic_instability` (slide-level probe).
   A model aligned on every pair can learn it from SNP/CNV/methylation; one aligned on WSI-RNA alone has no
   signal to learn it from.
 * **(c) heavy, realistic missingness** — modalities are present with probabilities
