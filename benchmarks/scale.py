@@ -160,7 +160,7 @@ def run_one(spec: dict) -> dict:
     sampler = MemorySampler()
     sampler.start()
     t_fit = sampler.t0
-    metrics = trainer.fit()
+    trainer.fit()
     sampler.stop()
     log = pd.read_csv(out / "log.csv")
     ends = np.cumsum(log.step_seconds.to_numpy())  # seconds since fit start at the end of each step

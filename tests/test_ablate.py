@@ -6,8 +6,17 @@ import pytest
 import scipy.stats
 
 from pathalign.errors import PathalignError
-from pathalign.evaluate.ablate import (AblationError, aggregate, arms, mean_ci, paired_difference, parse_seeds,
-                                       render_table, run_ablations, select_arms)
+from pathalign.evaluate.ablate import (
+    AblationError,
+    aggregate,
+    arms,
+    mean_ci,
+    paired_difference,
+    parse_seeds,
+    render_table,
+    run_ablations,
+    select_arms,
+)
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 11])

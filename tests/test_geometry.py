@@ -20,8 +20,8 @@ SEEDS = [0, 1, 2, 3]
 @pytest.mark.parametrize("seed", SEEDS)
 def test_principal_angles_match_scipy(seed):
     rng = np.random.default_rng(seed)
-    d, k, l = 12, int(rng.integers(1, 6)), int(rng.integers(1, 6))
-    a, b = rng.standard_normal((d, k)), rng.standard_normal((d, l))
+    d, ka, kb = 12, int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    a, b = rng.standard_normal((d, ka)), rng.standard_normal((d, kb))
     ours = principal_angles(a, b)
     ref = np.sort(scipy.linalg.subspace_angles(a, b))
     np.testing.assert_allclose(ours, ref, atol=1e-10, err_msg=f"seed={seed}")
@@ -35,10 +35,10 @@ def test_principal_angles_of_nested_and_orthogonal_spaces():
     assert subspace_overlap(e[:, :3], e[:, :3] @ np.random.default_rng(0).standard_normal((3, 3))) == pytest.approx(1.0)
 
 
-def _hsic(k, l):
+def _hsic(k, m):
     n = k.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+    return np.trace(k @ h @ m @ h) / (n - 1) ** 2
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -46,8 +46,8 @@ def test_linear_cka_matches_hsic_formula(seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((30, 7))
     y = x @ rng.standard_normal((7, 5)) + 0.5 * rng.standard_normal((30, 5))
-    k, l = x @ x.T, y @ y.T
-    ref = _hsic(k, l) / np.sqrt(_hsic(k, k) * _hsic(l, l))
+    kx, ky = x @ x.T, y @ y.T
+    ref = _hsic(kx, ky) / np.sqrt(_hsic(kx, kx) * _hsic(ky, ky))
     assert linear_cka(x, y) == pytest.approx(ref, rel=1e-10), f"seed={seed}"
 
 

@@ -96,7 +96,7 @@ def test_nan_features_name_the_slide_in_training_and_embed(tmp_path):
     batch["slides"][1][0][3, 2] = float("nan")
     with pytest.raises(SlideInputError, match=f"'{batch['slide_ids'][1]}'.*NaN"):
         model(batch)
-    for s, name in enumerate(["good-a", "bad-b", "good-c"]):
+    for name in ["good-a", "bad-b", "good-c"]:
         f, c, g = random_slide_np(rng, 12)
         if name.startswith("bad"):
             f[0, 0] = np.nan
@@ -260,8 +260,8 @@ def quick_cohort(tmp_path_factory):
     """48 patients with RNA, CNV and one slide each (16-dim features, 24-120 patches, 1-3 fragments)."""
     import pandas as pd
 
-    from pathalign.cohort import CohortSources, build_cohort
     from helpers import random_slide
+    from pathalign.cohort import CohortSources, build_cohort
 
     root = tmp_path_factory.mktemp("quick")
     rng = np.random.default_rng(0)

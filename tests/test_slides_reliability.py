@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slide_factory import blob_slide
 from pathalign.slides.features_io import is_complete
+from slide_factory import blob_slide
+
 
 def _limit_file_size(limit: int):
     def apply():
@@ -271,8 +272,8 @@ def test_segmentation_filters_band_by_band_equal_whole_image_filters(seed):
     img = (rng.random((int(rng.integers(50, 300)), int(rng.integers(20, 200)))) < 0.4).astype(np.uint8) * 255
     for k in (3, 5, 9):
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-        for fn, halo in [(lambda b: cv2.medianBlur(b, k), k // 2),
-                         (lambda b: cv2.morphologyEx(b, cv2.MORPH_CLOSE, kernel), 2 * (k // 2))]:
+        for fn, halo in [(lambda b, k=k: cv2.medianBlur(b, k), k // 2),
+                         (lambda b, kernel=kernel: cv2.morphologyEx(b, cv2.MORPH_CLOSE, kernel), 2 * (k // 2))]:
             for band in (1, 7, 64, 10_000):
                 np.testing.assert_array_equal(filter_in_bands(img.copy(), fn, halo, band), fn(img.copy()),
                                               err_msg=f"seed {seed} k {k} band {band}")

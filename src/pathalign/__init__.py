@@ -33,12 +33,12 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here ("X as X" marks a re-export)
     from .cohort import load_cohort as load_cohort
+    from .models import PairHeads as PairHeads
     from .models import SlideEncoder as SlideEncoder
     from .models import SlideEncoderConfig as SlideEncoderConfig
     from .models import SlideInputError as SlideInputError
     from .models.pathalign_model import PathAlignConfig as PathAlignConfig
     from .models.pathalign_model import PathAlignModel as PathAlignModel
-    from .models import PairHeads as PairHeads
     from .models.pathalign_model import create_model as create_model
     from .models.pathalign_model import list_models as list_models
     from .models.pathalign_model import load_model as load_model

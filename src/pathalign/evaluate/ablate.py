@@ -23,7 +23,6 @@ differences, same t-interval). Outputs: ``<out>/seed_<s>/<arm>/`` (runs), ``<out
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 

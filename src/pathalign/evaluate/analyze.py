@@ -92,7 +92,6 @@ def _encoder_inputs(model, cohort_path, heldout: list[str] | None):
 
 def _encode_with_grad(model, modality: str, x):
     """The modality encoder on ``x`` with gradients, a frozen foundation model included."""
-    import torch
 
     enc = model.encoders[modality]
     if hasattr(enc, "foundation"):  # frozen FM: runs under no_grad in training; here the gradient must reach x

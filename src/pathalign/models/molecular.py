@@ -33,7 +33,7 @@ class MLPEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     @classmethod
-    def build(cls, in_dim: int, dim: int, depth: int = 1, dropout: float = 0.1) -> "MLPEncoder":
+    def build(cls, in_dim: int, dim: int, depth: int = 1, dropout: float = 0.1) -> MLPEncoder:
         """The registry's constructor (every entry's ``build`` takes ``in_dim, dim, depth, dropout, **options``)."""
         return cls(in_dim, dim, depth, dropout)
 
@@ -63,7 +63,7 @@ class FrozenFMEncoder(nn.Module):
 
     @classmethod
     def build(cls, in_dim: int, dim: int, depth: int = 1, dropout: float = 0.1,
-              fm_config: dict | None = None) -> "FrozenFMEncoder":
+              fm_config: dict | None = None) -> FrozenFMEncoder:
         """The registry's constructor: an :class:`RNAFoundationModel` from ``fm_config`` (weights loaded later)."""
         if fm_config is None:
             raise ValueError("the frozen_fm encoder needs fm_config (the RNA foundation model's config)")
@@ -72,7 +72,7 @@ class FrozenFMEncoder(nn.Module):
             raise ValueError(f"{in_dim} input columns but the foundation model takes {fm.config.n_genes} genes")
         return cls(fm, dim, depth, dropout)
 
-    def train(self, mode: bool = True) -> "FrozenFMEncoder":
+    def train(self, mode: bool = True) -> FrozenFMEncoder:
         super().train(mode)
         self.foundation.eval()  # always frozen
         return self

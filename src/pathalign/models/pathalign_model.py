@@ -15,9 +15,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,16 @@ from torch import Tensor, nn
 from ..cohort.preprocess import TRANSFORMS
 from ..modalities import MOLECULAR, WSI, check_modalities
 from . import hub
-from .model_folder import (ConfigError, check_keys, dataclass_from_dict, legacy_preprocessing, make_config,
-                           read_config, read_weights, save_folder)
+from .model_folder import (
+    ConfigError,
+    check_keys,
+    dataclass_from_dict,
+    legacy_preprocessing,
+    make_config,
+    read_config,
+    read_weights,
+    save_folder,
+)
 from .molecular import MOLECULAR_ENCODERS
 from .pair_heads import PairHeads, PairProjection
 from .presets import MODEL_PRESETS

@@ -14,8 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from .layers import ResidualSwiGLU
-from .model_folder import (ConfigError, check_keys, dataclass_from_dict, legacy_preprocessing, make_config,
-                           read_config, read_weights, save_folder)
+from .model_folder import (
+    ConfigError,
+    check_keys,
+    dataclass_from_dict,
+    legacy_preprocessing,
+    make_config,
+    read_config,
+    read_weights,
+    save_folder,
+)
 
 ARCHITECTURE = "pathalign-rna-fm"
 

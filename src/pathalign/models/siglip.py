@@ -18,8 +18,8 @@ gradient equals the single-process gradient on the concatenated global batch. Th
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -98,7 +98,7 @@ class SlideEncoderConfig:
     def is_rope_block(self, i: int) -> bool:
         return self.nope_interval > 0 and i % self.nope_interval != 0
 
-    def replace(self, **changes) -> "SlideEncoderConfig":
+    def replace(self, **changes) -> SlideEncoderConfig:
         """A checked copy with ``changes`` (configs are never modified in place).
 
         Example:

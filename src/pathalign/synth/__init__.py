@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
