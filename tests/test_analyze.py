@@ -73,10 +73,15 @@ def test_shared_signal_ranks_above_the_null_and_above_a_shuffled_model(analyses)
     t = [r for r in true["same_target"] if "cka" in r]
     s = [r for r in shuffled["same_target"] if "cka" in r]
     assert len(t) == 12 and len(s) == 12  # 4 targets x 3 source pairs
-    excess = lambda rows: np.mean([r["cka"] - r["null"]["q95"] for r in rows])  # noqa: E731
-    assert np.mean([r["above_null"] for r in t]) >= 0.75, [(r["target"], r["sources"], r["cka"]) for r in t]
-    assert np.mean([r["above_null"] for r in s]) <= 0.25, [(r["target"], r["sources"], r["cka"]) for r in s]
-    assert excess(t) > excess(s) + 0.02
+    def excess(rows, level="mean"):  # CKA above the null (its mean or 95th percentile), mean over comparisons
+        return float(np.mean([r["cka"] - r["null"][level] for r in rows]))
+
+    frac_t, frac_s = np.mean([r["above_null"] for r in t]), np.mean([r["above_null"] for r in s])
+    detail = {"true": [(r["target"], r["sources"], round(r["cka"], 3), round(r["null"]["q95"], 3)) for r in t],
+              "shuffled": [(r["target"], r["sources"], round(r["cka"], 3), round(r["null"]["q95"], 3)) for r in s]}
+    assert frac_t >= 0.5 and frac_s <= 0.25 and frac_t >= frac_s + 0.4, detail
+    assert excess(t) > 0.02 and abs(excess(s)) < 0.02, detail  # shuffled: at chance; true: above it
+    assert excess(t, "q95") > excess(s, "q95") + 0.02, detail
 
 
 def test_outputs_and_attribution_name_input_features(analyses):
@@ -98,9 +103,10 @@ def test_model_cohort_mismatch_is_a_clear_error(analyses, small_cohort, tmp_path
     _, _, tmp = analyses
     bad = tmp_path / "model"
     shutil.copytree(tmp / "run_true" / "model", bad)
-    pre = json.loads((bad / "preprocessing.json").read_text())
-    pre["cnv"]["features"] = [f"NOT_A_GENE_{i}" for i in range(len(pre["cnv"]["features"]))]
-    (bad / "preprocessing.json").write_text(json.dumps(pre))
+    cfg = json.loads((bad / "config.json").read_text())
+    cnv = cfg["preprocessing"]["cnv"]
+    cnv["features"] = [f"NOT_A_GENE_{i}" for i in range(len(cnv["features"]))]
+    (bad / "config.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "pathalign", "analyze", "adapters", "--model", str(bad), "--cohort",
                            str(small_cohort), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

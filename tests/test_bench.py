@@ -139,7 +139,7 @@ def test_pathobench_split_folder(tmp_path):
 def test_reduced_demo_end_to_end(tmp_path):
     from pathalign.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=tmp_path / "demo", patients=180, slide_size=1024, patch_size=128, genes=300, steps=150,
+    cfg = DemoConfig(out=tmp_path / "demo", patients=180, slide_size=1024, patch_size=128, genes=300, steps=300,
                      rna_steps=300, folds=4)
     results = run_demo(cfg)
     report = (tmp_path / "demo" / "report.md").read_text()

@@ -136,7 +136,6 @@ def test_no_new_import_cycles():
     assert not cycles, f"import cycles (module-level or function-level imports): {cycles}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: slide_encoder<->exaone cycle; helper model breaks it")
 def test_no_import_cycles_at_all():
     assert not import_cycles(import_graph())
 

@@ -39,8 +39,15 @@ def _write_features(folder, slides: list[str], rng, c: int = 6, signal: dict | N
 
 
 def _write_cohort(folder, patients: dict[str, list[str]]) -> None:
+    """A minimal complete cohort folder (manifest + cohort.json with its build id, as cohort build writes it)."""
+    from pathalign.cohort.folder import FORMAT_VERSION, new_build_id, write_parquet
+
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"case_id": list(patients), "slide_ids": list(patients.values())}).to_parquet(folder / "manifest.parquet")
+    build_id = new_build_id()
+    manifest = pd.DataFrame({"case_id": list(patients), "slide_ids": list(patients.values())})
+    write_parquet(manifest, folder / "manifest.parquet", build_id)
+    (folder / "cohort.json").write_text(json.dumps({"build_id": build_id, "format_version": FORMAT_VERSION,
+                                                    "files": ["manifest.parquet"]}))
 
 
 def _load_like_pathobench(folder) -> dict[str, np.ndarray]:

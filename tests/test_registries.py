@@ -20,6 +20,7 @@ from pathalign.cohort.preprocess import TRANSFORMS
 from pathalign.models.attention import ATTENTION_BACKENDS
 from pathalign.models.molecular import MOLECULAR_ENCODERS
 from pathalign.models.packing import Segments
+from pathalign.models.presets import MODEL_PRESETS
 from pathalign.models.slide_encoder import SLIDE_ENCODER_PRESETS, SlideEncoder
 from pathalign.slides.encoders import PATCH_ENCODERS, build_patch_encoder
 from pathalign.slides.reader import SLIDE_BACKENDS
@@ -27,7 +28,7 @@ from pathalign.slides.segment import SEGMENTERS, SegmentConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pathalign"
 COVERED = {"TRANSFORMS", "ATTENTION_BACKENDS", "MOLECULAR_ENCODERS", "SLIDE_ENCODER_PRESETS", "PATCH_ENCODERS",
-           "SLIDE_BACKENDS", "SEGMENTERS"}
+           "SLIDE_BACKENDS", "SEGMENTERS", "MODEL_PRESETS"}
 
 
 def test_every_registry_is_covered():
@@ -219,3 +220,21 @@ def test_unknown_name_is_an_expected_error_and_a_key_error():
         reg.get("b")
     assert isinstance(e.value, PathalignError)
     assert str(e.value) == "unknown widget 'b'; known: a"  # no KeyError quoting in the CLI's one line
+
+
+# --- model presets: each builds a PathAlignModel whose pair heads give a finite loss ----------------------
+
+@pytest.mark.parametrize("name", sorted(MODEL_PRESETS))
+def test_model_preset_builds_and_trains_one_step(name):
+    from pathalign import create_model
+    from pathalign.models.siglip import MultimodalSigLIPLoss
+
+    seed = 11
+    torch.manual_seed(seed)
+    model = create_model(name, modalities=["rna", "snp"], input_dims={"rna": 12, "snp": 9})
+    batch = {"valid": {"rna": torch.ones(4, dtype=torch.bool), "snp": torch.ones(4, dtype=torch.bool)},
+             "rna": torch.randn(4, 12), "snp": torch.randn(4, 9)}
+    loss = MultimodalSigLIPLoss(balance=model.config.balance)(model(batch)).loss
+    loss.backward()
+    assert torch.isfinite(loss), f"seed={seed}"
+    assert all(p.grad is not None for p in model.encoders.parameters() if p.requires_grad), f"seed={seed}"

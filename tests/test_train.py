@@ -213,3 +213,20 @@ def test_precomputed_rna_embeddings_replace_the_rna_matrix(features_cohort, tmp_
     assert trainer.data.input_dims["rna"] == 7 and trainer.data.preprocessing["rna"]["kind"] == "embedding"
     trainer.fit()
     assert load_model(tmp_path / "run" / "model").config.input_dims["rna"] == 7
+
+
+def test_embed_refuses_features_of_another_patch_encoder(trained, tmp_path):
+    import shutil
+
+    from pathalign.errors import PathalignError
+
+    cohort, run, _ = trained
+    other = tmp_path / "model"
+    shutil.copytree(run / "model", other)
+    cfg = json.loads((other / "config.json").read_text())
+    assert cfg["patch_encoder"]["name"] == "pathalign-stats"  # recorded from the features files at training
+    cfg["patch_encoder"]["name"] = "uni"
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PathalignError, match="from encoder 'pathalign-stats', but this model was trained on 'uni'"):
+        embed_with_model(other, cohort, tmp_path / "emb.h5", progress=False)
+    assert not (tmp_path / "emb.h5").exists()

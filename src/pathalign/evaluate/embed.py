@@ -123,6 +123,18 @@ def _write_slides_file(out_path: Path, model: str, ids, emb, case_ids, skipped: 
         _write_group(fh, "wsi", ids, emb, case_ids=case_ids)
 
 
+def _check_encoder(model, features_dir: Path, slide_ids: list[str]) -> None:
+    """Refuse, before any work, features made by another patch encoder than the model's (first file that says)."""
+    for sid in slide_ids:
+        path = features_dir / f"{sid}.h5"
+        if path.is_file():
+            with h5py.File(path, "r") as fh:
+                encoder = fh.attrs.get("encoder")
+            if encoder is not None:
+                model.check_patch_encoder(encoder.decode() if isinstance(encoder, bytes) else str(encoder), str(path))
+                return
+
+
 def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
                      name: str | None = None, trident_name: str | None = None,
                      device: str | torch.device = "cpu") -> EmbedSummary:
@@ -157,6 +169,7 @@ def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch
         for p, sids in zip(data.ids, data.slides):
             slide_ids += sids
             case_of += [p] * len(sids)
+        _check_encoder(model, data.features_dir, slide_ids)
         kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
                                                progress, device)
         listed = {s for sids in cohort.manifest.slide_ids for s in sids}
