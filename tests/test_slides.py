@@ -177,8 +177,9 @@ def test_bad_slides_in_a_batch_are_reported_and_good_ones_done(tmp_path, blobs):
 def test_unknown_encoder_is_a_clear_error(tmp_path, blobs, capsys):
     from pathalign.cli import main
 
-    assert main(["extract", str(blobs[0]), "--out", str(tmp_path), "--encoder", "nonesuch", "--quiet"]) == 1
-    assert "unknown patch encoder 'nonesuch'" in capsys.readouterr().out
+    assert main(["extract", str(blobs[0]), "--out", str(tmp_path), "--encoder", "nonesuch", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown patch encoder 'nonesuch'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_killed_preprocess_resumes_without_losing_or_half_writing(tmp_path, small_synth):

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import PathalignError
+
 from ..devices import DEVICE_HELP
+
+
+class SlideSettingsError(PathalignError, ValueError):
+    """Unusable slide-stage settings or no slide to work on; the message names the option or the paths."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .encoders import PatchEncoderError
     from .patch import PatchConfig
     from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder, _dist_info
     from .segment import SegmentConfig
@@ -46,9 +51,9 @@ def run(args) -> int:
     device = args.device
     if args.stage == "extract":  # segment / patch never use it
         device = str(resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0))))
+    if args.stage == "extract":
+        validate_encoder(args.encoder)  # PatchEncoderError (a PathalignError): one line from pathalign.cli.main
     try:
-        if args.stage == "extract":
-            validate_encoder(args.encoder)
         cfg = PipelineConfig(
             out=args.out, stage=args.stage, encoder=args.encoder, weights=args.weights, batch_size=args.batch_size,
             workers=args.workers, device=device, backend=args.backend, mpp=args.mpp,
@@ -56,14 +61,12 @@ def run(args) -> int:
             segment=SegmentConfig(seg_mpp=args.seg_mpp, saturation_threshold=args.saturation_threshold,
                                   min_fragment_um2=args.min_fragment_um2, min_hole_um2=args.min_hole_um2),
             patch=PatchConfig(args.magnification, args.patch_size, args.tissue_threshold))
-        slides = find_slides(args.slides)
-        if not slides:
-            print("error: no slides found in " + " ".join(args.slides))
-            return 1
-        summary = run_pipeline(slides, cfg)
-    except (PatchEncoderError, ValueError) as e:
-        print(f"error: {e}")
-        return 1
+    except ValueError as e:  # the settings' own checks
+        raise SlideSettingsError(f"{args.stage} settings: {e}") from None
+    slides = find_slides(args.slides)
+    if not slides:
+        raise SlideSettingsError("no slides found in " + " ".join(args.slides))
+    summary = run_pipeline(slides, cfg)
     if _dist_info()[0] == 0:
         print(format_summary(summary))
     return 0 if (summary.status != "failed").all() else 3
