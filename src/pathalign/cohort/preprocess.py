@@ -122,11 +122,7 @@ class _Base:
         """The transform a :meth:`state_dict` describes; unknown keys are an error naming them."""
         state = dict(state)
         cls = TRANSFORMS.get(state.pop("kind"))
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(state) - known)
-        if unknown:
-            raise CohortInputError(f"{cls.__name__} state: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**state)
+        return _construct(cls, state, f"{cls.__name__} state")
 
 
 @TRANSFORMS.register("rna")
@@ -216,11 +212,15 @@ def make_transform(modality: str, cohort_meta: dict, **options):
             options.setdefault("gene_lengths", cohort_meta.get("gene_lengths"))
     if modality == "cnv":
         options.setdefault("cnv_kind", units.get("cnv", "gistic"))
-    cls = TRANSFORMS.get(modality)
+    return _construct(TRANSFORMS.get(modality), options, f"{modality} transform options")
+
+
+def _construct(cls, options: dict, where: str):
+    """``cls(**options)``; keys that are not fields of ``cls`` are an error naming them and ``where``."""
     known = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise CohortInputError(f"{modality} transform options: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise CohortInputError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
     return cls(**options)
 
 

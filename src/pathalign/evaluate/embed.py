@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
+from ..io.hdf5 import open_hdf5
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
 from .pathobench_files import write_pathobench_files
 
@@ -314,14 +315,7 @@ def embed_mean_pool(features_dir, out_path, cohort_path=None, name: str | None =
 def read_embeddings(path) -> dict[str, dict]:
     """``{modality: {"ids": [...], "embeddings": array, ...}}`` and ``"pairs"`` → ``{"a-b": {a: arr, b: arr}}``."""
     out: dict = {}
-    path = Path(path)
-    if not path.is_file():
-        raise EmbedError(f"{path}: no such embeddings file")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as e:
-        raise EmbedError(f"{path}: not a readable HDF5 file ({e})") from None
-    with fh:
+    with open_hdf5(path, EmbedError, "embeddings file") as fh:
         attrs = dict(fh.attrs)
         out["_attrs"] = {"model": attrs.get("model")}
         if "skipped_slides" in attrs:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
+from ..io.hdf5 import open_hdf5
 from .trident import GEOJSON_DIR, FragmentFallbackWarning, trident_fragments
 
 
@@ -143,13 +144,7 @@ def read_patch_features(path: str | Path, features: bool = True) -> PatchFeature
     readers that fetch feature rows themselves.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"{path}: no such file")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as e:
-        raise FeatureFileError(f"{path}: not a readable HDF5 file ({e})") from None
-    with fh:
+    with open_hdf5(path, FeatureFileError) as fh:
         if "coords" not in fh:
             raise FeatureFileError(f"{path}: no 'coords' dataset (datasets: {list(fh.keys())})")
         coords = np.asarray(fh["coords"][()])
