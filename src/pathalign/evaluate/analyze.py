@@ -207,7 +207,8 @@ def _plot(result: dict, out: Path) -> None:
     if groups:
         cols = min(5, len(groups))
         rows = int(np.ceil(len(groups) / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 3.4 * rows), squeeze=False)
+        fig.subplots_adjust(wspace=0.75, hspace=0.75)  # room for the modality names on each panel's axes
         for ax, ((kind, mod), items) in zip(axes.flat, sorted(groups.items())):
             names = sorted({n for pair, _, _ in items for n in pair})
             mat = np.full((len(names), len(names)), np.nan)
