@@ -120,3 +120,29 @@ def test_verdict_tells_a_cliff_from_a_slope():
     v = verdict(pd.DataFrame(rows)).set_index("hidden")
     assert v.loc["slope", "shape"] == "graceful" and v.loc["cliff", "shape"] == "cliff"
     assert v.loc["slope", "drop"] == pytest.approx(0.4)
+
+
+def test_curves_of_a_model_trained_with_modality_dropout_are_monotone_within_ci(small_cohort, tmp_path):
+    """Issue 14: on a model trained with modality dropout, hiding more never helps beyond the seeds' interval."""
+    from pathalign.cohort import load_cohort
+    from pathalign.evaluate.embed import embed_with_model, read_embeddings
+    from pathalign.evaluate.tasks import derive_tasks
+    from pathalign.train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_preset("tiny", steps=80, batch_size=32, progress=False, seed=0, modality_dropout=0.3,
+                                  modalities=["rna", "snp", "cnv", "methylation"], checkpoint_every=1000,
+                                  diagnostics_every=0)
+    Trainer(small_cohort, tmp_path / "run", cfg).fit()
+    embed_with_model(tmp_path / "run" / "model", small_cohort, tmp_path / "emb.h5", progress=False)
+    emb = read_embeddings(tmp_path / "emb.h5")
+    tasks = [t for t in derive_tasks(load_cohort(small_cohort).manifest, 3, 0)
+             if t.task_type == "classification" and not t.error]
+    assert tasks
+    s = summarise(degradation(emb, tasks, rates=[0, 0.5, 1.0], seeds=[0, 1, 2]))
+    curves = s[(s.kind == "task") & (s.hidden == ALL)]
+    for name, g in curves.groupby("name"):
+        g = g.sort_values("rate")
+        m, half = g["mean"].to_numpy(), np.nan_to_num((g.ci_high - g.ci_low).to_numpy() / 2)
+        for i in range(len(m) - 1):
+            assert m[i + 1] <= m[i] + half[i] + half[i + 1] + 1e-9, (name, m.tolist(), half.tolist())
+        assert m[-1] < m[0], (name, m.tolist())  # every molecular modality hidden: this model has nothing left
