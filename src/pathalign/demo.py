@@ -14,9 +14,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .devices import DEVICE_HELP, resolve_device
 from .errors import PathalignError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .slides.pipeline import PipelineConfig
 
 
 class DemoError(PathalignError):
@@ -154,7 +160,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     return results
 
 
-def write_report(cfg: DemoConfig, results: dict, manifest, pipe, run: Path) -> bool:
+def write_report(cfg: DemoConfig, results: dict, manifest: pd.DataFrame, pipe: PipelineConfig, run: Path) -> bool:
     """``report.md`` with the results table and the plots (t-SNE, attention, loss curves, metrics)."""
     from .evaluate.embed import read_embeddings
     from .evaluate.attention_plot import plot_attention
@@ -221,7 +227,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=Path(args.out), patients=args.patients, slide_size=args.slide_size, patch_size=args.patch_size,
                      genes=args.genes, steps=args.steps, seed=args.seed, ablations=args.ablations,
                      device=str(resolve_device(args.device)))

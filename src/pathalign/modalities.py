@@ -1,6 +1,8 @@
 """The modalities pathalign aligns: one definition, used by cohort build, the model and the ablations."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 WSI = "wsi"
 MOLECULAR: tuple[str, ...] = ("rna", "snp", "cnv", "methylation")
 """Molecular layers, in the order cohort folders, models and reports list them."""
@@ -8,7 +10,7 @@ MODALITIES: tuple[str, ...] = (WSI,) + MOLECULAR
 """Every modality: the slide first, then the molecular layers."""
 
 
-def check_modalities(names, where: str = "modalities") -> list[str]:
+def check_modalities(names: Iterable[str], where: str = "modalities") -> list[str]:
     """``names`` as a list, or a ``ValueError`` naming those that are not modalities.
 
     Example:

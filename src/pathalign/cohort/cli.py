@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--id-map", help="sample_id -> case_id table for --id-rule table")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Build the cohort; an input error is one line on stderr and exit code 2."""
     import sys
 

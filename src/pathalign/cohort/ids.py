@@ -62,7 +62,7 @@ class IdRule:
             raise CohortInputError(f"{table_path}: id map lacks column(s) {sorted(missing)}")
         return cls("table", dict(zip(df.sample_id.str.strip(), df.case_id.str.strip())))
 
-    def normalise_case(self, case_id) -> str:
+    def normalise_case(self, case_id: object) -> str:
         """The patient id as every source is compared by (see module docstring)."""
         case_id = str(case_id).strip()
         return case_id.upper() if self.kind == "tcga" else case_id
@@ -118,5 +118,5 @@ def assign_patients(samples: list[str], rule: IdRule, source: str) -> tuple[dict
     return chosen, drops
 
 
-def source_name(path) -> str:
+def source_name(path: str | Path) -> str:
     return Path(path).name

@@ -10,6 +10,7 @@ imputed with the training mean and counted in ``last_imputed``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ class _Base:
     def _select(self, values: np.ndarray, names: list[str]) -> list[str]:
         return names
 
-    def fit(self, df: pd.DataFrame):
+    def fit(self, df: pd.DataFrame) -> Self:
         """Fit on the training patients' raw matrix ``df`` (patients x features)."""
         if len(df) < 2:
             raise CohortInputError(f"{type(self).__name__}: need at least 2 training patients, got {len(df)}")
@@ -118,7 +119,7 @@ class _Base:
         return {"kind": type(self).kind, **{k: v for k, v in vars(self).items() if k != "last_imputed"}}
 
     @staticmethod
-    def from_state_dict(state: dict):
+    def from_state_dict(state: dict) -> _Base:
         """The transform a :meth:`state_dict` describes; unknown keys are an error naming them."""
         state = dict(state)
         cls = TRANSFORMS.get(state.pop("kind"))
@@ -203,7 +204,7 @@ class MethylationTransform(_Base):
         return top_variance(values, names, self.max_probes)
 
 
-def make_transform(modality: str, cohort_meta: dict, **options):
+def make_transform(modality: str, cohort_meta: dict, **options: Any) -> _Base:
     """The transform of ``modality`` configured from the cohort's recorded units."""
     units = cohort_meta.get("units", {})
     if modality == "rna":

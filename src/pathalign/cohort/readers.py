@@ -10,6 +10,7 @@ the sample when they differ: there is no right copy to choose.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def _merge_repeated_samples(df: pd.DataFrame, path, drops: list[Drop] | None) ->
     return df[~df.index.duplicated(keep="first")]
 
 
-def read_maf(paths, rule: IdRule | None = None) -> pd.DataFrame:
+def read_maf(paths: str | Path | Iterable[str | Path], rule: IdRule | None = None) -> pd.DataFrame:
     """Binary samples x genes matrix of non-silent mutations from one or more MAF files.
 
     ``#`` comment lines are skipped; a gene counts once per sample however many calls it has;

@@ -23,8 +23,10 @@ differences, same t-interval). Outputs: ``<out>/seed_<s>/<arm>/`` (runs), ``<out
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +35,9 @@ from ..errors import PathalignError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..modalities import MOLECULAR
 from ..models.pathalign_model import load_preset
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BASELINE = "mean-pooling"
 PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
@@ -101,7 +106,7 @@ def select_arms(available: dict[str, Arm], only: list[str] | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def mean_ci(values, level: float = 0.95) -> dict:
+def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
     """Mean and two-sided t-interval of the mean: ``mean ± t_{n-1,(1+level)/2} · sd / √n`` (sd with n-1).
 
     Returns ``{"mean", "half_width", "low", "high", "n", "values"}``; with one value the interval is undefined
@@ -224,7 +229,8 @@ def _slide_embedding_dim(cohort, preset: str) -> int | None:
     return int(cfg.output_dim)
 
 
-def train_arm(cohort_path, run: Path, arm: Arm, name: str, preset: str, seed: int, overrides: dict, manifest,
+def train_arm(cohort_path: str | Path, run: Path, arm: Arm, name: str, preset: str, seed: int, overrides: dict,
+              manifest: pd.DataFrame,
               modalities: list[str], notes: list[str], progress: bool, device: str = "cpu") -> Path:
     """Train one arm for one seed (unless its embeddings exist) and embed the cohort; returns embeddings.h5."""
     from ..train.trainer import TrainConfig, Trainer
@@ -257,7 +263,7 @@ def train_arm(cohort_path, run: Path, arm: Arm, name: str, preset: str, seed: in
     return emb
 
 
-def run_ablations(cohort, out, preset: str = "tiny", steps: int = 300, seed: int = 0, rna_fm: str | None = None,
+def run_ablations(cohort: str | Path, out: str | Path, preset: str = "tiny", steps: int = 300, seed: int = 0, rna_fm: str | None = None,
                   bench: bool = True, only: list[str] | None = None, progress: bool = True,
                   seeds: list[int] | None = None, batch_size: int | None = None, max_tokens: int | None = None,
                   folds: int = 5, device: str = "cpu") -> dict:
@@ -348,7 +354,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))  # before any work
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from .adapters import same_source_overlaps, same_target_cka, top_features
+
+if TYPE_CHECKING:
+    from ..models.pathalign_model import PathAlignModel
 
 
 class AnalysisError(PathalignError, ValueError):
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def adapter_weights(model) -> dict[tuple[str, str], np.ndarray]:
+def adapter_weights(model: PathAlignModel) -> dict[tuple[str, str], np.ndarray]:
     """``{(source, target): W [P, d_source]}`` of a model with pair adapters."""
     heads = model.pair_heads
     if not heads.pair_adapters:
@@ -112,7 +116,8 @@ def _slide_embeddings(path, heldout) -> dict[str, np.ndarray]:
     return {p: np.mean(v, axis=0) for p, v in acc.items()}
 
 
-def analyze_adapters(model_path, out, cohort_path=None, embeddings_path=None, heldout_only: bool = False,
+def analyze_adapters(model_path: str | Path, out: str | Path, cohort_path: str | Path | None = None,
+                     embeddings_path: str | Path | None = None, heldout_only: bool = False,
                      k: int = 8, top: int = 20, draws: int = 200, seed: int = 0) -> dict:
     """Run the adapter analysis and write its files; returns what ``adapters.json`` holds.
 

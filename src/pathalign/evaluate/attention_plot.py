@@ -6,6 +6,7 @@ another fragment must get zero attention.
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from ..models.slide_encoder import SlideEncoder
 
 
-def rope_attention(encoder: SlideEncoder, features, coords, fragment, query: int, block: int | None = None) -> np.ndarray:
+def rope_attention(encoder: SlideEncoder, features: torch.Tensor | np.ndarray, coords: torch.Tensor | np.ndarray,
+                   fragment: torch.Tensor | np.ndarray | None, query: int, block: int | None = None) -> np.ndarray:
     """Head-averaged attention ``[N]`` (input order) of patch ``query`` in RoPE block ``block`` (default: the first)."""
     cfg = encoder.config
     rope_blocks = [i for i, b in enumerate(encoder.blocks) if b.rope_block]
@@ -39,7 +41,8 @@ def rope_attention(encoder: SlideEncoder, features, coords, fragment, query: int
     return out
 
 
-def plot_attention(slide_path, geojson, features_file, encoder: SlideEncoder, out_png, query: int | None = None,
+def plot_attention(slide_path: str | Path, geojson: str | Path, features_file: str | Path, encoder: SlideEncoder,
+                   out_png: str | Path, query: int | None = None,
                    max_side: int = 900) -> dict:
     """Draw the attention of one RoPE block from patch ``query`` (default: a central patch of the largest fragment)."""
     import matplotlib

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,7 @@ def check_embeddings_cover(tasks: list[Task], models: dict[str, dict]) -> None:
                         "them): " + " | ".join(problems))
 
 
-def cross_modal(emb: dict, patients=None) -> dict:
+def cross_modal(emb: dict, patients: Collection[str] | None = None) -> dict:
     """Recall@1/5/10 (and chance) for every pair in the embeddings, on ``patients`` when given."""
     out = {}
     for key in sorted(emb.get("pairs", {})):
@@ -261,7 +262,8 @@ def cross_modal(emb: dict, patients=None) -> dict:
     return out
 
 
-def by_modality_subset(emb: dict, manifest: pd.DataFrame, preds: dict[str, pd.DataFrame], patients, min_n: int = 8):
+def by_modality_subset(emb: dict, manifest: pd.DataFrame, preds: dict[str, pd.DataFrame],
+                       patients: Collection[str] | None, min_n: int = 8) -> list[dict]:
     """Robustness to missing modalities: per availability pattern, probe accuracy and cross-modal recall@5."""
     mods = [m for m in ("wsi", "rna", "snp", "cnv", "methylation") if f"has_{m}" in manifest]
     man = manifest.set_index("case_id")
@@ -532,7 +534,7 @@ def _floats(option: str, text: str) -> list[float]:
         raise TaskError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..cohort import load_cohort
 
     models = named_embeddings(list(args.embeddings) + list(args.compare))

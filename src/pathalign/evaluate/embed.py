@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def _check_encoder(model, features_dir: Path, slide_ids: list[str]) -> None:
                 return
 
 
-def embed_with_model(model_path, cohort_path, out_path, features_dir=None, batch_size=16, progress=True,
+def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: str | Path,
+                     features_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
                      name: str | None = None, trident_name: str | None = None,
                      device: str | torch.device = "cpu") -> EmbedSummary:
     """Embed a cohort with a trained model.
@@ -236,8 +238,9 @@ def _case_ids(ids: list[str], cohort_path) -> tuple[list[str], str]:
     return [case_of.get(s, s) for s in ids], "cohort"
 
 
-def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_size=16, progress=True,
-                             cohort_path=None, out_name: str | None = None,
+def embed_with_slide_encoder(name: str, weights: str | Path, features_dir: str | Path, out_path: str | Path,
+                             batch_size: int = 16, progress: bool = True,
+                             cohort_path: str | Path | None = None, out_name: str | None = None,
                              device: str | torch.device = "cpu") -> EmbedSummary:
     """Embed every features file of ``features_dir`` with a bare slide encoder loaded from published weights.
 
@@ -265,7 +268,7 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
     case_ids_all, source = _case_ids(slide_ids, cohort_path)
     enc = SlideEncoder.from_exaone_path(weights).to(device)
 
-    def encode(slides, names=None):
+    def encode(slides: Sequence[tuple], names: Sequence[str] | None = None) -> torch.Tensor:
         return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides, names=names)])
 
     kept, emb, more = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress, device)
@@ -280,7 +283,8 @@ def embed_with_slide_encoder(name: str, weights, features_dir, out_path, batch_s
     return EmbedSummary({"wsi": len(kept)}, skipped, pb)
 
 
-def embed_mean_pool(features_dir, out_path, cohort_path=None, name: str | None = "mean-pool") -> EmbedSummary:
+def embed_mean_pool(features_dir: str | Path, out_path: str | Path, cohort_path: str | Path | None = None,
+                    name: str | None = "mean-pool") -> EmbedSummary:
     """Baseline: the mean of each slide's patch features (``wsi`` group; ``case_ids`` from the cohort when given).
 
     Args:
@@ -295,7 +299,7 @@ def embed_mean_pool(features_dir, out_path, cohort_path=None, name: str | None =
     features_dir, out_path = Path(features_dir), Path(out_path)
     slide_ids, skipped = _features_slides(features_dir)
 
-    def encode(slides, names=None):  # names: the slide ids, unused by a mean
+    def encode(slides: Sequence[tuple], names: Sequence[str] | None = None) -> torch.Tensor:  # names: the slide ids, unused by a mean
         return torch.stack([f.float().mean(0) for f, *_ in slides])
 
     ids, emb, more = _slide_embeddings(encode, slide_ids, features_dir, 64, False)
@@ -312,7 +316,7 @@ def embed_mean_pool(features_dir, out_path, cohort_path=None, name: str | None =
     return EmbedSummary({"wsi": len(ids)}, skipped, pb)
 
 
-def read_embeddings(path) -> dict[str, dict]:
+def read_embeddings(path: str | Path) -> dict[str, dict]:
     """``{modality: {"ids": [...], "embeddings": array, ...}}`` and ``"pairs"`` → ``{"a-b": {a: arr, b: arr}}``."""
     out: dict = {}
     with open_hdf5(path, EmbedError, "embeddings file") as fh:
@@ -348,7 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before any work
     if args.model:
         if not args.cohort:

@@ -20,7 +20,9 @@ Choices (also in ``docs/choices.md``):
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,7 +97,7 @@ def _task_patients(task) -> pd.DataFrame:
 
 
 def degradation(emb: dict, tasks: list, rates: list[float], seeds: list[int],
-                ks: tuple[int, ...] = (5,), patients=None) -> pd.DataFrame:
+                ks: tuple[int, ...] = (5,), patients: Collection[str] | None = None) -> pd.DataFrame:
     """Every classification task's balanced accuracy and every pair's recall@k under hidden modalities.
 
     Args:
@@ -211,7 +213,7 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_curves(summary: pd.DataFrame, path) -> None:
+def plot_curves(summary: pd.DataFrame, path: str | Path) -> None:
     """One panel per task / retrieval pair: metric against missing rate, one line per hidden modality, CI band."""
     import matplotlib
 

@@ -51,7 +51,7 @@ def plot_metrics(results: dict, out_png: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_embedding_map(embeddings: np.ndarray, labels, out_png: str | Path, title: str, seed: int = 0) -> None:
+def plot_embedding_map(embeddings: np.ndarray, labels: np.ndarray, out_png: str | Path, title: str, seed: int = 0) -> None:
     """t-SNE of slide embeddings coloured by ``labels`` (e.g. cancer type)."""
     from sklearn.manifold import TSNE
     from sklearn.preprocessing import StandardScaler

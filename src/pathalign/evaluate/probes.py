@@ -17,6 +17,7 @@ Two recipes (:data:`RECIPES`):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,7 @@ def _standardise(x_tr, x_va, x_te):
                  for x in (x_tr, x_va, x_te))
 
 
-def classification_metrics(y_true, proba, classes, ordinal: bool = False) -> dict[str, float]:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, ordinal: bool = False) -> dict[str, float]:
     """Balanced accuracy, macro one-vs-rest AUROC, weighted F1 (and quadratic κ for ordinal labels)."""
     y_true = np.asarray(y_true)
     pred = np.asarray(classes)[proba.argmax(1)]
@@ -99,7 +100,8 @@ def classification_metrics(y_true, proba, classes, ordinal: bool = False) -> dic
     return out
 
 
-def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, ordinal=False, seed=0, c_grid=C_GRID) -> dict:
+def linear_probe(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, x_te: np.ndarray,
+                 y_te: np.ndarray, ordinal: bool = False, seed: int = 0, c_grid: Sequence[float] = C_GRID) -> dict:
     """Logistic regression with C chosen on the validation part (balanced accuracy); test metrics.
 
     With an empty validation part C is :data:`DEFAULT_C` (no tuning on the training data); ``tuned`` says which.
@@ -123,7 +125,8 @@ def linear_probe(x_tr, y_tr, x_va, y_va, x_te, y_te, ordinal=False, seed=0, c_gr
     return out
 
 
-def pathobench_linear_probe(x_tr, y_tr, x_te, y_te, ordinal=False, cost=1.0, balanced=False) -> dict:
+def pathobench_linear_probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
+                            ordinal: bool = False, cost: float = 1.0, balanced: bool = False) -> dict:
     """Patho-Bench's linear probe: ``LogisticRegression(C=cost, max_iter=10000, random_state=0)`` on raw features.
 
     As in Patho-Bench (LinearProbeExperiment.train, ClassificationMixin.classification_metrics), labels are
@@ -154,7 +157,7 @@ def pathobench_linear_probe(x_tr, y_tr, x_te, y_te, ordinal=False, cost=1.0, bal
     return out
 
 
-def concordance_index(time, event, risk) -> float:
+def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C: among comparable pairs (the earlier time is an event), the fraction where the earlier
     one has the higher risk; ties in risk count one half."""
     time, event, risk = map(np.asarray, (time, event, risk))
@@ -170,7 +173,8 @@ def concordance_index(time, event, risk) -> float:
     return float(num / den)
 
 
-def cox_probe(x_tr, t_tr, e_tr, x_va, t_va, e_va, x_te, t_te, e_te, l1_ratio=0.5) -> dict:
+def cox_probe(x_tr: np.ndarray, t_tr: np.ndarray, e_tr: np.ndarray, x_va: np.ndarray, t_va: np.ndarray,
+              e_va: np.ndarray, x_te: np.ndarray, t_te: np.ndarray, e_te: np.ndarray, l1_ratio: float = 0.5) -> dict:
     """Elastic-net Cox (scikit-survival) with the penalty chosen on the validation part; test C-index.
 
     With an empty validation part the penalty is :data:`DEFAULT_ALPHA` (no tuning on the training data).
@@ -204,7 +208,8 @@ def cox_probe(x_tr, t_tr, e_tr, x_va, t_va, e_va, x_te, t_te, e_te, l1_ratio=0.5
     return {"c_index": concordance_index(t_te, e_te, risk_te), "alpha": float(best[1]), "_tuned": "validation"}
 
 
-def pathobench_cox_probe(x_tr, t_tr, e_tr, x_te, t_te, e_te, alpha=DEFAULT_ALPHA, l1_ratio=0.5) -> dict:
+def pathobench_cox_probe(x_tr: np.ndarray, t_tr: np.ndarray, e_tr: np.ndarray, x_te: np.ndarray, t_te: np.ndarray,
+                         e_te: np.ndarray, alpha: float = DEFAULT_ALPHA, l1_ratio: float = 0.5) -> dict:
     """Patho-Bench's Cox model (CoxNetExperiment): raw features, fixed ``alpha``; C-index = ``model.score``.
 
     ``CoxnetSurvivalAnalysis(alphas=[alpha], l1_ratio=l1_ratio, max_iter=100000)``, or

@@ -1,10 +1,12 @@
 """Retrieval metrics: cross-modal recall@k (matched pairs on the diagonal) and label-based slide retrieval."""
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import numpy as np
 
 
-def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+def recall_at_k(similarity: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@k of queries (rows) whose match is the same-index column of ``similarity`` [n, n].
 
     Ties are broken against the query (a tied wrong item ranks first), so constant scores give chance or less.
@@ -17,12 +19,13 @@ def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
     return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
 
 
-def chance_recall(n: int, ks=(1, 5, 10)) -> dict[str, float]:
+def chance_recall(n: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Expected recall@k of a random ranking over ``n`` candidates."""
     return {f"recall@{k}": min(1.0, k / n) for k in ks}
 
 
-def label_retrieval(embeddings: np.ndarray, labels, groups=None, ks=(1, 5)) -> dict[str, float]:
+def label_retrieval(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+                    ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Slide → slide retrieval by cosine similarity: top-k accuracy and mAP@5 by label.
 
     Items from the same ``groups`` entry (e.g. the same patient) are excluded from each other's results.
@@ -46,7 +49,8 @@ def label_retrieval(embeddings: np.ndarray, labels, groups=None, ks=(1, 5)) -> d
     return out
 
 
-def patient_pair_space(emb: dict, a: str, b: str, patients=None):
+def patient_pair_space(emb: dict, a: str, b: str,
+                       patients: Collection[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-patient vectors of modalities ``a`` and ``b`` in their pair space, for the patients having both.
 
     ``emb`` is what :func:`pathalign.evaluate.embed.read_embeddings` returns. Slides of one patient are averaged
@@ -57,7 +61,7 @@ def patient_pair_space(emb: dict, a: str, b: str, patients=None):
         raise KeyError(f"no pair {a}-{b} in the embeddings (pairs: {sorted(emb.get('pairs', {}))})")
     pair = emb["pairs"][key]
 
-    def per_patient(m):
+    def per_patient(m: str) -> dict[str, np.ndarray]:
         ids = emb[m]["case_ids"] if m == "wsi" else emb[m]["ids"]
         vecs = {}
         for pid, v in zip(ids, pair[m]):
@@ -73,7 +77,8 @@ def patient_pair_space(emb: dict, a: str, b: str, patients=None):
     return common, np.array([va[p] for p in common]), np.array([vb[p] for p in common])
 
 
-def cross_modal_retrieval(emb: dict, a: str, b: str, patients=None, ks=(1, 5, 10)) -> dict:
+def cross_modal_retrieval(emb: dict, a: str, b: str, patients: Collection[str] | None = None,
+                          ks: Sequence[int] = (1, 5, 10)) -> dict:
     """Recall@k of ``a`` → ``b`` retrieval through the pair adapters, with chance and the number of patients."""
     ids, xa, xb = patient_pair_space(emb, a, b, patients)
     if len(ids) < 2:

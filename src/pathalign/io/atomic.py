@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -32,7 +32,7 @@ def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_df(df: pd.DataFrame, path: str | Path, index: bool = False, **kw) -> None:
+def atomic_write_df(df: pd.DataFrame, path: str | Path, index: bool = False, **kw: Any) -> None:
     """Write ``df`` as Parquet (``.parquet``) or TSV (``.tsv``/``.tsv.gz``/``.csv``), atomically."""
     name = Path(path).name
     with atomic_path(path) as tmp:
@@ -48,5 +48,5 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
-def atomic_write_json(obj, path: str | Path) -> None:
+def atomic_write_json(obj: Any, path: str | Path) -> None:
     atomic_write_text(json.dumps(obj, indent=1, sort_keys=True, default=str), path)

@@ -162,7 +162,7 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, segments: Segments) 
     if key not in segments._cache:
         ids = segments.ids(q.device)
 
-        def same_segment(b, h, qi, ki):
+        def same_segment(b: Tensor, h: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
             return ids[qi] == ids[ki]
 
         t = segments.total

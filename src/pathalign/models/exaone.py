@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..io.checkpoints import CheckpointError, read_state_dict
 from .slide_encoder_config import SlideEncoderConfig
+
+if TYPE_CHECKING:
+    from .slide_encoder import SlideEncoder
 
 _RENAMES = {"storage_tokens": "register_tokens", "rope_embed.periods": "rope_periods"}
 _MARKER = "transformer."
@@ -35,7 +40,7 @@ def strip_to_transformer(sd: dict[str, Tensor], where: str = "state dict") -> di
     return out
 
 
-def infer_config(sd: dict[str, Tensor], where: str = "state dict", **overrides):
+def infer_config(sd: dict[str, Tensor], where: str = "state dict", **overrides: Any) -> SlideEncoderConfig:
     """A :class:`SlideEncoderConfig` read off pathalign-named weights ``sd``."""
     try:
         proj = sd["patch_embed.proj.weight"]
@@ -57,7 +62,8 @@ def infer_config(sd: dict[str, Tensor], where: str = "state dict", **overrides):
     return SlideEncoderConfig(**cfg)
 
 
-def load_exaone_slide_encoder(cls, path_or_state_dict, **overrides):
+def load_exaone_slide_encoder(cls: type[SlideEncoder], path_or_state_dict: str | Path | Mapping[str, Tensor],
+                              **overrides: Any) -> SlideEncoder:
     """Build ``cls`` from a published checkpoint (path or state dict) and load its weights, eval mode."""
     if isinstance(path_or_state_dict, (str, Path)):
         from ..io.hub import resolve_checkpoint  # a file, a snapshot folder or a Hub id (its slide-encoder/)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ class ConfigError(CheckpointError):
     """A model folder or config that cannot be used; the message names the file and the keys."""
 
 
-def check_keys(data: dict, known, where: str) -> None:
+def check_keys(data: dict, known: Collection[str], where: str) -> None:
     """Raise :class:`ConfigError` naming every key of ``data`` not in ``known``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")

@@ -112,7 +112,8 @@ def _as_numpy(x, name: str, where: str) -> np.ndarray:
         raise SlideInputError(f"{where}: {name} cannot be read as an array ({e})") from None
 
 
-def validate_slide(features, coords, fragment, input_dim: int, where: str):
+def validate_slide(features: Tensor | np.ndarray, coords: Tensor | np.ndarray, fragment: Tensor | np.ndarray | None,
+                   input_dim: int, where: str) -> tuple[Tensor, np.ndarray, np.ndarray | None]:
     """Check one slide's inputs and return them as ``(features Tensor, coords ndarray, fragment ndarray|None)``.
 
     Raises:

@@ -115,7 +115,7 @@ class PathAlignConfig:
         """The ``MOLECULAR_ENCODERS`` entry that encodes ``modality``."""
         return self.rna_encoder if modality == "rna" else MOLECULAR_DEFAULT_ENCODER
 
-    def replace(self, **changes) -> "PathAlignConfig":
+    def replace(self, **changes: Any) -> "PathAlignConfig":
         """A checked copy with ``changes``."""
         check_keys(changes, [f.name for f in dataclasses.fields(self)], "PathAlignConfig.replace")
         return dataclasses.replace(self, **changes)
@@ -131,7 +131,7 @@ class PathAlignConfig:
 
     @classmethod
     def from_preset(cls, name: str, modalities: Sequence[str], input_dims: dict[str, int],
-                    **overrides) -> "PathAlignConfig":
+                    **overrides: Any) -> "PathAlignConfig":
         """The preset ``name`` (``MODEL_PRESETS``) for these modalities and input dims, with ``overrides``."""
         fields = MODEL_PRESETS.get(name).model_fields()
         fields.update(overrides)
@@ -282,7 +282,8 @@ class PathAlignModel(nn.Module):
         return emb, {m: v.to(self._device()) for m, v in valid.items()}
 
     def forward(self, batch: dict | None = None, *, embeddings: dict[str, Tensor] | None = None,
-                valid: dict[str, Tensor] | None = None, project: bool = True):
+                valid: dict[str, Tensor] | None = None,
+                project: bool = True) -> list[PairProjection] | tuple[dict[str, Tensor], dict[str, Tensor]]:
         """A training batch through the encoders and/or the pair heads.
 
         Three uses (all through ``forward`` so that a DDP wrapper sees every parameter):
@@ -403,7 +404,7 @@ def load_model(path: str | Path) -> PathAlignModel:
 
 
 def create_model(name_or_path: str | Path, modalities: Sequence[str] | None = None,
-                 input_dims: dict[str, int] | None = None, **overrides) -> PathAlignModel:
+                 input_dims: dict[str, int] | None = None, **overrides: Any) -> PathAlignModel:
     """A model from a preset name (randomly initialised) or a saved one (path or ``hf-hub:`` id).
 
     Args:

@@ -9,7 +9,7 @@ path builds anything of size T x T.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.utils.checkpoint
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .attention import ATTENTION_BACKENDS, choose_backend
 from .exaone import load_exaone_slide_encoder
 from .layers import SwiGLU
-from .packing import PackedSlides, SlideInputError, pack_slides
+from .packing import PackedSlides, Segments, SlideInputError, pack_slides
 from .rope import apply_rope, rope_cos_sin, rope_periods, rope_positions
 from .slide_encoder_config import POOLINGS, SLIDE_ENCODER_PRESETS, SlideEncoderConfig
 
@@ -45,7 +45,7 @@ class SegmentSelfAttention(nn.Module):
             k = apply_rope(k, cos[:, None, :], sin[:, None, :])
         return q, k, v
 
-    def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, segments: Segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """Attention output ``[T, D]`` of ``x`` ``[T, D]`` within ``segments``."""
         q, k, v = self.qkv_rotated(x, rope)
         out = ATTENTION_BACKENDS.get(backend)(q, k, v, segments)  # [T,H,Dh]
@@ -64,7 +64,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, segments: Segments, backend: str, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """``[T, D]`` -> ``[T, D]``."""
         x = x + self.drop(self.attn(self.norm1(x), segments, backend, rope))
         return x + self.drop(self.mlp(self.norm2(x)))
@@ -99,7 +99,7 @@ class SlideEncoder(nn.Module):
         torch.Size([1, 80])
     """
 
-    def __init__(self, config: SlideEncoderConfig | None = None, **overrides):
+    def __init__(self, config: SlideEncoderConfig | None = None, **overrides: Any):
         super().__init__()
         cfg = config or SlideEncoderConfig()
         if overrides:
@@ -125,12 +125,12 @@ class SlideEncoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "SlideEncoder":
+    def from_preset(cls, name: str, **overrides: Any) -> "SlideEncoder":
         """A randomly initialised encoder of preset ``name`` (``SLIDE_ENCODER_PRESETS``)."""
         return cls(SLIDE_ENCODER_PRESETS.get(name), **overrides)
 
     @classmethod
-    def from_exaone_path(cls, path_or_state_dict: str | Path | Mapping[str, Tensor], **overrides) -> "SlideEncoder":
+    def from_exaone_path(cls, path_or_state_dict: str | Path | Mapping[str, Tensor], **overrides: Any) -> "SlideEncoder":
         """Load the published EXAONE Path 2.5 slide encoder (eval mode); see :mod:`.exaone`.
 
         Example:
@@ -158,7 +158,8 @@ class SlideEncoder(nn.Module):
             units.append(cfg.rope_unit_um / float(mpp))
         return units
 
-    def pack(self, slides: Sequence[tuple], mpps: Sequence[float | None] | None = None, names=None) -> PackedSlides:
+    def pack(self, slides: Sequence[tuple], mpps: Sequence[float | None] | None = None,
+             names: Sequence[str] | None = None) -> PackedSlides:
         """Validate and pack ``slides`` (see :func:`~pathalign.models.packing.pack_slides`)."""
         mpps = list(mpps) if mpps is not None else [None] * len(slides)
         if len(mpps) != len(slides):
@@ -178,7 +179,8 @@ class SlideEncoder(nn.Module):
         return cos.to(device), sin.to(device)
 
     # ------------------------------------------------------------------ forward
-    def run_blocks(self, packed: PackedSlides, stop: int | None = None):
+    def run_blocks(self, packed: PackedSlides,
+                   stop: int | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Segments]:
         """Embed the packed sequence and run the blocks before ``stop`` (default: all of them).
 
         Returns:

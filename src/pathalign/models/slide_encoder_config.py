@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ..registry import Registry
 from .attention import ATTENTION_BACKENDS
@@ -98,7 +99,7 @@ class SlideEncoderConfig:
     def is_rope_block(self, i: int) -> bool:
         return self.nope_interval > 0 and i % self.nope_interval != 0
 
-    def replace(self, **changes) -> SlideEncoderConfig:
+    def replace(self, **changes: Any) -> SlideEncoderConfig:
         """A checked copy with ``changes`` (configs are never modified in place).
 
         Example:

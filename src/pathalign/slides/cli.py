@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from .patch import PatchConfig
     from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder, _dist_info
     from .segment import SegmentConfig

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -46,7 +47,7 @@ class PatchDataset(Dataset):
 
 
 def extract_features(encoder: PatchEncoder, dataset: PatchDataset, batch_size: int = 64, workers: int = 0,
-                     device: str | torch.device = "cpu", out_dtype=np.float16, progress: bool = True,
+                     device: str | torch.device = "cpu", out_dtype: DTypeLike = np.float16, progress: bool = True,
                      desc: str = "patches") -> np.ndarray:
     """Features ``[N, encoder.dim]`` of every patch of ``dataset``."""
     device = torch.device(device)

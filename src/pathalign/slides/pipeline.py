@@ -45,7 +45,7 @@ from ..distributed import env_ranks as _dist_info  # noqa: F401  (slides/cli.py 
 from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
-from .encoders import PatchEncoderError, build_patch_encoder
+from .encoders import PatchEncoder, PatchEncoderError, build_patch_encoder
 from .extract import PatchDataset, extract_features
 from .features_io import is_complete, read_patch_features, write_patch_file
 from .patch import PatchConfig, patch_slide
@@ -181,7 +181,7 @@ def _check_geojson(gj: Path, cfg: PipelineConfig) -> None:
         check_settings(gj, {"segmenter": recorded}, stage_settings(cfg, "segment"))
 
 
-def process_slide(path: Path, cfg: PipelineConfig, encoder=None) -> dict:
+def process_slide(path: Path, cfg: PipelineConfig, encoder: PatchEncoder | None = None) -> dict:
     """Run the configured stages on one slide; returns its summary row (never raises for bad slides)."""
     sid = slide_id_of(path)
     row = {"slide_id": sid, "path": str(path), "status": "done", "reason": "", "patches": 0, "fragments": 0,

@@ -132,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes rendering slides (default: all cores)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     cfg = SynthConfig(patients=args.patients, seed=args.seed, slide_size=args.slide_size, mpp=args.mpp, genes=args.genes,
                       difficulty=args.difficulty)
     generate_cohort(args.out, cfg, workers=args.workers)

@@ -22,6 +22,7 @@ stain deconvolution recovers them.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -107,7 +108,7 @@ def _layout(n: int) -> tuple[int, int]:
 GEOMETRY_SCALE = 4  # fragment geometry is computed at 1/4 resolution, then upsampled
 
 
-def fragment_geometry(rng, size: int, n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
+def fragment_geometry(rng: np.random.Generator, size: int, n_fragments: int) -> tuple[np.ndarray, np.ndarray]:
     """Fragment id (-1 = background) and, inside each fragment, the rank of each pixel's x coordinate
     among the fragment's pixels (0 = leftmost, 1 = rightmost), ``[size, size]``."""
     rows, cols = _layout(n_fragments)
@@ -152,8 +153,9 @@ def _subclones(frag: np.ndarray, tumour: np.ndarray, large_on_top: bool) -> np.n
     return large
 
 
-def tissue_classes(rng, size: int, n_fragments: int, pattern: str, programs: np.ndarray, instability: str = "low",
-                   discordant_fragments: float = 0.0, fraction_noise: float = 0.0):
+def tissue_classes(rng: np.random.Generator, size: int, n_fragments: int, pattern: str, programs: np.ndarray,
+                   instability: str = "low", discordant_fragments: float = 0.0,
+                   fraction_noise: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel class index (0 background, 1 + index in ``CLASSES``), fragment id and tumour cell kind
     (1 large, 0 small, -1 not tumour), ``[size, size]``; the fragments that put the tumour on the other side."""
     small = size // GEOMETRY_SCALE
@@ -182,7 +184,7 @@ def tissue_classes(rng, size: int, n_fragments: int, pattern: str, programs: np.
             cv2.resize(kind, up, interpolation=cv2.INTER_NEAREST), flipped)
 
 
-def render_slide(rng, bank, ctype: str, sub: int, pattern: str, programs: np.ndarray, size: int,
+def render_slide(rng: np.random.Generator, bank: dict[tuple[str, int, str], np.ndarray], ctype: str, sub: int, pattern: str, programs: np.ndarray, size: int,
                  n_fragments: int, instability: str = "low", params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """RGB ``[size, size, 3]`` slide and its per-pixel fragment map.
 
@@ -215,7 +217,7 @@ def render_slide(rng, bank, ctype: str, sub: int, pattern: str, programs: np.nda
 
 
 def write_pyramidal_tiff(path: Path, rgb: np.ndarray, mpp: float, magnification: float = 20.0,
-                         downsamples=(1, 4), tile: int = 256) -> None:
+                         downsamples: Sequence[int] = (1, 4), tile: int = 256) -> None:
     """Write a tiled, JPEG-compressed pyramidal TIFF (one page per level) with mpp, atomically."""
     desc = f"pathalign synthetic slide|AppMag = {magnification:g}|MPP = {mpp:g}"
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tw:

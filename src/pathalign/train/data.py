@@ -3,6 +3,7 @@ and batches that are a pure function of (seed, step) — so any number of worker
 layout and any resume point see exactly the same batches."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -47,7 +48,8 @@ class CohortData:
             (None: 5 % of RAM up to 4 GiB; see :mod:`.feature_reader`).
     """
 
-    def __init__(self, cohort: Cohort, features_dir: str | Path | None, modalities: list[str], train_ids=None,
+    def __init__(self, cohort: Cohort, features_dir: str | Path | None, modalities: list[str],
+                 train_ids: Sequence[str] | None = None,
                  preprocessing: dict | None = None, transform_options: dict | None = None,
                  rna_embeddings: pd.DataFrame | None = None, feature_cache_bytes: int | None = None):
         self.cohort = cohort
@@ -109,12 +111,12 @@ class CohortData:
             dims["wsi"] = self.reader.index(first).dim
         return dims
 
-    def eligible(self, ids) -> np.ndarray:
+    def eligible(self, ids: Sequence[str]) -> np.ndarray:
         """Indices of ``ids`` with at least two modalities (the ones training samples)."""
         idx = np.array([self.index[p] for p in ids], int)
         return idx[self.n_valid[idx] >= 2]
 
-    def load_slide(self, slide_id: str, rows: np.ndarray | None = None):
+    def load_slide(self, slide_id: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(features float32, coords, fragment)`` of a slide's ``rows`` (increasing; None: all)."""
         return self.reader.read(slide_id, rows)
 

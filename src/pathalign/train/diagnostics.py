@@ -22,10 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..geometry import effective_rank, mean_pairwise_cosine
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ..models.pathalign_model import PathAlignModel
 
 COLLAPSE_RANK = 2.0
 COLLAPSE_COSINE = 0.95
@@ -104,7 +110,7 @@ def pair_gradient_norms(per_pair_loss: dict, params: list) -> dict[str, float]:
     return out
 
 
-def diagnose(model, batch: dict, balance: str = "siglip") -> dict:
+def diagnose(model: PathAlignModel, batch: dict, balance: str = "siglip") -> dict:
     """Collapse and imbalance figures of ``model`` on one (validation) batch, in eval mode.
 
     Args:
@@ -160,7 +166,7 @@ class DiagnosticsLog:
     A resumed run keeps the rows up to the step it resumes from (the file is rewritten atomically).
     """
 
-    def __init__(self, run_dir, batch: dict, every: int, balance: str = "siglip", start_step: int = 0):
+    def __init__(self, run_dir: str | Path, batch: dict, every: int, balance: str = "siglip", start_step: int = 0):
         import csv
 
         from ..io.atomic import atomic_write_text
@@ -186,7 +192,8 @@ class DiagnosticsLog:
         w.writerows(self.rows)
         return buf.getvalue()
 
-    def maybe_log(self, step: int, model, last_step: bool = False, writer=None) -> list[str]:
+    def maybe_log(self, step: int, model: PathAlignModel, last_step: bool = False,
+                  writer: SummaryWriter | None = None) -> list[str]:
         """Diagnose at multiples of ``every`` (and at the last step); returns the new warnings."""
         import sys
 

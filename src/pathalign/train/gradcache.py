@@ -21,10 +21,14 @@ of similar cost; packing is variable-length, so no padding is ever computed.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..models.siglip import LossOutput
 
 Embeddings = dict[str, Tensor]
 
@@ -91,17 +95,17 @@ class _RNG:
         self.cuda = device.type == "cuda"
         self.device = device
 
-    def get(self):
+    def get(self) -> tuple[Tensor, Tensor | None]:
         return torch.get_rng_state(), (torch.cuda.get_rng_state(self.device) if self.cuda else None)
 
-    def set(self, state) -> None:
+    def set(self, state: tuple[Tensor, Tensor | None]) -> None:
         torch.set_rng_state(state[0])
         if self.cuda:
             torch.cuda.set_rng_state(state[1], self.device)
 
 
 def gradcache_step(embed: Callable[[dict], tuple[Embeddings, Embeddings]], loss_from_embeddings: Callable,
-                   micro_batches: list[dict], device: torch.device | str = "cpu"):
+                   micro_batches: list[dict], device: torch.device | str = "cpu") -> LossOutput:
     """Forward and backward of one step in micro-batches; parameter ``.grad`` as one full-batch backward.
 
     Args:
@@ -141,7 +145,7 @@ def gradcache_step(embed: Callable[[dict], tuple[Embeddings, Embeddings]], loss_
     return out
 
 
-def allreduce_gradients(params, world_size: int) -> None:
+def allreduce_gradients(params: Iterable[nn.Parameter], world_size: int) -> None:
     """Average ``.grad`` over ranks (what DDP does), for steps run outside DDP's hooks.
 
     A parameter without a gradient on some rank counts as zero there; one without a gradient on

@@ -157,7 +157,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     pretrain_rna(args.cohort, args.out, n_genes=args.genes, dim=args.dim, depth=args.depth, steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, mask_ratio=args.mask_ratio, seed=args.seed,
                  device=resolve_device(args.device))

@@ -13,7 +13,9 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,7 +85,7 @@ class TrainConfig:
             raise ValueError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
+    def from_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
         """The preset's training defaults with ``overrides`` (None values ignored); unknown keys are an error."""
         base = dict(load_preset(preset)["train"])
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -91,7 +93,7 @@ class TrainConfig:
         return dataclass_from_dict(cls, base, "training settings")
 
 
-def lr_lambda(warmup: int, total: int):
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warm-up then cosine decay to 0 (as a multiplier of the base lr)."""
 
     def f(step: int) -> float:
@@ -381,11 +383,11 @@ class Trainer:
         n_prefix = model.slide_encoder.config.n_prefix if model.slide_encoder is not None else 0
         plan = plan_micro_batches(row_tokens(batch, n_prefix), cfg.micro_batch, cfg.micro_batch_tokens)
 
-        def embed(mb):
+        def embed(mb: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 return model(mb, project=False)
 
-        def loss_from_embeddings(emb, valid):
+        def loss_from_embeddings(emb: dict[str, Tensor], valid: dict[str, Tensor]) -> LossOutput:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 return self.loss_fn(model(embeddings=emb, valid=valid))
 

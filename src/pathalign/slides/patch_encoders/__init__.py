@@ -16,7 +16,9 @@ entry's own Hub id is used.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -83,7 +85,8 @@ def _read(spec: PatchEncoderSpec, weights) -> tuple[dict[str, Tensor], str]:
                                 f"the checkpoint file or its Hub snapshot folder) or a Hub id.") from None
 
 
-def load_publisher_weights(spec: PatchEncoderSpec, weights, **overrides) -> nn.Module:
+def load_publisher_weights(spec: PatchEncoderSpec, weights: str | Path | Mapping[str, Tensor],
+                           **overrides: Any) -> nn.Module:
     """Build ``spec``'s model fitted to ``weights`` (publisher layout) and load them strictly.
 
     Args:
@@ -112,8 +115,9 @@ def load_publisher_weights(spec: PatchEncoderSpec, weights, **overrides) -> nn.M
     return model.eval()
 
 
-def build_patch_encoder(name: str, weights=None, device: str | torch.device = "cpu", pretrained: bool = True,
-                        **overrides) -> PatchEncoder:
+def build_patch_encoder(name: str, weights: str | Path | Mapping[str, Tensor] | None = None,
+                        device: str | torch.device = "cpu", pretrained: bool = True,
+                        **overrides: Any) -> PatchEncoder:
     """Build the registered patch encoder ``name``.
 
     Args:
