@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fragment_layout import fragment_grid  # benchmarks/ is on sys.path when a script there runs
+
 FEATURE_DIM = 768
 
 
@@ -69,16 +71,10 @@ def write_cohort(root: Path, n_slides: int, median: int, max_patches: int, seed:
             continue
         n_frag = int(rng.integers(2, 7))
         sizes = np.diff(np.sort(np.concatenate([[0, n], rng.choice(np.arange(1, n), n_frag - 1, replace=False)])))
-        coords, frag, x0 = [], [], 0
-        for f, size in enumerate(sizes):
-            side = int(np.ceil(np.sqrt(size)))
-            cells = np.arange(size)
-            coords.append(np.stack([x0 + cells % side, cells // side], 1) * 256)
-            frag.append(np.full(size, f))
-            x0 += side + 4
+        coords, frag = fragment_grid(sizes, gap=4)
         start = int(rng.integers(0, len(pool)))
         feats = pool[(start + np.arange(n)) % len(pool)]
-        write_patch_file(path, np.concatenate(coords), np.concatenate(frag), {"patch_size_level0": 256, "mpp": 0.5},
+        write_patch_file(path, coords, frag, {"patch_size_level0": 256, "mpp": 0.5},
                          feats, {"encoder": "simulated"})
         if s % 200 == 0:
             print(f"  {s}/{n_slides} slides written ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -25,19 +25,15 @@ def random_slide(n: int, n_fragments: int, c: int, seed: int = 0):
     import numpy as np
     import torch
 
+    from fragment_layout import fragment_grid  # benchmarks/ is on sys.path when a script there runs
+
     rng = np.random.default_rng(seed)
     share = rng.uniform(0.3, 1.7, n_fragments)
     sizes = np.maximum(1, np.floor(share / share.sum() * n)).astype(int)
     sizes[0] += n - sizes.sum()
-    coords, frag, x0 = [], [], 0
-    for f, size in enumerate(sizes):
-        side = int(np.ceil(np.sqrt(size)))
-        idx = np.arange(size)
-        coords.append(np.stack([x0 + idx % side, idx // side], 1) * 256)
-        frag.append(np.full(size, f))
-        x0 += side + 2
+    coords, frag = fragment_grid(sizes, gap=2)
     feats = torch.from_numpy(rng.standard_normal((n, c)).astype(np.float32))
-    return feats, torch.from_numpy(np.concatenate(coords)), torch.from_numpy(np.concatenate(frag))
+    return feats, torch.from_numpy(coords), torch.from_numpy(frag)
 
 
 def worker(spec: dict) -> dict:
