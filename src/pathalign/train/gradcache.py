@@ -21,7 +21,7 @@ of similar cost; packing is variable-length, so no padding is ever computed.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
