@@ -428,6 +428,7 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
         if step == 2:
             batch["valid"]["cnv"][:] = False  # a modality absent from the whole global batch
         loss_fn(net(batch)).loss.backward()
+    dist.barrier()  # neither rank tears the group down while the other still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 

@@ -237,6 +237,7 @@ def _ddp_gradcache_worker(rank: int, world: int, init_file: str, out_dir: str, s
         gradcache_step(*_halves(model, rank, world), _micro(local, 2))
         allreduce_gradients(model.parameters(), world)
         torch.save(_grads(model), f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other still talks to it (gloo aborts then)
     finally:
         dist.destroy_process_group()
 

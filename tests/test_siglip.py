@@ -3,8 +3,6 @@ distributed contract."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -132,12 +130,6 @@ def test_pos_neg_balance_and_single_pair():
 
 
 # ------------------------------------------------------------------------------------ distributed
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _setup(seed=0):
     """Upstream encoders, the pair heads, and a global batch (same on every process)."""
     torch.manual_seed(seed)
@@ -153,11 +145,11 @@ def _grads(enc, heads):
     return {n: p.grad.clone() for n, p in [*enc.named_parameters(), *heads.named_parameters()] if p.grad is not None}
 
 
-def _worker(rank, world, port, out_path):
+def _worker(rank, world, init_file, out_path):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port to race for with other processes on the machine
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     enc, heads, x, valid = _setup()
     loss_fn = MultimodalSigLIPLoss(rank=rank, world_size=world)
     rows = slice(rank * 4, rank * 4 + 4)
@@ -169,6 +161,7 @@ def _worker(rank, world, port, out_path):
             dist.all_reduce(p.grad)
             p.grad /= world
     torch.save({"loss": out.loss.detach(), "per_pair": out.per_pair, "grads": _grads(enc, heads)}, f"{out_path}.{rank}")
+    dist.barrier()  # neither rank tears the group down while the other still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 
@@ -179,7 +172,7 @@ def test_distributed_loss_and_gradients_equal_single_process(tmp_path):
     out = _loss(heads, MultimodalSigLIPLoss(), {m: enc[m](x[m]) for m in x}, valid)
     out.loss.backward()
     ref = _grads(enc, heads)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "r")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "r")), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
         assert torch.allclose(got["loss"], out.loss.detach(), rtol=1e-5)
