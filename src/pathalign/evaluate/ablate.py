@@ -8,7 +8,9 @@ Arms (``--only`` picks some; ``full`` is always trained, it is what the others a
   every pair, each modality's encoder being its only projection; ``embed_dim`` is set to the slide
   embedding's dim so that the identity fits);
 * data: ``complete-case`` (training restricted to patients with every modality), ``without-<m>``
-  (modality ``m`` left out of training);
+  (modality ``m`` left out of training), ``train-missing-0.25/0.5/0.75`` (that fraction of the training
+  patients' molecular data hidden, per modality, seeded and patient-level: the training-time
+  missingness curve, with ``full`` as rate 0, drawn in ``training_missing.png``);
 * ``random-slide-encoder`` — the slide encoder frozen at its random initialisation (molecular encoders
   and pair heads trained as usual);
 * ``mean-pooling`` — the mean of each slide's patch features (no training).
@@ -18,7 +20,8 @@ patients and the benchmark folds, identically for every arm, so arms are compare
 Per metric the table gives the mean over seeds ± the half-width of its 95 % t-interval
 (``t_{n-1, 0.975} · sd / √n``), and for every arm the paired difference to ``full`` (per-seed
 differences, same t-interval). Outputs: ``<out>/seed_<s>/<arm>/`` (runs), ``<out>/seed_<s>/results.*``
-(the bench of that seed), ``<out>/ablation.json`` and ``<out>/ablation.md``.
+(the bench of that seed), ``<out>/ablation.json``, ``<out>/ablation.md`` and, with the ``train-missing``
+arms, ``<out>/training_missing.{csv,png}``.
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ BASELINE = "mean-pooling"
 PRIMARY = {"classification": "balanced_accuracy", "survival": "c_index"}
 
 
+TRAIN_MISSING_RATES = (0.25, 0.5, 0.75)
+"""Training-time missing rates of the ``train-missing-<r>`` arms (the curve's rate 0 is ``full``)."""
+
+
+def missing_arm(rate: float) -> str:
+    """The arm name for training-time missing rate ``rate`` (``train-missing-0.25``)."""
+    return f"train-missing-{rate:g}"
+
+
 class AblationError(PathalignError, ValueError):
     """An unusable ablation request (unknown arm, cohort too small, bad option); the message names it."""
 
@@ -56,6 +68,7 @@ class Arm:
     complete_cases: bool = False
     freeze_slide_encoder: bool = False
     trained: bool = True
+    train_missing_rate: float = 0.0  # training-time missingness (TrainConfig.train_missing_rate)
 
 
 def arms(preset: str, modalities: list[str], wsi_dim: int | None = None) -> dict[str, Arm]:
@@ -71,6 +84,8 @@ def arms(preset: str, modalities: list[str], wsi_dim: int | None = None) -> dict
         "complete-case": Arm(complete_cases=True),
         "random-slide-encoder": Arm(freeze_slide_encoder=True),
     }
+    if len(modalities) > 1:  # training-time missingness curve: `full` is its rate 0
+        out.update({missing_arm(r): Arm(train_missing_rate=r) for r in TRAIN_MISSING_RATES})
     for m in MOLECULAR:
         if m in modalities and len(modalities) > 2:
             out[f"without-{m}"] = Arm(modalities=[x for x in modalities if x != m])
@@ -202,13 +217,54 @@ def render_table(table: dict, reference: str = "full") -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_missing_curve(per_seed: dict[int, dict[str, dict[str, float]]],
+                           reference: str = "full") -> pd.DataFrame | None:
+    """The training-time missingness curve as the long table of :func:`pathalign.evaluate.missing.summarise`:
+    every metric of ``reference`` (rate 0) and the ``train-missing-<r>`` arms per seed; None without those arms."""
+    import pandas as pd
+
+    by_rate = {0.0: reference, **{r: missing_arm(r) for r in TRAIN_MISSING_RATES}}
+    rows = []
+    for s, models in per_seed.items():
+        if not any(missing_arm(r) in models for r in TRAIN_MISSING_RATES):
+            continue
+        for rate, arm in by_rate.items():
+            for key, value in models.get(arm, {}).items():
+                name, metric = key.rsplit(" ", 1)
+                if metric.startswith("chance@"):
+                    continue
+                retrieval = metric.startswith("recall@")
+                chance = models[arm].get(f"{name} {metric.replace('recall@', 'chance@')}") if retrieval else None
+                rows.append({"kind": "retrieval" if retrieval else "task", "name": name, "metric": metric,
+                             "hidden": "training", "rate": rate, "seed": s, "value": value, "chance": chance})
+    return pd.DataFrame(rows) if rows else None
+
+
+def write_training_missing(per_seed: dict, out: Path) -> dict | None:
+    """``training_missing.csv`` (mean and 95 % t-interval per metric and rate) and ``training_missing.png``
+    (one panel per task / pair) in ``out``; returns the summary records and their verdicts, or None."""
+    from .missing import plot_curves, summarise, verdict
+
+    long = training_missing_curve(per_seed)
+    if long is None:
+        return None
+    summary = summarise(long)
+    summary.to_csv(out / "training_missing.csv", index=False)
+    plot_curves(summary, out / "training_missing.png", xlabel="missing rate in training")
+    return {"summary": summary.to_dict("records"), "verdict": verdict(summary).to_dict("records")}
+
+
 # ---------------------------------------------------------------------------------------------- runs
 def _train_patients(manifest, modalities: list[str], cfg, complete: bool) -> int:
-    """How many training patients an arm has (the trainer's own split; ≥ 2 modalities, or all when ``complete``)."""
+    """How many training patients an arm has (the trainer's own split and hiding; ≥ 2 modalities, or all
+    when ``complete``)."""
+    from ..hiding import hidden_in_training
     from ..train.data import split_patients
 
     train = set(split_patients(manifest, cfg.val_fraction, cfg.seed, cfg.stratify)["train"])
-    has = manifest[[f"has_{m}" for m in modalities]].to_numpy()
+    hidden = hidden_in_training(manifest, train, modalities, cfg.train_missing_rate, cfg.seed)
+    has = np.stack([manifest[f"has_{m}"].to_numpy(bool) & ~manifest.case_id.isin(hidden.get(m, ())).to_numpy()
+                    for m in modalities], axis=1)
     count = has.sum(axis=1)
     keep = count == len(modalities) if complete else count >= 2
     return int((manifest.case_id.isin(train).to_numpy() & keep).sum())
@@ -242,6 +298,7 @@ def train_arm(cohort_path: str | Path, run: Path, arm: Arm, name: str, preset: s
     mods = arm.modalities or modalities
     cfg = TrainConfig.from_preset(preset, seed=seed, progress=False, modalities=arm.modalities,
                                   model_overrides=arm.model_overrides, complete_cases=arm.complete_cases,
+                                  train_missing_rate=arm.train_missing_rate,
                                   **{k: v for k, v in overrides.items() if k != "rna_fm"},
                                   rna_fm=overrides.get("rna_fm") if "rna" in mods else None, device=str(device))
     n = _train_patients(manifest, mods, cfg, arm.complete_cases)
@@ -327,8 +384,15 @@ def run_ablations(cohort: str | Path, out: str | Path, preset: str = "tiny", ste
     table.update(notes=notes, settings={"preset": preset, "steps": steps, "batch_size": batch_size,
                                         "max_tokens": max_tokens, "folds": folds, "rna_fm": rna_fm, "seeds": seeds},
                  per_seed=per_seed)
+    curve = write_training_missing(per_seed, out)
+    if curve is not None:
+        table["training_missing"] = curve
     atomic_write_json(table, out / "ablation.json")
     md = "# Ablations\n\n" + render_table(table)
+    if curve is not None:
+        md += ("\n## Training-time missingness\n\nThe `train-missing-<r>` arms train with a seeded fraction r of "
+               "the training patients' molecular data hidden (per modality, patient-level); `full` is r = 0. "
+               "Mean and 95 % t-interval over seeds: `training_missing.csv`.\n\n![](training_missing.png)\n")
     if notes:
         md += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     atomic_write_text(md, out / "ablation.md")

@@ -21,41 +21,17 @@ Choices (also in ``docs/choices.md``):
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..hiding import HidingPlan
 from .probes import linear_probe
 from .retrieval import patient_pair_space, recall_at_k
 
 ALL = "all"
-
-
-@dataclass(frozen=True)
-class HidingPlan:
-    """Which patients lose which modality at a given rate (nested across rates for one seed)."""
-
-    orders: dict[str, np.ndarray]  # modality -> patient ids that have it, in hiding order
-
-    @classmethod
-    def draw(cls, present: dict[str, list[str]], seed: int) -> HidingPlan:
-        """A plan for ``{modality: patients that have it}`` from ``seed`` (patient-level, reproducible)."""
-        orders = {}
-        for i, (m, ids) in enumerate(sorted(present.items())):
-            rng = np.random.default_rng([seed, i])
-            ids = np.array(sorted(ids), dtype=object)
-            orders[m] = ids[rng.permutation(len(ids))]
-        return cls(orders)
-
-    def hidden(self, modality: str, rate: float) -> set[str]:
-        """Patients whose ``modality`` is hidden at ``rate`` (``round(rate * n)`` of the n that have it)."""
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"missing rate must be in [0, 1], got {rate}")
-        order = self.orders.get(modality, np.array([], dtype=object))
-        return set(order[: int(round(rate * len(order)))].tolist())
 
 
 def patient_blocks(emb: dict, modalities: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -213,7 +189,7 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_curves(summary: pd.DataFrame, path: str | Path) -> None:
+def plot_curves(summary: pd.DataFrame, path: str | Path, xlabel: str = "missing rate at inference") -> None:
     """One panel per task / retrieval pair: metric against missing rate, one line per hidden modality, CI band."""
     import matplotlib
 
@@ -235,7 +211,7 @@ def plot_curves(summary: pd.DataFrame, path: str | Path) -> None:
             c = c.groupby("rate")["chance"].mean()
             ax.plot(c.index, c.values, ls=":", color="grey", label="chance")
         ax.set_title(f"{name} ({kind})", fontsize=9)
-        ax.set_xlabel("missing rate at inference")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.set_ylim(bottom=0)
     for ax in list(axes.flat)[len(panels):]:

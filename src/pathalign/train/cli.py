@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (random subset)")
     p.add_argument("--modality-dropout", type=float, default=None)
+    p.add_argument("--train-missing-rate", type=float, default=None,
+                   help="hide this fraction (0-1) of the training patients' molecular data, per modality, seeded "
+                        "and patient-level: how the method fares with more missing data (validation patients keep theirs)")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--modalities", default=None, help="comma-separated subset of wsi,rna,snp,cnv,methylation")
     p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                  rna_embeddings=args.rna_embeddings, device=args.device, workers=args.workers, seed=args.seed,
                  micro_batch=args.micro_batch, micro_batch_tokens=args.micro_batch_tokens,
                  feature_cache_mb=args.feature_cache_mb, checkpoint_activations=args.checkpoint_activations or None,
-                 diagnostics_every=args.diagnostics_every,
+                 diagnostics_every=args.diagnostics_every, train_missing_rate=args.train_missing_rate,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     from ..devices import resolve_device

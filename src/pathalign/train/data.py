@@ -46,12 +46,15 @@ class CohortData:
         rna_embeddings: optional table (rows = patients or samples, columns = dims) used as the RNA input.
         feature_cache_bytes: byte budget of the slide-feature cache, all loader processes together
             (None: 5 % of RAM up to 4 GiB; see :mod:`.feature_reader`).
+        hidden: ``{modality: patient ids}`` treated as not measured (training-time missingness): they
+            are left out of the preprocessing fit and their rows are invalid, as for a patient without it.
     """
 
     def __init__(self, cohort: Cohort, features_dir: str | Path | None, modalities: list[str],
                  train_ids: Sequence[str] | None = None,
                  preprocessing: dict | None = None, transform_options: dict | None = None,
-                 rna_embeddings: pd.DataFrame | None = None, feature_cache_bytes: int | None = None):
+                 rna_embeddings: pd.DataFrame | None = None, feature_cache_bytes: int | None = None,
+                 hidden: dict[str, set[str]] | None = None):
         self.cohort = cohort
         man = cohort.manifest.reset_index(drop=True)
         self.ids = man.case_id.tolist()
@@ -68,6 +71,7 @@ class CohortData:
         self.preprocessing: dict = dict(preprocessing or {})
         opts = transform_options or {}
         train_ids = list(train_ids if train_ids is not None else self.ids)
+        hidden = hidden or {}
         for m in self.modalities:
             if m == "wsi":
                 continue
@@ -75,6 +79,8 @@ class CohortData:
                 mat = rna_embeddings
             else:
                 mat = cohort.matrix(m)
+            if hidden.get(m):
+                mat = mat.loc[~mat.index.isin(hidden[m])]
             if m in self.preprocessing:
                 state = self.preprocessing[m]
                 if not isinstance(state, dict) or "kind" not in state:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..errors import PathalignError
+from ..hiding import hidden_in_training
 from ..cohort import load_cohort
 from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
@@ -58,6 +59,7 @@ class TrainConfig:
     device: str = "cpu"
     modalities: list[str] | None = None
     complete_cases: bool = False  # train only on patients with every modality (the complete-case baseline)
+    train_missing_rate: float = 0.0  # hide this fraction of the training patients' molecular data (hiding.py)
     model_overrides: dict = field(default_factory=dict)
     transform_options: dict = field(default_factory=dict)
     rna_fm: str | None = None
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
         if not 0 <= self.modality_dropout < 1:
             raise ValueError("modality_dropout must be in [0, 1)")
+        if not 0 <= self.train_missing_rate <= 1:
+            raise ValueError(f"train_missing_rate must be in [0, 1], got {self.train_missing_rate}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
         if self.micro_batch_tokens is not None and self.micro_batch is None:
@@ -151,7 +155,8 @@ class Trainer:
         self.state = self._latest_checkpoint() if resume else None
         if self.state is not None:
             saved = json.loads(self.state["train_config"])
-            for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities"):
+            for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities",
+                        "train_missing_rate"):
                 if saved.get(key) != asdict(cfg).get(key) and not (key == "modalities" and cfg.modalities is None):
                     raise TrainingError(f"--resume with a different {key}: checkpoint has {saved.get(key)!r}, "
                                         f"now {asdict(cfg).get(key)!r}")
@@ -177,8 +182,12 @@ class Trainer:
             table = read_table(cfg.rna_embeddings)
             rna_emb = table.set_index(table.columns[0])
         cache = None if cfg.feature_cache_mb is None else int(cfg.feature_cache_mb * 2**20)
+        # training-time missingness (train_missing_rate): these patients' data are never read, not by the
+        # preprocessing fit, not by a batch; validation patients keep theirs
+        self.hidden = hidden_in_training(self.cohort.manifest, splits["train"], modalities, cfg.train_missing_rate,
+                                         cfg.seed)
         self.data = CohortData(self.cohort, cfg.features, modalities, splits["train"], preprocessing,
-                               cfg.transform_options, rna_emb, feature_cache_bytes=cache)
+                               cfg.transform_options, rna_emb, feature_cache_bytes=cache, hidden=self.hidden)
         overrides = dict(cfg.model_overrides)
         if rna_fm_cfg is not None:
             overrides.update(rna_encoder="frozen_fm", rna_fm=rna_fm_cfg)
@@ -228,6 +237,8 @@ class Trainer:
                 "patients_train": len(train), "patients_val": len(self.splits["val"])}
         for m in d.modalities:
             data[f"patients_with_{m}"] = int(d.valid[m].sum())
+        if self.hidden:
+            data["hidden_in_training"] = {m: len(ids) for m, ids in self.hidden.items()}
         return {"config": asdict(self.cfg), "splits": self.splits, "data": data}
 
     @staticmethod
