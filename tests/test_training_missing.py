@@ -125,5 +125,5 @@ def test_training_missing_curve_is_the_seed_mean_and_t_interval_per_rate(tmp_pat
             half = scipy.stats.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
             assert row["mean"].item() == pytest.approx(x.mean()), (rate, key)
             assert row["ci_high"].item() == pytest.approx(x.mean() + half), (rate, key)
-    assert {v["name"] for v in res["verdict"]} == {"cancer_type", "wsi-rna"}
+    assert {r["name"] for r in res["summary"]} == {"cancer_type", "wsi-rna"}
     assert training_missing_curve({0: {"full": {"a b": 1.0}}}) is None

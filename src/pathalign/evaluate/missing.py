@@ -190,7 +190,11 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_curves(summary: pd.DataFrame, path: str | Path, xlabel: str = "missing rate at inference") -> None:
-    """One panel per task / retrieval pair: metric against missing rate, one line per hidden modality, CI band."""
+    """One panel per task / retrieval pair: metric against missing rate, one line per hidden modality, CI band.
+
+    Every metric here is a proportion in [0, 1] (balanced accuracy, C-index, recall@k): the t-bands of a
+    few seeds can overshoot it, so they are drawn clipped to [0, 1] (the CSV keeps the raw interval).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,7 +209,8 @@ def plot_curves(summary: pd.DataFrame, path: str | Path, xlabel: str = "missing 
             h = h.sort_values("rate")
             style = dict(color="black", lw=2) if hidden == ALL else {}
             ax.plot(h.rate, h["mean"], marker="o", ms=3, label=hidden, **style)
-            ax.fill_between(h.rate, h.ci_low, h.ci_high, alpha=0.15, **({"color": "black"} if hidden == ALL else {}))
+            ax.fill_between(h.rate, h.ci_low.clip(0, 1), h.ci_high.clip(0, 1), alpha=0.15,
+                            **({"color": "black"} if hidden == ALL else {}))
         if "chance" in g and g["chance"].notna().any():
             c = g[g.hidden == ALL] if (g.hidden == ALL).any() else g
             c = c.groupby("rate")["chance"].mean()
@@ -213,7 +218,7 @@ def plot_curves(summary: pd.DataFrame, path: str | Path, xlabel: str = "missing 
         ax.set_title(f"{name} ({kind})", fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.02)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
