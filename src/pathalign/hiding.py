@@ -7,9 +7,14 @@ so curves over rates change only by what the extra hidden patients take away.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class HidingPlan:
         return set(order[: int(round(rate * len(order)))].tolist())
 
 
-def hidden_in_training(manifest, train_ids, modalities, rate: float, seed: int) -> dict[str, set[str]]:
+def hidden_in_training(manifest: pd.DataFrame, train_ids: Iterable[str], modalities: Iterable[str], rate: float,
+                       seed: int) -> dict[str, set[str]]:
     """Training-time missingness: for each molecular modality in ``modalities``, the training patients
     (``train_ids``) that lose it at ``rate`` under the plan drawn from ``seed`` ({} when ``rate`` is 0).
 

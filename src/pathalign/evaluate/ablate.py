@@ -35,7 +35,7 @@ import numpy as np
 
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
-from ..io.atomic import atomic_write_json, atomic_write_text
+from ..io.atomic import atomic_path, atomic_write_df, atomic_write_json, atomic_write_text
 from ..modalities import MOLECULAR
 from ..models.pathalign_model import load_preset
 
@@ -250,8 +250,9 @@ def write_training_missing(per_seed: dict, out: Path) -> dict | None:
     if long is None:
         return None
     summary = summarise(long)
-    summary.to_csv(out / "training_missing.csv", index=False)
-    plot_curves(summary, out / "training_missing.png", xlabel="missing rate in training")
+    atomic_write_df(summary, out / "training_missing.csv")
+    with atomic_path(out / "training_missing.png", keep_suffix=True) as tmp:
+        plot_curves(summary, tmp, xlabel="missing rate in training")
     return {"summary": summary.to_dict("records")}
 
 
