@@ -127,3 +127,22 @@ def test_training_missing_curve_is_the_seed_mean_and_t_interval_per_rate(tmp_pat
             assert row["ci_high"].item() == pytest.approx(x.mean() + half), (rate, key)
     assert {r["name"] for r in res["summary"]} == {"cancer_type", "wsi-rna"}
     assert training_missing_curve({0: {"full": {"a b": 1.0}}}) is None
+
+
+def test_a_checkpoint_from_before_the_option_resumes_as_rate_zero(small_cohort, tmp_path):
+    """A checkpoint written before ``train_missing_rate`` existed has no such key: it was trained at rate 0,
+    so resuming it at rate 0 goes on and resuming it at another rate is refused."""
+    import torch
+
+    _trainer(small_cohort, tmp_path / "run", 0.0, checkpoint_every=1).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest.txt").read_text().strip()
+    state = torch.load(ckpt, weights_only=True)
+    saved = json.loads(state["train_config"])
+    del saved["train_missing_rate"]
+    state["train_config"] = json.dumps(saved)
+    torch.save(state, ckpt)
+    cfg = dict(steps=2, batch_size=8, modalities=MOLECULAR, seed=1, progress=False, diagnostics_every=0)
+    Trainer(small_cohort, tmp_path / "run", TrainConfig.from_preset("tiny", train_missing_rate=0.0, **cfg), resume=True)
+    with pytest.raises(TrainingError, match="train_missing_rate"):
+        Trainer(small_cohort, tmp_path / "run", TrainConfig.from_preset("tiny", train_missing_rate=0.5, **cfg),
+                resume=True)

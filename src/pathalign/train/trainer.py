@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,8 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         self.state = self._latest_checkpoint() if resume else None
         if self.state is not None:
-            saved = json.loads(self.state["train_config"])
+            # a key missing from an older checkpoint is a setting added since: it was trained at its default
+            saved = {**{f.name: f.default for f in fields(TrainConfig)}, **json.loads(self.state["train_config"])}
             for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities",
                         "train_missing_rate"):
                 if saved.get(key) != asdict(cfg).get(key) and not (key == "modalities" and cfg.modalities is None):
