@@ -146,3 +146,11 @@ def test_a_checkpoint_from_before_the_option_resumes_as_rate_zero(small_cohort, 
     with pytest.raises(TrainingError, match="train_missing_rate"):
         Trainer(small_cohort, tmp_path / "run", TrainConfig.from_preset("tiny", train_missing_rate=0.5, **cfg),
                 resume=True)
+
+
+def test_a_rate_that_leaves_a_modality_no_training_patient_is_a_clear_error(small_cohort, tmp_path):
+    from pathalign.errors import PathalignError
+
+    with pytest.raises(PathalignError, match=r"--train-missing-rate 1 hides rna for (\d+) of its \1 training "
+                                             r"patients, leaving 0"):
+        _trainer(small_cohort, tmp_path / "run", 1.0)

@@ -187,6 +187,7 @@ class Trainer:
         # preprocessing fit, not by a batch; validation patients keep theirs
         self.hidden = hidden_in_training(self.cohort.manifest, splits["train"], modalities, cfg.train_missing_rate,
                                          cfg.seed)
+        self._check_hidden(splits["train"])
         self.data = CohortData(self.cohort, cfg.features, modalities, splits["train"], preprocessing,
                                cfg.transform_options, rna_emb, feature_cache_bytes=cache, hidden=self.hidden)
         overrides = dict(cfg.model_overrides)
@@ -229,6 +230,17 @@ class Trainer:
 
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            find_unused_parameters=True)
+
+    def _check_hidden(self, train_ids: list[str]) -> None:
+        """A modality that hiding leaves with fewer than 2 training patients cannot be fitted or aligned."""
+        man = self.cohort.manifest
+        train = man.case_id.isin(set(train_ids))
+        for m, ids in self.hidden.items():
+            n = int((train & man[f"has_{m}"]).sum())
+            if n and n - len(ids) < 2:
+                raise TrainingError(f"--train-missing-rate {self.cfg.train_missing_rate:g} hides {m} for {len(ids)} of "
+                                    f"its {n} training patients, leaving {n - len(ids)}: at least 2 must keep it "
+                                    f"(lower the rate, or leave {m} out with --modalities)")
 
     def _training_info(self) -> dict:
         """What the exported model records about its training (config, splits, data summary)."""
