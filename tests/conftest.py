@@ -7,15 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
+# Test data shipped in the repository (reference vectors, the CMU H&E region, a TCGA MAF): tests/data/README.md.
+TEST_DATA = Path(__file__).resolve().parent / "data"
+REFERENCE = TEST_DATA
+DATA = TEST_DATA
+
+# Real TCGA cohorts are not copied into the repository: they come from shared/ beside the checkout
+# (or PATHALIGN_SHARED), and the tests that read them skip with this message when it is absent.
 if os.environ.get("PATHALIGN_SHARED"):
     SHARED = Path(os.environ["PATHALIGN_SHARED"])
 else:
     SHARED = Path(__file__).resolve().parents[2] / "shared"
     if not SHARED.exists():  # CI clones main elsewhere with shared/ beside it
         SHARED = Path.cwd().parent / "shared"
-REFERENCE = SHARED / "reference"
-DATA = SHARED / "data"
-SHARED_MISSING = (f"needs ../shared (real H&E data and published reference vectors), not found at {SHARED}: "
+REAL_DATA = SHARED / "data" / "real"
+SHARED_MISSING = (f"needs ../shared (real TCGA cohorts), not found at {SHARED}: "
                   "put it beside the checkout or set PATHALIGN_SHARED=/path/to/shared")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

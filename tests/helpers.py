@@ -49,3 +49,18 @@ def random_slide(rng: np.random.Generator, n: int, c: int, n_fragments: int, gri
     perm = rng.permutation(n)
     feats = rng.standard_normal((n, c)).astype(np.float32)
     return torch.from_numpy(feats), torch.from_numpy(coords[perm]), torch.from_numpy(frag[perm])
+
+
+def init_gloo(rank: int, world: int, init_file: str) -> None:
+    """Join a CPU (gloo) process group through a file rendezvous: no TCP port to race for on a shared machine."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+
+def close_gloo() -> None:
+    """Leave the group together: a rank tearing down while the other still talks to it makes gloo abort."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()

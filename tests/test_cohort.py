@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA
+from conftest import DATA, REAL_DATA
 from pathalign.cohort import CohortInputError, CohortSources, IdRule, build_cohort, load_cohort, read_maf, read_matrix
 
 NON_SILENT = {"Missense_Mutation", "Nonsense_Mutation", "Nonstop_Mutation", "Frame_Shift_Del", "Frame_Shift_Ins",
@@ -28,6 +28,22 @@ def test_real_tcga_maf_gene_set_is_exact():
     assert list(mat.index) == sorted(barcodes) and len(barcodes) == 1
     assert set(mat.columns[mat.iloc[0] == 1]) == expected
     assert (mat.to_numpy() == 1).all()  # no silent-only gene made a column
+
+
+def test_real_laml_maf_matches_an_independent_count():
+    """maftools' TCGA-LAML MAF (shared/data/real): the gene x sample calls equal a plain pandas count of its
+    non-silent rows (maftools' classes); every sequenced sample is a row, one with silent calls only (TCGA-AB-2903)
+    a row of zeros: it was sequenced and has no non-silent mutation, which is not missing data."""
+    maf = pd.read_csv(REAL_DATA / "laml" / "tcga_laml.maf.gz", sep="\t", comment="#", low_memory=False)
+    kept = maf[maf.Variant_Classification.isin(NON_SILENT)]
+    expected = set(zip(kept.Tumor_Sample_Barcode, kept.Hugo_Symbol))
+    mat = read_maf(REAL_DATA / "laml" / "tcga_laml.maf.gz")
+    stacked = mat.stack()
+    got = {(s, g) for (s, g), v in stacked.items() if v == 1}
+    assert got == expected and len(expected) > 1000
+    assert set(mat.index) == set(maf.Tumor_Sample_Barcode) and mat.index.is_unique
+    silent_only = set(maf.Tumor_Sample_Barcode) - set(kept.Tumor_Sample_Barcode)
+    assert silent_only and (mat.loc[sorted(silent_only)] == 0).all(axis=None)
 
 
 XENA = "gene\tTCGA-AA-0001-01A-11R-A1-07\tTCGA-AA-0002-01A-11R-A1-07\tTCGA-AA-0002-11A-11R-A1-07\nTP53\t1.5\t2\t9\nKRAS\t0\t3.25\t9\n"

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from helpers import close_gloo, init_gloo
 from pathalign.models.pair_heads import PairHeads, PairProjection
 from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel, load_model
 from pathalign.models.siglip import MultimodalSigLIPLoss
@@ -407,14 +408,10 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
     assert b"# tiny" in files["README.md"]
 
 
-def _ddp_worker(rank: int, world: int, port: int) -> None:
-    import os
-
-    import torch.distributed as dist
+def _ddp_worker(rank: int, world: int, init_file: str, out_path: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, init_file)
     torch.manual_seed(0)
     model = PathAlignModel(PathAlignConfig(["rna", "snp", "cnv"], {"rna": 6, "snp": 4, "cnv": 5}, embed_dim=8,
                                            proj_dim=4, dropout=0.0))
@@ -427,18 +424,25 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
                  "cnv": torch.randn(4, 5, generator=g)}
         if step == 2:
             batch["valid"]["cnv"][:] = False  # a modality absent from the whole global batch
+        model.zero_grad()
         loss_fn(net(batch)).loss.backward()
-    dist.barrier()  # neither rank tears the group down while the other still talks to it (gloo aborts then)
-    dist.destroy_process_group()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        torch.save(grads, f"{out_path}.{rank}.{step}")
+    close_gloo()
 
 
-def test_model_output_through_ddp_trains_with_the_separate_loss():
-    """The pair heads' outputs (t, b included) reach the loss outside DDP's forward without breaking its reducer."""
-    import socket
-
+def test_model_output_through_ddp_trains_with_the_separate_loss(tmp_path):
+    """The pair heads' outputs (t, b included) reach the loss outside DDP's forward without breaking its reducer:
+    every rank ends each step with the same (all-reduced) gradients, the pair heads' t and b among them."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "g")), nprocs=2, join=True)
+    for step in range(3):
+        g0, g1 = (torch.load(tmp_path / f"g.{r}.{step}", weights_only=True) for r in (0, 1))
+        scale = [k for k in g0 if k.startswith(("pair_heads.log_t.", "pair_heads.bias."))]
+        assert set(g0) == set(g1) and scale, sorted(g0)
+        # the pairs with CNV get no gradient at step 2 (no patient has CNV), every other one does
+        absent = {k for k in scale if step == 2 and "cnv" in k}
+        assert scale and all((g0[k] != 0) == (k not in absent) for k in scale), (step, {k: g0[k] for k in scale})
+        for k in g0:
+            torch.testing.assert_close(g0[k], g1[k], msg=f"step {step}: {k} differs between ranks")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import init_gloo
 from pathalign.slides.features_io import read_patch_features, write_patch_file
 from pathalign.train.feature_reader import FeatureReader
 
@@ -227,7 +228,7 @@ def _ddp_gradcache_worker(rank: int, world: int, init_file: str, out_dir: str, s
     )
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    init_gloo(rank, world, init_file)
     try:
         batch = _random_batch(np.random.default_rng(seed), 12)
         torch.manual_seed(seed)

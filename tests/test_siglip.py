@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import close_gloo, init_gloo
 from pathalign.models.pair_heads import PairHeads
 from pathalign.models.siglip import MultimodalSigLIPLoss
 
@@ -148,8 +149,7 @@ def _grads(enc, heads):
 def _worker(rank, world, init_file, out_path):
     import torch.distributed as dist
 
-    # a file rendezvous: no TCP port to race for with other processes on the machine
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    init_gloo(rank, world, init_file)
     enc, heads, x, valid = _setup()
     loss_fn = MultimodalSigLIPLoss(rank=rank, world_size=world)
     rows = slice(rank * 4, rank * 4 + 4)
@@ -161,8 +161,7 @@ def _worker(rank, world, init_file, out_path):
             dist.all_reduce(p.grad)
             p.grad /= world
     torch.save({"loss": out.loss.detach(), "per_pair": out.per_pair, "grads": _grads(enc, heads)}, f"{out_path}.{rank}")
-    dist.barrier()  # neither rank tears the group down while the other still talks to it (gloo aborts then)
-    dist.destroy_process_group()
+    close_gloo()
 
 
 def test_distributed_loss_and_gradients_equal_single_process(tmp_path):

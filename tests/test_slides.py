@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import DATA
+from helpers import seeded_rng
 from slide_factory import blob_slide
 from pathalign import read_patch_features
 from pathalign.slides.encoders import PatchEncoderError, build_patch_encoder
@@ -81,7 +82,7 @@ def test_both_reader_backends_agree(blobs):
 
 def test_stain_features_match_scikit_image():
     skimage_color = pytest.importorskip("skimage.color")
-    rng = np.random.default_rng()
+    rng = seeded_rng()
     img = rng.integers(0, 256, (1, 40, 50, 3), dtype=np.uint8)
     enc = build_patch_encoder("pathalign-stats")
     mine = enc.model.hed(enc.transform(torch.from_numpy(img)))[0].permute(1, 2, 0).numpy()
@@ -94,7 +95,7 @@ def test_timm_encoder_builds_loads_local_weights_and_explains_missing_ones(tmp_p
     from safetensors.torch import save_file
 
     enc = build_patch_encoder("exaone-path-2.5", pretrained=False)
-    x = torch.randint(0, 255, (2, 256, 256, 3), dtype=torch.uint8)
+    x = torch.from_numpy(seeded_rng().integers(0, 255, (2, 256, 256, 3), dtype=np.uint8))
     with torch.no_grad():
         out = enc.model(enc.transform(x))
     assert out.shape == (2, 768)

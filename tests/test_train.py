@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REFERENCE
+from helpers import seeded_rng
 from pathalign import load_model
 from pathalign.cohort import CohortInputError
 from pathalign.evaluate.embed import embed_with_model, read_embeddings
@@ -56,8 +57,10 @@ def test_exported_model_loads_offline_and_matches(trained, features_cohort):
     state = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["model"][k]), k
-    x = torch.randn(3, model.config.input_dims["snp"])
-    es, er = model.encode_snp(x), model.encode_rna(torch.randn(3, model.config.input_dims["rna"]))
+    rng = seeded_rng()
+    x = torch.from_numpy(rng.standard_normal((3, model.config.input_dims["snp"]), dtype=np.float32))
+    er = model.encode_rna(torch.from_numpy(rng.standard_normal((3, model.config.input_dims["rna"]), dtype=np.float32)))
+    es = model.encode_snp(x)
     s = model.similarity("snp", es, "rna", er)  # cosine of l2norm(W z) (DESIGN §4): odd and scale-free in z
     assert s.shape == (3, 3) and torch.allclose(model.similarity("snp", -2.5 * es, "rna", er), -s, atol=1e-5)
 
