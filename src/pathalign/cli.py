@@ -50,6 +50,8 @@ VERBS: dict[str, Verb] = {
     "ablate": Verb("pathalign.evaluate.ablate", "train and bench the paper's ablations over seeds (mean ± 95 % CI)"),
     "analyze": Verb("pathalign.evaluate.analyze", "analyse a trained model: its pair adapters W_ij (subspaces, CKA, "
                                                   "input attribution)"),
+    "heatmap": Verb("pathalign.evaluate.heatmap_cmd", "per-patch heatmaps of a model on one slide: attention, "
+                                                      "cross-modal alignment, query similarity (HDF5, PNG, QuPath)"),
     "encode-example": Verb("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder",
                            out=None),
 }

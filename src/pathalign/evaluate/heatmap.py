@@ -1,0 +1,210 @@
+"""Per-patch heatmaps of a trained model on one slide: where on the slide each signal sits.
+
+Three kinds of score, each a number per patch (input order of the features file):
+
+* ``attention/block<i>``: the attention a patch *receives* in block ``i``, averaged over heads and summed
+  over the queries of its segment (its fragment in RoPE blocks, the whole slide in NoPE blocks):
+  ``a_j = mean_h sum_i A_h[i, j]``. Every query's row sums to 1, so the scores of a segment sum to its
+  length: 1 is an average patch, 3 a patch attended three times as much. Computed segment by segment
+  in chunks of queries, so memory is linear in the number of patches (no T x T matrix).
+* ``align/<modality>``: cross-modal alignment. The slide embedding of a mean-pooling encoder is the
+  mean over patches of ``u_j = concat(feature_j, output token_j)`` (DESIGN §4) and the slide→X adapter
+  is linear, so ``u_j`` read through the adapter is the patch's own position in the space the slide
+  shares with X. The score is its cosine with the patient's X embedding projected into that space
+  (``X`` = rna, snp, cnv, methylation, where the patient has it). A CLS-pooling encoder uses the
+  output patch tokens instead.
+* ``query/<index>``: cosine of every output patch token with that of one query patch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import PathalignError
+from ..models.packing import PackedSlides
+from ..models.slide_encoder import SlideEncoder
+
+WSI = "wsi"
+
+
+class HeatmapError(PathalignError, ValueError):
+    """A heatmap that cannot be computed as asked (unknown block, no pair head, missing patient data)."""
+
+
+@dataclass
+class SlideHeatmaps:
+    """The scores of one slide, in the input order of its features file.
+
+    Attributes:
+        slide_id: the features file's stem.
+        coords: ``[N, 2]`` level-0 (x, y) of each patch's top-left corner.
+        fragment: ``[N]`` tissue fragment id of each patch.
+        patch_size_level0: patch side in level-0 px.
+        scores: name -> ``[N]`` float32.
+        notes: what could not be scored and why.
+    """
+
+    slide_id: str
+    coords: np.ndarray
+    fragment: np.ndarray
+    patch_size_level0: float
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _to_input_order(packed: PackedSlides, packed_values: Tensor) -> np.ndarray:
+    """Values ``[P]`` in packed order (one slide) -> ``[N]`` numpy in the input order."""
+    out = np.empty(packed_values.shape[0], dtype=np.float32)
+    out[packed.order[0]] = packed_values.detach().float().cpu().numpy()
+    return out
+
+
+def attention_received(encoder: SlideEncoder, packed: PackedSlides, block: int, query_chunk: int = 1024) -> Tensor:
+    """Attention each token receives in ``block``, head-averaged and summed over its segment's queries.
+
+    Args:
+        encoder: the slide encoder (eval mode).
+        packed: one slide packed by ``encoder.pack``.
+        block: block index (RoPE or NoPE).
+        query_chunk: queries per step; memory is ``heads x query_chunk x segment length``.
+
+    Returns:
+        ``[T]`` over the whole packed sequence (prefix tokens included).
+    """
+    if not 0 <= block < len(encoder.blocks):
+        raise HeatmapError(f"block {block} does not exist: the encoder has blocks 0..{len(encoder.blocks) - 1}")
+    blk = encoder.blocks[block]
+    with torch.no_grad():
+        x, rope, rope_segments = encoder.run_blocks(packed, stop=block)
+        segments = rope_segments if blk.rope_block else packed.global_segments
+        q, k, _ = blk.attn.qkv_rotated(blk.norm1(x), rope if blk.rope_block else None)  # [T,H,Dh]
+        scale = q.shape[-1] ** -0.5
+        received = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        start = 0
+        for length in segments.lengths:
+            ks = k[start:start + length].float()  # [L,H,Dh]
+            acc = torch.zeros(length, dtype=torch.float32, device=x.device)
+            for c in range(start, start + length, query_chunk):
+                qs = q[c:min(c + query_chunk, start + length)].float()  # [c,H,Dh]
+                attn = torch.softmax(torch.einsum("qhd,khd->hqk", qs, ks) * scale, dim=-1)  # [H,c,L]
+                acc += attn.sum(dim=1).mean(dim=0)  # [L]
+            received[start:start + length] = acc
+            start += length
+    return received
+
+
+def patch_vectors(encoder: SlideEncoder, packed: PackedSlides) -> tuple[Tensor, Tensor]:
+    """Each patch's counterpart of the slide embedding, and its output token.
+
+    Returns:
+        ``(u [P, output_dim], tokens [P, D])`` in packed order; for mean pooling ``u`` is
+        ``concat(feature, output token)`` (its mean over patches is the slide embedding), for CLS
+        pooling the output token itself.
+    """
+    with torch.no_grad():
+        tokens = encoder.forward_packed(packed)["tokens"].float()  # [P, D]
+    if encoder.config.pooling == "cls":
+        return tokens, tokens
+    return torch.cat([packed.features.float().to(tokens.device), tokens], dim=1), tokens
+
+
+def alignment_scores(model, u: Tensor, modality: str, target: Tensor) -> Tensor:
+    """Cosine ``[P]`` of each patch vector ``u`` ``[P, d_wsi]`` with one patient's ``modality`` embedding
+    ``target`` ``[d_X]``, both in the space the slide shares with ``modality`` (the model's pair heads)."""
+    try:
+        return model.similarity(WSI, u, modality, target[None].to(u))[:, 0]
+    except KeyError as e:
+        raise HeatmapError(str(e).strip("'\"")) from None
+
+
+def query_similarity(tokens: Tensor, query_packed: int) -> Tensor:
+    """Cosine ``[P]`` of every output token with the token at packed position ``query_packed``."""
+    t = F.normalize(tokens.float(), dim=-1)
+    return t @ t[query_packed]
+
+
+@torch.no_grad()
+def compute_heatmaps(model, features_file: str | Path, blocks: list[int] | None = None,
+                     targets: dict[str, np.ndarray] | None = None, queries: list[int] | None = None) -> SlideHeatmaps:
+    """Every requested score of one slide.
+
+    Args:
+        model: a :class:`~pathalign.models.pathalign_model.PathAlignModel` with a slide encoder.
+        features_file: the slide's features file (any layout :func:`read_patch_features` opens).
+        blocks: attention blocks to score (default: every block).
+        targets: modality -> the patient's embedding of that modality (e.g. from ``embeddings.h5``).
+        queries: input indices of query patches.
+
+    Returns:
+        The slide's :class:`SlideHeatmaps`.
+    """
+    from ..slides.features_io import read_patch_features
+
+    encoder = model.slide_encoder
+    if encoder is None:
+        raise HeatmapError("this model has no slide encoder (trained without slides): there is nothing to map")
+    model.eval()
+    pf = read_patch_features(features_file)
+    if len(pf.coords) == 0:
+        raise HeatmapError(f"{features_file}: the slide has no patches")
+    encoder_name = pf.attrs.get("encoder")
+    model.check_patch_encoder(None if encoder_name is None else str(encoder_name), where=str(features_file))
+    feats, coords, fragment = (torch.from_numpy(a) for a in pf.as_inputs())
+    packed = encoder.pack([(feats, coords, fragment)], mpps=[pf.attrs.get("mpp")], names=[Path(features_file).stem])
+    hm = SlideHeatmaps(Path(features_file).stem, pf.coords, pf.fragment, float(pf.attrs["patch_size_level0"]))
+    patch_of_slot = packed.patch_slots.to(encoder.cls_token.device)
+    blocks = list(range(len(encoder.blocks))) if blocks is None else list(blocks)
+    for b in blocks:
+        if not 0 <= b < len(encoder.blocks):
+            raise HeatmapError(f"block {b} does not exist: the encoder has blocks 0..{len(encoder.blocks) - 1}")
+    for b in blocks:
+        kind = "rope" if encoder.blocks[b].rope_block else "nope"
+        received = attention_received(encoder, packed, b)
+        hm.scores[f"attention/block{b}_{kind}"] = _to_input_order(packed, received[patch_of_slot])
+    u, tokens = patch_vectors(encoder, packed)
+    for modality, emb in (targets or {}).items():
+        hm.scores[f"align/{modality}"] = _to_input_order(packed, alignment_scores(model, u, modality,
+                                                                                  torch.as_tensor(emb)))
+    for q in queries or []:
+        if not 0 <= q < len(pf.coords):
+            raise HeatmapError(f"query patch {q} does not exist: the slide has patches 0..{len(pf.coords) - 1}")
+        slot = int(np.flatnonzero(packed.order[0] == q)[0])
+        hm.scores[f"query/{q}"] = _to_input_order(packed, query_similarity(tokens, slot))
+    return hm
+
+
+def write_heatmaps(path: str | Path, hm: SlideHeatmaps) -> Path:
+    """Write ``hm`` as HDF5 (atomically): ``coords``, ``fragment`` and ``scores/<name>``, with the slide id and
+    patch size as attributes. Score names with a ``/`` become nested groups (``scores/attention/block1_rope``)."""
+    import h5py
+
+    from ..io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs["slide_id"] = hm.slide_id
+        fh.attrs["patch_size_level0"] = hm.patch_size_level0
+        fh.create_dataset("coords", data=hm.coords)
+        fh.create_dataset("fragment", data=hm.fragment)
+        for name, values in hm.scores.items():
+            fh.create_dataset(f"scores/{name}", data=values.astype(np.float32))
+    return path
+
+
+def read_heatmaps(path: str | Path) -> SlideHeatmaps:
+    """Read a file written by :func:`write_heatmaps`."""
+    import h5py
+
+    from ..io.hdf5 import open_hdf5
+
+    scores: dict[str, np.ndarray] = {}
+    with open_hdf5(path, HeatmapError, "heatmap file") as fh:
+        fh["scores"].visititems(lambda name, obj: scores.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
+                                else None)
+        return SlideHeatmaps(str(fh.attrs["slide_id"]), fh["coords"][()], fh["fragment"][()],
+                             float(fh.attrs["patch_size_level0"]), scores)

@@ -1,0 +1,108 @@
+"""``pathalign heatmap``: per-patch scores of a trained model on one slide, as HDF5, PNG and QuPath GeoJSON.
+
+Writes, for a slide ``S``: ``S.heatmaps.h5`` (``coords``, ``fragment``, ``scores/...``), one
+``S_<score>.png`` per score (over the thumbnail when ``--slide`` is given), and ``S.qupath.geojson``
+(a tile per patch with the scores as measurements, the tissue fragments as annotations when
+``--geojson`` is given) for QuPath's File > Import objects. The scores are defined in
+:mod:`pathalign.evaluate.heatmap`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .heatmap import HeatmapError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="trained model folder (RUN/model) or hf-hub: id")
+    p.add_argument("--features", required=True, help="the slide's features file (<slide_id>.h5)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--slide", default=None, help="the slide file, to draw over its thumbnail (default: a blank canvas)")
+    p.add_argument("--geojson", default=None,
+                   help="the slide's tissue GeoJSON (pathalign segment / preprocess), exported as QuPath annotations")
+    p.add_argument("--embeddings", default=None,
+                   help="embeddings.h5 of the cohort (pathalign embed): the patient's molecular embeddings give the "
+                        "align/<modality> scores (default: no alignment scores)")
+    p.add_argument("--case-id", default=None,
+                   help="the slide's patient in --embeddings (default: the case id the embeddings file gives the slide)")
+    p.add_argument("--blocks", default=None,
+                   help="comma-separated block indices for attention scores (default: every block)")
+    p.add_argument("--query", default=None, help="comma-separated patch indices: similarity to each (default: none)")
+    p.add_argument("--object-type", default="tile", choices=("tile", "detection"),
+                   help="QuPath object type of the patches (default: tile)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise HeatmapError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
+    """The patient's molecular embeddings in ``embeddings_path``: ``({modality: [d]}, case id, notes)``."""
+    from .embed import read_embeddings
+
+    emb = read_embeddings(embeddings_path)
+    notes = []
+    if case_id is None:
+        wsi = emb.get("wsi", {})
+        ids, cases = list(wsi.get("ids", [])), list(wsi.get("case_ids", []))
+        if slide_id not in ids or not cases:
+            raise HeatmapError(f"{embeddings_path}: slide {slide_id!r} is not in its wsi group; give --case-id")
+        case_id = cases[ids.index(slide_id)]
+    targets = {}
+    for modality, group in emb.items():
+        if modality in ("wsi", "pairs", "_attrs") or "ids" not in group:
+            continue
+        ids = list(group["ids"])
+        if case_id in ids:
+            targets[modality] = group["embeddings"][ids.index(case_id)]
+        else:
+            notes.append(f"no align/{modality}: patient {case_id} has no {modality} embedding")
+    return targets, case_id, notes
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..devices import resolve_device
+    from ..io.qupath import fragment_annotations, patch_features, write_qupath_geojson
+    from ..models.pathalign_model import load_model
+    from .heatmap import compute_heatmaps, write_heatmaps
+    from .heatmap_plot import plot_heatmap
+
+    features = Path(args.features)
+    slide_id = features.stem
+    targets, notes = {}, []
+    if args.embeddings:
+        targets, case_id, notes = patient_targets(args.embeddings, slide_id, args.case_id)
+    model = load_model(args.model).to(resolve_device(args.device))
+    with torch.inference_mode():
+        hm = compute_heatmaps(model, features, _int_list(args.blocks, "--blocks"), targets,
+                              _int_list(args.query, "--query"))
+    hm.notes += notes
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_heatmaps(out / f"{slide_id}.heatmaps.h5", hm)
+    for score in hm.scores:
+        plot_heatmap(hm, score, out / f"{slide_id}_{score.replace('/', '_')}.png", args.slide)
+    objects = patch_features(slide_id, hm.coords, hm.patch_size_level0, hm.scores, args.object_type, hm.fragment)
+    if args.geojson:
+        from ..slides.segment import read_geojson
+
+        try:
+            objects += fragment_annotations(slide_id, read_geojson(args.geojson))
+        except (OSError, KeyError, ValueError) as e:
+            raise HeatmapError(f"{args.geojson}: not a tissue GeoJSON written by pathalign ({e})") from None
+    write_qupath_geojson(out / f"{slide_id}.qupath.geojson", objects)
+    for note in hm.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{slide_id}: {len(hm.scores)} scores on {len(hm.coords)} patches -> {out}")
+    return 0
+
