@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..errors import PathalignError
 from ..models.packing import PackedSlides
+from ..models.pathalign_model import PathAlignModel
 from ..models.slide_encoder import SlideEncoder
 
 WSI = "wsi"
@@ -113,7 +114,7 @@ def patch_vectors(encoder: SlideEncoder, packed: PackedSlides) -> tuple[Tensor, 
     return torch.cat([packed.features.float().to(tokens.device), tokens], dim=1), tokens
 
 
-def alignment_scores(model, u: Tensor, modality: str, target: Tensor) -> Tensor:
+def alignment_scores(model: PathAlignModel, u: Tensor, modality: str, target: Tensor) -> Tensor:
     """Cosine ``[P]`` of each patch vector ``u`` ``[P, d_wsi]`` with one patient's ``modality`` embedding
     ``target`` ``[d_X]``, both in the space the slide shares with ``modality`` (the model's pair heads)."""
     try:
@@ -129,7 +130,7 @@ def query_similarity(tokens: Tensor, query_packed: int) -> Tensor:
 
 
 @torch.no_grad()
-def compute_heatmaps(model, features_file: str | Path, blocks: list[int] | None = None,
+def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: list[int] | None = None,
                      targets: dict[str, np.ndarray] | None = None, queries: list[int] | None = None) -> SlideHeatmaps:
     """Every requested score of one slide.
 
