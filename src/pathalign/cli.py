@@ -52,6 +52,8 @@ VERBS: dict[str, Verb] = {
                                                   "input attribution)"),
     "heatmap": Verb("pathalign.evaluate.heatmap_cmd", "per-patch heatmaps of a model on one slide: attention, "
                                                       "cross-modal alignment, query similarity (HDF5, PNG, QuPath)"),
+    "view": Verb("pathalign.viewer.server", "look at a slide with its heatmaps in the browser (127.0.0.1 only)",
+                 out=None),
     "encode-example": Verb("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder",
                            out=None),
 }
