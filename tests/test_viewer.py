@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 
-from slide_factory import BACKGROUND, blob_slide
 from pathalign.evaluate.heatmap import SlideHeatmaps, write_heatmaps
 from pathalign.viewer.server import prepare, serve
+from slide_factory import BACKGROUND, blob_slide
 
 SIZE = (3072, 2048)
 PANEL = (170, 360)  # rows, columns of the screenshot the control panel may cover

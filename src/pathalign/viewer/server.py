@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class ViewerError(PathalignError, ValueError):
     """A slide or heatmap file the viewer cannot show."""
 
 
-def open_deepzoom_slide(path: str | Path):
+def open_deepzoom_slide(path: str | Path) -> Any:
     """The slide as an object :class:`DeepZoomGenerator` reads: OpenSlide, else tiffslide (same interface)."""
     import openslide
 
