@@ -13,7 +13,8 @@
   hold out) on the ``pca`` features of each side (preprocessing and PCA fitted on the same patients;
   CCA on thousands of raw features and a few hundred patients would fit the noise), then recall@k of
   ``a`` → ``b`` by cosine similarity of the canonical variates on the model's held-out patients, the
-  very patients of the model's figure. The number of components is chosen among :data:`CCA_GRID` by
+  very patients of the model's figure (at least 2 components: the cosine of 1-D variates is only their
+  sign). The number of components is chosen among :data:`CCA_GRID` by
   recall@5 on a seeded fifth of the training patients (:data:`CCA_VALIDATION`), then CCA is refitted on
   all of them; the test patients are never looked at. ``cca_components`` fixes it instead.
 """
@@ -31,7 +32,7 @@ from .representations import Representation
 from .retrieval import chance_recall, recall_at_k
 
 PCA_COMPONENTS = 32
-CCA_GRID = (1, 2, 4, 8, 16, 32)
+CCA_GRID = (2, 4, 8, 16, 32)
 CCA_VALIDATION = 0.2
 FITTED_FIELDS = frozenset({"features", "fill", "center", "scale", "na_features", "kind"})
 
@@ -161,12 +162,12 @@ def cca_retrieval(cohort, a: str, b: str, test: Collection[str], options: dict, 
         order = rng.permutation(n)
         n_val = max(2, int(round(CCA_VALIDATION * n)))
         va, fit = order[:n_val], order[n_val:]
-        grid = [k for k in CCA_GRID if k <= min(cap, len(fit) - 1)] or [1]
+        grid = [k for k in CCA_GRID if k <= min(cap, len(fit) - 1)] or [min(2, cap)]
         scores = {k: recall_at_k(_cca_similarity(xa_tr[fit], xb_tr[fit], xa_tr[va], xb_tr[va], k), (5,))["recall@5"]
                   for k in grid}
         cca_components = max(grid, key=lambda k: (scores[k], -k))
         out["selection"] = {str(k): v for k, v in scores.items()}
-    k = max(1, min(int(cca_components), cap))
+    k = max(1, min(int(cca_components), cap))  # 1 only when a side has a single feature
     out.update(recall_at_k(_cca_similarity(xa_tr, xb_tr, xa_te, xb_te, k), ks))
     out.update({f"chance@{int(key.split('@')[1])}": v for key, v in chance_recall(len(test), ks).items()})
     out.update(n=len(test), n_train=n, n_components=k, pca_components=int(xa.shape[1]))

@@ -403,7 +403,8 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
             of ``missing_seeds`` (default 0, 1, 2): ``missing_<model>.csv``/``.png`` and a section in the results.
         cohort: cohort folder or :class:`pathalign.cohort.Cohort` (the baselines' matrices, the id rule).
         modalities: representations to score (``wsi``, ``rna``, ``snp``, ``cnv``, ``methylation``, ``fused``,
-            ``all``); default every modality the embeddings hold, plus ``fused``.
+            ``all`` = every modality the embeddings hold, plus ``fused``; the CLI's default); None: the slides
+            when the embeddings have them (what callers before per-modality scoring got), else ``all``.
         baselines: score the raw/PCA/CCA baselines (needs ``cohort``).
         pca_components: components of the PCA baseline.
         cca_components: components of the CCA baseline (None: chosen on a validation part of the training patients).
@@ -441,7 +442,7 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
     for name, path in models.items():
         emb = embs[name]
         held_out = emb.get("_attrs", {}).get("heldout_patients")
-        mods = choose_modalities(emb, modalities)
+        mods = choose_modalities(emb, modalities if modalities is not None else (["wsi"] if "wsi" in emb else None))
         res: dict = {"tasks": {}, "embeddings": str(path), "modalities": mods}
         preds: dict = {}
         if "wsi" in emb and "wsi" in mods:
