@@ -223,3 +223,19 @@ def test_a_patient_with_slides_in_train_and_test_is_warned(tmp_path, capsys):
     assert "fold_0" in warning and "2 patient(s)" in warning and _barcode(1) in warning and _barcode(2) in warning
     assert warning in capsys.readouterr().err and warning in (tmp_path / "out" / "results.md").read_text()
     assert "balanced_accuracy" in results["models"]["m"]["tasks"]["leaky"]  # still scored, with the warning
+
+
+def test_cohort_tasks_with_slides_cover_patients_without_slides_per_patient():
+    from pathalign.evaluate.tasks import derive_tasks
+
+    rng = np.random.default_rng(2)
+    man = pd.DataFrame({"case_id": [f"P{i:02d}" for i in range(45)], "kind": rng.choice(["x", "y", "z"], 45),
+                        "slide_ids": [[f"P{i:02d}-S{k}" for k in range(i % 3)] for i in range(45)]})
+    (task,) = derive_tasks(man, k=3, seed=1)
+    slides = task.table.drop_duplicates("case_id").set_index("case_id")
+    assert task.id_column == "slide_id" and set(slides.index) == set(man.case_id[man.slide_ids.apply(len) > 0])
+    pts = task.patients.set_index("case_id")
+    assert set(pts.index) == set(man.case_id)  # the slide-less third too
+    assert (pts.loc[slides.index, task.folds] == slides[task.folds]).all().all()  # same folds for slide patients
+    tested = pd.concat([pts.index[pts[f] == "test"].to_series() for f in task.folds])
+    assert tested.is_unique and len(tested) == 45
