@@ -239,3 +239,14 @@ def test_cohort_tasks_with_slides_cover_patients_without_slides_per_patient():
     assert (pts.loc[slides.index, task.folds] == slides[task.folds]).all().all()  # same folds for slide patients
     tested = pd.concat([pts.index[pts[f] == "test"].to_series() for f in task.folds])
     assert tested.is_unique and len(tested) == 45
+
+
+def test_modality_and_no_baselines_choose_the_rows(molecular, tmp_path, capsys):
+    results = _bench(["--embeddings", f"m={molecular / 'emb.h5'}", "--cohort", str(molecular / "cohort"),
+                      "--labels", "histology", "--folds", "3", "--recipe", "patho-bench", "--modality", "methylation",
+                      "--no-baselines", "--out", str(tmp_path / "out")])
+    assert list(results["representations"]) == ["m:methylation"] and "baselines" not in results
+    assert "cross_modal_baselines" not in results["models"]["m"]
+    assert main(["bench", "--embeddings", str(molecular / "emb.h5"), "--cohort", str(molecular / "cohort"),
+                 "--modality", "protein", "--out", str(tmp_path / "bad")]) == 2
+    assert "--modality" in capsys.readouterr().err

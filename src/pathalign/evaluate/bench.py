@@ -314,8 +314,10 @@ def run_patient_task(task: Task, rep: Representation, seed: int = 0, recipe: Rec
     return out, preds
 
 
-def check_embeddings_cover(tasks: list[Task], models: dict[str, dict]) -> None:
-    """Raise one :class:`TaskError` listing every (model, task) whose split names samples without an embedding."""
+def check_embeddings_cover(tasks: list[Task], models: dict[str, dict],
+                           normalise: Callable[[object], str] | None = None) -> None:
+    """Raise one :class:`TaskError` listing every (model, task) whose split names samples without an embedding
+    (split ids matched by ``normalise``, as :func:`sample_table` does)."""
     problems = []
     for name, emb in models.items():
         if "wsi" not in emb:
@@ -324,7 +326,7 @@ def check_embeddings_cover(tasks: list[Task], models: dict[str, dict]) -> None:
             if task.error:
                 continue
             try:
-                sample_table(task, emb, allow_missing=False)
+                sample_table(task, emb, allow_missing=False, normalise=normalise)
             except MissingEmbeddingError as e:
                 problems.append(f"{name} / {task.name}: {e}")
             except TaskError:
@@ -433,7 +435,7 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
     normalise = IdRule(rule if rule in ("tcga", "table") else "tcga").normalise_case
     embs = {name: read_embeddings(path) for name, path in models.items()}
     if not allow_missing:
-        check_embeddings_cover(tasks, embs)
+        check_embeddings_cover(tasks, embs, normalise)
     results: dict = {"recipe": recipe.describe(), "aggregation": AGGREGATION, "allow_missing": allow_missing,
                      "models": {}, "representations": {},
                      "tasks": {t.name: {"type": t.task_type, "source": t.source, "sample_col": t.id_column

@@ -98,6 +98,11 @@ def render_markdown(results: dict) -> str:
                 cells.append("—" if r is None else (f"skipped: {r['skipped']}" if "skipped" in r else
                                                      f"{r['recall@5']:.3f} ({r['n_components']} comp., n={r['n']})"))
             lines.append(f"| cca:{p} (baseline, same patients) | recall@5 | " + " | ".join(cells) + " |")
+    primary = {m: results["models"][m]["primary"] for m in models if results["models"][m].get("primary") not in
+               (None, "wsi")}
+    if primary:
+        lines += ["", "Models without slides are shown by their multimodal representation: " +
+                  ", ".join(f"{m} = {p}" for m, p in primary.items()) + "."]
     lines += _representation_table(results)
     warned = {t: info["warnings"] for t, info in results["tasks"].items() if info.get("warnings")}
     if warned:
