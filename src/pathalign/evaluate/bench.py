@@ -41,7 +41,6 @@ from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks, match_i
 from .bench_report import AGGREGATION, render_markdown
 
 
-
 class MissingEmbeddingError(TaskError):
     """A split names samples (or slides) that the embeddings file does not have."""
 
