@@ -250,3 +250,34 @@ def test_modality_and_no_baselines_choose_the_rows(molecular, tmp_path, capsys):
     assert main(["bench", "--embeddings", str(molecular / "emb.h5"), "--cohort", str(molecular / "cohort"),
                  "--modality", "protein", "--out", str(tmp_path / "bad")]) == 2
     assert "--modality" in capsys.readouterr().err
+
+
+def test_a_cohort_with_some_slides_scores_slides_per_slide_and_the_rest_per_patient(tmp_path):
+    from pathalign.evaluate.bench import run_bench
+    from pathalign.evaluate.probes import Recipe
+    from pathalign.evaluate.tasks import derive_tasks
+
+    rng = np.random.default_rng(4)
+    n = 36
+    y = np.array(["x", "y"])[np.arange(n) % 2]
+    man = pd.DataFrame({"case_id": [f"P{i:02d}" for i in range(n)], "kind": y,
+                        "slide_ids": [[f"P{i:02d}-S{k}" for k in range(i % 3 // 2 + (i % 3 > 0))] for i in range(n)]})
+    slides = [(s, c) for c, ss in zip(man.case_id, man.slide_ids) for s in ss]
+    with h5py.File(tmp_path / "e.h5", "w") as fh:
+        for name, ids, x in (("wsi", [s for s, _ in slides], rng.standard_normal((len(slides), 4))),
+                             ("rna", man.case_id.tolist(), rng.standard_normal((n, 5)) + (y == "y")[:, None])):
+            g = fh.create_group(name)
+            g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+            g.create_dataset("embeddings", data=x.astype(np.float32))
+            if name == "wsi":
+                g.create_dataset("case_ids", data=np.array([c for _, c in slides], dtype=object),
+                                 dtype=h5py.string_dtype())
+    tasks = derive_tasks(man, k=3)
+    results = run_bench({"m": tmp_path / "e.h5"}, tasks, tmp_path / "out", plots=False, progress=False,
+                        modalities=["all"], recipe=Recipe("patho-bench"))
+    with_slides = int((man.slide_ids.apply(len) > 0).sum())
+    assert results["models"]["m"]["primary"] == "wsi"
+    assert results["models"]["m"]["tasks"]["kind"]["n"]["samples_used"] == len(slides)  # per slide, as before
+    assert results["representations"]["m:rna"]["tasks"]["kind"]["n"]["samples_used"] == n  # slide-less too
+    fused = results["representations"]["m:fused"]["tasks"]["kind"]
+    assert fused["n"]["samples_used"] == n and fused["balanced_accuracy"]["n_folds"] == 3 and with_slides < n
