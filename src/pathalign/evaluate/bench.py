@@ -9,27 +9,36 @@ Patient-level tasks (``sample_col: case_id``) are scored per patient, a patient'
 the mean of its slides' embeddings (Patho-Bench's late fusion). A split that names samples the
 embeddings lack is an error unless ``--allow-missing``; ``--recipe patho-bench`` reproduces
 Patho-Bench's linear probe and Cox settings (see :mod:`pathalign.evaluate.probes`).
+
+Every modality: besides the slides, each task is scored per patient on each molecular embedding
+and on the fused multimodal representation (:mod:`.representations`), with or without slides in
+the cohort (``--modality`` chooses); with ``--cohort`` the raw and PCA features of each molecular
+modality and a CCA beside every cross-modal pair are scored in the same run (:mod:`.baselines`;
+``--no-baselines`` leaves them out). Split ids are matched after the cohort's id normalisation;
+survival rows with negative or missing times are left out and named, and patients whose slides lie
+on both sides of a fold are warned about (:mod:`.tasks`).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..cohort.ids import IdRule
 from .embed import read_embeddings
 from ..io.atomic import atomic_write_json, atomic_write_text
 from .probes import DEFAULT_ALPHA, RECIPES, Recipe, cox_probe, linear_probe, pathobench_cox_probe, pathobench_linear_probe
-from .retrieval import cross_modal_retrieval, label_retrieval, patient_pair_space, recall_at_k
-from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks
-from .metrics import PRIMARY
-
-AGGREGATION = ("mean ± SE over folds; SE = population std (ddof 0) / sqrt(number of folds run), "
-               "as Patho-Bench's BaseExperiment.get_mean_se")
+from .baselines import PCA_COMPONENTS
+from .representations import MODALITY_CHOICES, Representation, choose_modalities, model_representations
+from .retrieval import (cross_modal_retrieval, label_hits, label_retrieval, patient_pair_space, recall_at_k,
+                        retrieval_scores)
+from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks, match_ids, patient_table
+from .bench_report import AGGREGATION, render_markdown
 
 
 class MissingEmbeddingError(TaskError):
@@ -50,19 +59,22 @@ def _slide_lookup(emb: dict) -> tuple[dict[str, np.ndarray], dict[str, list[str]
     return slides, cases
 
 
-def sample_table(task: Task, emb: dict, allow_missing: bool = False) -> tuple[pd.DataFrame, np.ndarray, dict]:
+def sample_table(task: Task, emb: dict, allow_missing: bool = False,
+                 normalise: Callable[[object], str] | None = None) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """One row per sample (``task.id_column``) with its label and folds, its embedding, and the counts.
 
     A case's embedding is the mean of its slides' embeddings (Patho-Bench's late fusion,
     ``Pooler.pool``): the slides the split lists for it when the split has a ``slide_id`` column,
     else the slides the embeddings file assigns to it. Rows without a label are dropped and counted.
     Samples (or listed slides) without an embedding are an error naming them, unless ``allow_missing``:
-    then they are dropped and counted.
+    then they are dropped and counted. Split ids are matched to the embeddings' ids as written or, failing
+    that, after the cohort's id normalisation (:func:`pathalign.evaluate.tasks.match_ids`).
 
     Args:
         task: the task.
         emb: what :func:`read_embeddings` returns (needs a ``wsi`` group).
         allow_missing: drop samples without an embedding instead of raising.
+        normalise: the id normalisation (default: the TCGA rule's, :meth:`IdRule.normalise_case`).
 
     Returns:
         ``(table [n samples], embeddings [n, d], counts)``.
@@ -71,7 +83,13 @@ def sample_table(task: Task, emb: dict, allow_missing: bool = False) -> tuple[pd
         TaskError: inconsistent labels/folds within a sample, or missing embeddings without ``allow_missing``.
     """
     sc = task.id_column
+    normalise = normalise or IdRule("tcga").normalise_case
+    slides, cases = _slide_lookup(emb)
     t = task.table.copy()
+    if "slide_id" in t.columns:
+        t["slide_id"] = match_ids(t["slide_id"], slides, normalise)
+    if "case_id" in t.columns:
+        t["case_id"] = match_ids(t["case_id"], cases, normalise)
     t[sc] = t[sc].astype(str)
     labelled = t[task.label_columns].notna().all(axis=1)
     counts: dict = {"sample_col": sc, "rows": int(len(t)), "rows_without_label": int((~labelled).sum())}
@@ -84,7 +102,6 @@ def sample_table(task: Task, emb: dict, allow_missing: bool = False) -> tuple[pd
         raise TaskError(f"{_where(task)}: {sc} {bad.index[0]!r} (and {len(bad) - 1} more) has several values in "
                         f"{cols}; every row of one {sc} must agree")
     samples = t.drop_duplicates(sc).reset_index(drop=True)
-    slides, cases = _slide_lookup(emb)
     vecs, missing_samples, missing_slides = [], [], []
     if sc == "slide_id":
         for s in samples[sc]:
@@ -128,7 +145,7 @@ def labels_of(t: pd.DataFrame, task: Task) -> np.ndarray:
 
 
 def _fold_metrics(task: Task, t: pd.DataFrame, x: np.ndarray, parts: dict, recipe: Recipe, seed: int) -> dict:
-    """Metrics of one fold (keys starting with ``_`` are bookkeeping, not metrics)."""
+    """Metrics of one fold (keys starting with ``_`` are bookkeeping, not metrics); ``x`` [n samples, d]."""
     tr, va, te = parts["train"], parts["val"], parts["test"]
     if task.task_type == "classification":
         y = labels_of(t, task)
@@ -154,8 +171,59 @@ def summarise(values: dict[str, float | None]) -> dict:
             "per_fold": {f: (None if a is None else float(a)) for f, a in values.items()}}
 
 
+def _run_folds(task: Task, t: pd.DataFrame, fold_x: Callable[[dict], np.ndarray], recipe: Recipe, seed: int,
+               counts: dict, base: dict, fold_retrieval: bool = False
+               ) -> tuple[dict, pd.DataFrame | None, list[np.ndarray]]:
+    """Every fold of ``task`` on the samples ``t``, features ``fold_x(parts)`` [n samples, d] fitted on the
+    fold's training part; ``(result, predictions, per-fold label-retrieval hits of the test queries)`` (hits
+    only with ``fold_retrieval``)."""
+    per_fold: dict[str, dict] = {}
+    skipped_folds, preds, tuned, fold_n, hits = [], [], {}, {}, []
+    run_folds = []
+    labels = t[task.label].astype(str).to_numpy() if task.task_type == "classification" else None
+    groups = (t["case_id"] if "case_id" in t.columns else t[task.id_column]).astype(str).to_numpy()
+    for f in task.folds:
+        parts = {r: np.flatnonzero(t[f].to_numpy() == r) for r in ("train", "val", "test")}
+        fold_n[f] = {r: int(len(v)) for r, v in parts.items()}
+        if len(parts["test"]) == 0:
+            skipped_folds.append(f"{f}: no test samples")
+            continue
+        try:
+            x = fold_x(parts)
+            m = _fold_metrics(task, t, x, parts, recipe, seed)
+        except ValueError as e:
+            skipped_folds.append(f"{f}: {e}")
+            continue
+        run_folds.append(f)
+        if fold_retrieval and labels is not None and len(t) > 1:
+            hits.append(label_hits(x, labels, groups, parts["test"]))
+        if "_tuned" in m:
+            tuned[f] = m.pop("_tuned")
+        if "_pred" in m:
+            case = t["case_id"] if "case_id" in t.columns else t[task.id_column]
+            preds.append(pd.DataFrame({"case_id": case.iloc[parts["test"]].astype(str).to_numpy(), "fold": f,
+                                       "y": labels_of(t, task)[parts["test"]],
+                                       "pred": m.pop("_pred")}))
+        for k, v in m.items():
+            per_fold.setdefault(k, {})[f] = v
+    counts["folds"] = fold_n
+    if not per_fold:
+        reason = "; ".join(skipped_folds) or "no fold could be run"
+        if task.task_type == "classification" and t[task.label].nunique() < 2:
+            reason = f"label column {task.label!r} has one class ({t[task.label].iloc[0]!r})"
+        return {"skipped": reason, **base}, None, []
+    out = {k: summarise({f: v.get(f) for f in run_folds}) for k, v in per_fold.items()}
+    out.update(base)
+    if tuned:
+        out["tuning"] = tuned
+    if skipped_folds:
+        out["skipped_folds"] = skipped_folds
+    return out, (pd.concat(preds) if preds else None), hits
+
+
 def run_task(task: Task, emb: dict, seed: int = 0, recipe: Recipe | None = None,
-             allow_missing: bool = False) -> tuple[dict, pd.DataFrame | None]:
+             allow_missing: bool = False, normalise: Callable[[object], str] | None = None
+             ) -> tuple[dict, pd.DataFrame | None]:
     """Metrics of ``task`` on the slide embeddings in ``emb`` and per-item test predictions.
 
     Args:
@@ -164,6 +232,7 @@ def run_task(task: Task, emb: dict, seed: int = 0, recipe: Recipe | None = None,
         seed: seed of the default recipe's probes.
         recipe: probe recipe (default: the ``pathalign`` one).
         allow_missing: drop samples without an embedding (counted) instead of raising.
+        normalise: id normalisation of the split's ids (default: the TCGA rule's).
 
     Returns:
         ``(result, predictions)``: result has every metric as ``{mean, std, se, n_folds}``, ``n`` (counts: rows,
@@ -179,7 +248,7 @@ def run_task(task: Task, emb: dict, seed: int = 0, recipe: Recipe | None = None,
     if "wsi" not in emb:
         return {"skipped": "the embeddings have no wsi group"}, None
     try:
-        t, x, counts = sample_table(task, emb, allow_missing)
+        t, x, counts = sample_table(task, emb, allow_missing, normalise)
     except MissingEmbeddingError:
         raise
     except TaskError as e:
@@ -188,50 +257,66 @@ def run_task(task: Task, emb: dict, seed: int = 0, recipe: Recipe | None = None,
     if t.empty:
         return {"skipped": f"no {task.id_column} of the task has an embedding (task ids e.g. "
                            f"{task.table[task.id_column].astype(str).head(3).tolist()})", **base}, None
-    per_fold: dict[str, list] = {}
-    skipped_folds, preds, tuned, fold_n = [], [], {}, {}
-    run_folds = []
-    for f in task.folds:
-        parts = {r: np.flatnonzero(t[f].to_numpy() == r) for r in ("train", "val", "test")}
-        fold_n[f] = {r: int(len(v)) for r, v in parts.items()}
-        if len(parts["test"]) == 0:
-            skipped_folds.append(f"{f}: no test samples")
-            continue
-        try:
-            m = _fold_metrics(task, t, x, parts, recipe, seed)
-        except ValueError as e:
-            skipped_folds.append(f"{f}: {e}")
-            continue
-        run_folds.append(f)
-        if "_tuned" in m:
-            tuned[f] = m.pop("_tuned")
-        if "_pred" in m:
-            case = t["case_id"] if "case_id" in t.columns else t[task.id_column]
-            preds.append(pd.DataFrame({"case_id": case.iloc[parts["test"]].astype(str).to_numpy(), "fold": f,
-                                       "y": labels_of(t, task)[parts["test"]],
-                                       "pred": m.pop("_pred")}))
-        for k, v in m.items():
-            per_fold.setdefault(k, {})[f] = v
-    counts["folds"] = fold_n
-    if not per_fold:
-        reason = "; ".join(skipped_folds) or "no fold could be run"
-        if task.task_type == "classification" and t[task.label].nunique() < 2:
-            reason = f"label column {task.label!r} has one class ({t[task.label].iloc[0]!r})"
-        return {"skipped": reason, **base}, None
-    out = {k: summarise({f: v.get(f) for f in run_folds}) for k, v in per_fold.items()}
-    out.update(base)
-    if tuned:
-        out["tuning"] = tuned
-    if skipped_folds:
-        out["skipped_folds"] = skipped_folds
-    if task.task_type == "classification":
+    out, preds, _ = _run_folds(task, t, lambda parts: x, recipe, seed, counts, base)
+    if "skipped" not in out and task.task_type == "classification":
         groups = (t["case_id"] if "case_id" in t.columns else t[task.id_column]).astype(str).to_numpy()
         out["retrieval"] = label_retrieval(x, t[task.label].astype(str).to_numpy(), groups)
-    return out, (pd.concat(preds) if preds else None)
+    return out, preds
 
 
-def check_embeddings_cover(tasks: list[Task], models: dict[str, dict]) -> None:
-    """Raise one :class:`TaskError` listing every (model, task) whose split names samples without an embedding."""
+def run_patient_task(task: Task, rep: Representation, seed: int = 0, recipe: Recipe | None = None,
+                     normalise: Callable[[object], str] | None = None) -> tuple[dict, pd.DataFrame | None]:
+    """Metrics of ``task`` scored per patient on ``rep`` (a modality's embedding, the fused one, a baseline).
+
+    The task's rows are collapsed to one per patient (:func:`pathalign.evaluate.tasks.patient_table`); patients
+    without the representation are left out and counted (a patient need not have every modality). In each
+    fold the features are made with the training part's statistics only. Retrieval by label: each fold's test
+    patients query every patient of the task (their own excluded), pooled over folds; where every patient is
+    tested once this is the all-against-all figure of a fixed embedding.
+
+    Args:
+        task: the task.
+        rep: the representation.
+        seed: probe seed.
+        recipe: probe recipe.
+        normalise: id normalisation of the split's case ids (default: the TCGA rule's).
+
+    Returns:
+        ``(result, predictions)`` as :func:`run_task`, with ``sample_col`` ``case_id`` and ``representation``.
+    """
+    recipe = recipe or Recipe()
+    if task.error:
+        return {"skipped": task.error}, None
+    try:
+        t = patient_table(task)
+    except TaskError as e:
+        return {"skipped": str(e)}, None
+    normalise = normalise or IdRule("tcga").normalise_case
+    t["case_id"] = match_ids(t["case_id"], rep.patients, normalise)
+    labelled = t[task.label_columns].notna().all(axis=1)
+    have = t.case_id.isin(set(rep.patients))
+    counts = {"sample_col": "case_id", "rows": int(len(task.table if task.patients is None else task.patients)), "rows_without_label": int((~labelled).sum()),
+              "samples": int(labelled.sum()), "samples_without_embedding": int((labelled & ~have).sum())}
+    t = t[labelled & have].reset_index(drop=True)
+    counts["samples_used"] = int(len(t))
+    base = {"n": counts, "sample_col": "case_id", "recipe": recipe.name, "representation": rep.note}
+    if t.empty:
+        return {"skipped": f"no patient of the task has {rep.name}", **base}, None
+    ids = t.case_id.tolist()
+
+    def fold_x(parts: dict) -> np.ndarray:
+        return np.asarray(rep.featurize(ids, [ids[i] for i in parts["train"]]), np.float64)
+
+    out, preds, hits = _run_folds(task, t, fold_x, recipe, seed, counts, base, fold_retrieval=True)
+    if hits:
+        out["retrieval"] = retrieval_scores(np.concatenate(hits))
+    return out, preds
+
+
+def check_embeddings_cover(tasks: list[Task], models: dict[str, dict],
+                           normalise: Callable[[object], str] | None = None) -> None:
+    """Raise one :class:`TaskError` listing every (model, task) whose split names samples without an embedding
+    (split ids matched by ``normalise``, as :func:`sample_table` does)."""
     problems = []
     for name, emb in models.items():
         if "wsi" not in emb:
@@ -240,7 +325,7 @@ def check_embeddings_cover(tasks: list[Task], models: dict[str, dict]) -> None:
             if task.error:
                 continue
             try:
-                sample_table(task, emb, allow_missing=False)
+                sample_table(task, emb, allow_missing=False, normalise=normalise)
             except MissingEmbeddingError as e:
                 problems.append(f"{name} / {task.name}: {e}")
             except TaskError:
@@ -298,14 +383,22 @@ def by_modality_subset(emb: dict, manifest: pd.DataFrame, preds: dict[str, pd.Da
 def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path, manifest: pd.DataFrame | None = None,
               seed: int = 0, plots: bool = True, progress: bool = True, recipe: Recipe | None = None,
               allow_missing: bool = False, missing_rates: list[float] | None = None,
-              missing_seeds: list[int] | None = None) -> dict:
+              missing_seeds: list[int] | None = None, cohort=None, modalities: Sequence[str] | None = None,
+              baselines: bool = True, pca_components: int = PCA_COMPONENTS, cca_components: int | None = None) -> dict:
     """Benchmark every embeddings file of ``models`` on ``tasks``; writes ``results.json`` and ``results.md``.
+
+    Every task is scored on every representation: the slide embeddings per ``sample_col`` (as before, under
+    ``models/<name>/tasks``), and per patient each molecular modality's embedding and the fused multimodal one
+    (:mod:`.representations`), under ``representations/<name>:<modality>``. With a cohort and ``baselines``,
+    the raw and PCA features of each molecular modality are scored on the same tasks and folds
+    (``representations/raw:<m>``, ``pca:<m>``) and a CCA beside every cross-modal pair the model scores
+    (``models/<name>/cross_modal_baselines/cca:<a>-<b>``), see :mod:`.baselines`.
 
     Args:
         models: name → embeddings.h5.
         tasks: the tasks (a task with ``error`` is reported as skipped; the others run).
         out: results folder.
-        manifest: cohort manifest (for the by-modality robustness table).
+        manifest: cohort manifest (for the by-modality robustness table; default: the cohort's).
         seed: probe seed.
         plots: write ``probe_metrics.png``.
         progress: print one line per (model, task).
@@ -315,40 +408,87 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
         missing_rates: when given, also the inference-time missing-modality degradation of every model with
             molecular embeddings (:mod:`pathalign.evaluate.missing`) at these rates, one hiding plan per seed
             of ``missing_seeds`` (default 0, 1, 2): ``missing_<model>.csv``/``.png`` and a section in the results.
+        cohort: cohort folder or :class:`pathalign.cohort.Cohort` (the baselines' matrices, the id rule).
+        modalities: representations to score (``wsi``, ``rna``, ``snp``, ``cnv``, ``methylation``, ``fused``,
+            ``all`` = every modality the embeddings hold, plus ``fused``; the CLI's default); None: the slides
+            when the embeddings have them (what callers before per-modality scoring got), else ``all``.
+        baselines: score the raw/PCA/CCA baselines (needs ``cohort``).
+        pca_components: components of the PCA baseline.
+        cca_components: components of the CCA baseline (None: chosen on a validation part of the training patients).
 
     Returns:
         The results dictionary written to ``results.json``.
     """
+    from .baselines import cohort_representations, cross_modal_baselines, describe, model_transform_options
+
     recipe = recipe or Recipe()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if cohort is not None and not hasattr(cohort, "matrix"):
+        from ..cohort import load_cohort
+
+        cohort = load_cohort(cohort)
+    if manifest is None and cohort is not None:
+        manifest = cohort.manifest
+    rule = (cohort.meta.get("sources") or {}).get("id_rule", "tcga") if cohort is not None else "tcga"
+    normalise = IdRule(rule if rule in ("tcga", "table") else "tcga").normalise_case
     embs = {name: read_embeddings(path) for name, path in models.items()}
     if not allow_missing:
-        check_embeddings_cover(tasks, embs)
+        check_embeddings_cover(tasks, embs, normalise)
     results: dict = {"recipe": recipe.describe(), "aggregation": AGGREGATION, "allow_missing": allow_missing,
-                     "models": {},
+                     "models": {}, "representations": {},
                      "tasks": {t.name: {"type": t.task_type, "source": t.source, "sample_col": t.id_column
-                                        if not t.error else None} for t in tasks}}
+                                        if not t.error else None, **({"warnings": t.warnings} if t.warnings else {})}
+                               for t in tasks}}
+    reps_out = results["representations"]
+    options, options_source = {}, "transform defaults"
+    for emb in embs.values():
+        options, options_source = model_transform_options(emb.get("_attrs", {}).get("model"))
+        if options:
+            break
     for name, path in models.items():
         emb = embs[name]
         held_out = emb.get("_attrs", {}).get("heldout_patients")
-        res: dict = {"tasks": {}, "embeddings": str(path)}
-        preds = {}
-        for task in tasks:
-            if progress:
-                print(f"bench: {name} / {task.name}", flush=True)
-            res["tasks"][task.name], p = run_task(task, emb, seed, recipe, allow_missing)
-            if p is not None:
-                preds[task.name] = p
+        mods = choose_modalities(emb, modalities if modalities is not None else (["wsi"] if "wsi" in emb else None))
+        res: dict = {"tasks": {}, "embeddings": str(path), "modalities": mods}
+        preds: dict = {}
+        if "wsi" in emb and "wsi" in mods:
+            for task in tasks:
+                if progress:
+                    print(f"bench: {name} / {task.name}", flush=True)
+                res["tasks"][task.name], p = run_task(task, emb, seed, recipe, allow_missing, normalise)
+                if p is not None:
+                    preds[task.name] = p
+            res["primary"] = "wsi"
+            reps_out[f"{name}:wsi"] = {"kind": "model", "model": name, "modality": "wsi", "tasks": res["tasks"]}
+        rep_preds = {}
+        for rep in model_representations(name, emb, mods):
+            reps_out[rep.name], rep_preds[rep.name] = _score_representation(rep, tasks, seed, recipe, normalise,
+                                                                            progress, model=name)
+        if "primary" not in res:
+            primary = f"{name}:fused" if f"{name}:fused" in reps_out else next(
+                (r for r in reps_out if reps_out[r].get("model") == name), None)
+            if primary is None:
+                res["tasks"] = {t.name: {"skipped": "the embeddings have no wsi group"} for t in tasks}
+            else:
+                res["tasks"], preds, res["primary"] = reps_out[primary]["tasks"], rep_preds[primary], primary
         if emb.get("pairs"):
             res["cross_modal"] = cross_modal(emb, held_out)
             res["cross_modal_patients"] = "held-out (not seen in training)" if held_out is not None else "all"
+            if cohort is not None and baselines:
+                res["cross_modal_baselines"] = cross_modal_baselines(cohort, emb, held_out, options, cca_components,
+                                                                     pca_components, seed)
             if manifest is not None:
                 res["by_modalities"] = by_modality_subset(emb, manifest, preds, held_out)
         if missing_rates:
             res["missing"] = _missing_curves(name, emb, tasks, missing_rates, missing_seeds or [0, 1, 2], out,
                                              held_out, plots)
         results["models"][name] = res
+    if cohort is not None and baselines:
+        wanted = list(cohort.modalities) if not modalities or "all" in modalities else list(modalities)
+        results["baselines"] = describe(options_source, pca_components, cca_components)
+        for rep in cohort_representations(cohort, wanted, options, pca_components):
+            reps_out[rep.name], _ = _score_representation(rep, tasks, seed, recipe, normalise, progress)
     atomic_write_json(results, out / "results.json")
     atomic_write_text(render_markdown(results), out / "results.md")
     if plots:
@@ -356,6 +496,20 @@ def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path,
 
         plot_metrics(results, out / "probe_metrics.png")
     return results
+
+
+def _score_representation(rep: Representation, tasks: list[Task], seed: int, recipe: Recipe, normalise,
+                          progress: bool, model: str | None = None) -> tuple[dict, dict]:
+    """``({kind, model, modality, note, tasks}, {task: predictions})`` of one per-patient representation."""
+    entry: dict = {"kind": rep.kind, "model": model, "modality": rep.modality, "note": rep.note, "tasks": {}}
+    preds = {}
+    for task in tasks:
+        if progress:
+            print(f"bench: {rep.name} / {task.name}", flush=True)
+        entry["tasks"][task.name], p = run_patient_task(task, rep, seed, recipe, normalise)
+        if p is not None:
+            preds[task.name] = p
+    return entry, preds
 
 
 def _missing_curves(name: str, emb: dict, tasks: list[Task], rates: list[float], seeds: list[int], out: Path,
@@ -378,113 +532,28 @@ def _missing_curves(name: str, emb: dict, tasks: list[Task], rates: list[float],
             "verdict": v.to_dict(orient="records")}
 
 
-def _fmt(m: dict | None) -> str:
-    if not m:
-        return "—"
-    return f"{m['mean']:.3f} ± {m.get('se', m.get('std', float('nan'))):.3f}"
-
-
-def _counts(r: dict) -> str:
-    """``n=…`` of a task result: samples used, and what was dropped."""
-    n = r.get("n")
-    if not n:
-        return ""
-    parts = [f"n={n['samples_used']} {n['sample_col']}s"]
-    if n.get("rows_without_label"):
-        parts.append(f"{n['rows_without_label']} rows without label")
-    if n.get("samples_without_embedding"):
-        parts.append(f"{n['samples_without_embedding']} without embedding dropped")
-    if n.get("slides_without_embedding"):
-        parts.append(f"{n['slides_without_embedding']} listed slides without embedding")
-    return ", ".join(parts)
-
-
-def render_markdown(results: dict) -> str:
-    """``results.md``: one table (tasks × models), then every metric with n per task and fold."""
-    models = list(results["models"])
-    recipe = results.get("recipe", {})
-    lines = ["# Benchmark results", "",
-             f"Recipe: **{recipe.get('name', 'pathalign')}** — {recipe.get('classification', '')}; "
-             f"{recipe.get('survival', '')}; features {recipe.get('features', '')}; tuning: {recipe.get('tuning', '')}.",
-             "", f"Primary metric per task, {results.get('aggregation', AGGREGATION)}.", "",
-             "| task | metric | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
-    for task, info in results["tasks"].items():
-        metric = PRIMARY[info["type"]]
-        cells = []
-        for m in models:
-            r = results["models"][m]["tasks"].get(task, {})
-            cells.append(f"skipped: {r['skipped']}" if "skipped" in r else _fmt(r.get(metric)))
-        lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-        if info["type"] == "classification":
-            cells = [(f"{r['retrieval']['mAP@5']:.3f}" if "retrieval" in r else "—")
-                     for r in (results["models"][m]["tasks"].get(task, {}) for m in models)]
-            lines.append(f"| {task} (retrieval by label) | mAP@5 | " + " | ".join(cells) + " |")
-    pairs = sorted({p for m in models for p in results["models"][m].get("cross_modal", {})})
-    for p in pairs:
-        cells = []
-        for m in models:
-            r = results["models"][m].get("cross_modal", {}).get(p)
-            cells.append("—" if r is None else (f"skipped: {r['skipped']}" if "skipped" in r else
-                                                 f"{r['recall@5']:.3f} (chance {r['chance@5']:.3f}, n={r['n']})"))
-        lines.append(f"| {p} (cross-modal) | recall@5 | " + " | ".join(cells) + " |")
-    lines += ["", "## All metrics", ""]
-    for m in models:
-        lines += [f"### {m}", ""]
-        for task, r in results["models"][m]["tasks"].items():
-            if "skipped" in r:
-                lines.append(f"- **{task}**: skipped — {r['skipped']}" + (f" ({_counts(r)})" if r.get("n") else ""))
-                continue
-            parts = [f"{k} {_fmt(v)}" for k, v in r.items() if isinstance(v, dict) and "mean" in v]
-            if "retrieval" in r:
-                parts.append("retrieval " + ", ".join(f"{k} {v:.3f}" for k, v in r["retrieval"].items()))
-            lines.append(f"- **{task}** ({_counts(r)}): " + "; ".join(parts))
-            folds = r.get("n", {}).get("folds", {})
-            if folds:
-                lines.append("  - n per fold (train/val/test): " + ", ".join(
-                    f"{f} {c['train']}/{c['val']}/{c['test']}" for f, c in folds.items()))
-            if r.get("tuning") and any(v != "validation" for v in r["tuning"].values()):
-                lines.append("  - tuning: " + ", ".join(f"{f} {v}" for f, v in r["tuning"].items()))
-            if r.get("skipped_folds"):
-                lines.append("  - skipped folds: " + "; ".join(r["skipped_folds"]))
-        cm = results["models"][m].get("cross_modal")
-        if cm:
-            lines += ["", f"Cross-modal retrieval through the pair adapters ({results['models'][m]['cross_modal_patients']} patients):",
-                      "", "| pair | R@1 | R@5 | R@10 | chance@5 | n |", "|---|---|---|---|---|---|"]
-            for p, r in cm.items():
-                if "skipped" in r:
-                    lines.append(f"| {p} | skipped: {r['skipped']} | | | | |")
-                else:
-                    lines.append(f"| {p} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | "
-                                 f"{r['chance@5']:.3f} | {r['n']} |")
-        miss = results["models"][m].get("missing")
-        if miss and "verdict" in miss:
-            lines += ["", f"Missing modalities at inference (rates {miss['rates']}, seeds {miss['seeds']}; curves in "
-                          f"`{miss['table']}` and its plot): metric with nothing hidden, with everything of the "
-                          "modality hidden, and the curve's shape.", "",
-                      "| task / pair | metric | hidden | at 0 | at 1 | drop | shape |", "|---|---|---|---|---|---|---|"]
-            for r in miss["verdict"]:
-                lines.append(f"| {r['name']} | {r['metric']} | {r['hidden']} | {r['at_0']:.3f} | {r['at_1']:.3f} | "
-                             f"{r['drop']:+.3f} | {r['shape']} |")
-        sub = results["models"][m].get("by_modalities")
-        if sub:
-            cols = sorted({k for row in sub for k in row} - {"modalities", "patients"})
-            lines += ["", "Robustness to missing modalities (patients grouped by the modalities they have):", "",
-                      "| modalities | patients | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-            for row in sub:
-                lines.append(f"| {row['modalities']} | {row['patients']} | " +
-                             " | ".join(f"{row[c]:.3f}" if c in row else "—" for c in cols) + " |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", nargs="+", required=True,
                    help="embeddings.h5 files, optionally NAME=PATH (default name: the file stem; several = compared "
                         "in one table)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tasks", help="Patho-Bench split folder (TSV + YAML per task: task_col, sample_col, "
-                                     "task_type, metrics; survival columns <task_col>_days/<task_col>_event)")
-    src.add_argument("--cohort", help="derive tasks from this cohort's clinical labels")
+    p.add_argument("--tasks", help="Patho-Bench split folder (TSV + YAML per task: task_col, sample_col, "
+                                   "task_type, metrics; survival columns <task_col>_days/<task_col>_event)")
+    p.add_argument("--cohort", help="cohort folder: without --tasks, tasks are derived from its clinical labels; "
+                                    "with or without, its matrices give the raw/PCA/CCA baselines and its id rule "
+                                    "the matching of split ids")
+    p.add_argument("--modality", default="all",
+                   help="comma-separated representations to score: " + ", ".join(MODALITY_CHOICES) +
+                        " or all (default: every modality the embeddings hold, plus fused = the concatenated "
+                        "standardised per-modality embeddings of a patient)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the baselines scored by default with --cohort (raw:<m> and pca:<m> on every task, "
+                        "cca:<a>-<b> beside every cross-modal pair)")
+    p.add_argument("--pca-components", type=int, default=PCA_COMPONENTS,
+                   help=f"components of the PCA baseline and of the CCA's inputs (default {PCA_COMPONENTS}; "
+                        "fewer when a training fold has fewer patients)")
+    p.add_argument("--cca-components", type=int, default=None,
+                   help="components of the CCA baseline (default: chosen by recall@5 on a fifth of the training "
+                        "patients, never on the test ones)")
     p.add_argument("--compare", nargs="*", default=[],
                    help="more embeddings to compare (baselines, ablations), NAME=PATH or PATH (name: the file stem)")
     p.add_argument("--recipe", choices=RECIPES, default="pathalign",
@@ -542,20 +611,33 @@ def run(args: argparse.Namespace) -> int:
         recipe = Recipe(args.recipe, cost=args.cost, balanced=args.balanced, alpha=args.cox_alpha)
     except ValueError as e:
         raise TaskError(f"--recipe/--cost/--cox-alpha: {e}") from None
-    manifest = None
-    if args.cohort:
-        manifest = load_cohort(args.cohort).manifest
-        tasks = derive_tasks(manifest, args.folds, args.seed, labels=args.labels.split(",") if args.labels else None)
-    else:
+    if not args.tasks and not args.cohort:
+        raise TaskError("give --tasks (a Patho-Bench split folder) or --cohort (tasks from its labels), or both")
+    mods = [m.strip() for m in args.modality.split(",") if m.strip()]
+    bad = [m for m in mods if m not in (*MODALITY_CHOICES, "all")]
+    if bad or not mods:
+        raise TaskError(f"--modality: unknown {bad or args.modality!r}; choose from {', '.join(MODALITY_CHOICES)}, all")
+    if args.pca_components < 1 or (args.cca_components is not None and args.cca_components < 1):
+        raise TaskError("--pca-components and --cca-components must be at least 1")
+    cohort = load_cohort(args.cohort) if args.cohort else None
+    manifest = cohort.manifest if cohort is not None else None
+    if args.tasks:
         tasks = load_pathobench_tasks(args.tasks)
+    else:
+        tasks = derive_tasks(manifest, args.folds, args.seed, labels=args.labels.split(",") if args.labels else None)
     for t in tasks:
         if t.error:
             print(f"bench: task {t.name} skipped: {t.error}", file=sys.stderr)
+        for w in t.warnings:
+            print(f"bench: warning: {w}", file=sys.stderr)
+    if cohort is None and not args.no_baselines:
+        print("bench: no --cohort: the raw/PCA/CCA baselines need its matrices and are left out", file=sys.stderr)
     rates = _floats("--missing-rates", args.missing_rates) if args.missing_rates else None
     if rates and any(not 0 <= r <= 1 for r in rates):
         raise TaskError(f"--missing-rates must lie in [0, 1], got {args.missing_rates}")
     seeds = [int(x) for x in _floats("--missing-seeds", args.missing_seeds)] if rates else None
     run_bench(models, tasks, args.out, manifest, args.seed, recipe=recipe, allow_missing=args.allow_missing,
-              missing_rates=rates, missing_seeds=seeds)
+              missing_rates=rates, missing_seeds=seeds, cohort=cohort, modalities=mods,
+              baselines=not args.no_baselines, pca_components=args.pca_components, cca_components=args.cca_components)
     print((Path(args.out) / "results.md").read_text().split("## All metrics")[0])
     return 0

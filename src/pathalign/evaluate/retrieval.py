@@ -25,21 +25,38 @@ def chance_recall(n: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
 
 
 def label_retrieval(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-                    ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+                    ks: Sequence[int] = (1, 5), queries: np.ndarray | None = None) -> dict[str, float]:
     """Slide → slide retrieval by cosine similarity: top-k accuracy and mAP@5 by label.
 
     Items from the same ``groups`` entry (e.g. the same patient) are excluded from each other's results.
+    ``queries`` (indices) restricts the queries to those items, every item staying a candidate.
+    """
+    hits = label_hits(embeddings, labels, groups, queries)
+    return retrieval_scores(hits, ks)
+
+
+def label_hits(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+               queries: np.ndarray | None = None) -> np.ndarray:
+    """Per query, whether each ranked candidate has its label: bool [n_queries, n - 1] (best first).
+
+    Candidates of the query's own group are ranked last and never count as hits. Rows of several calls can
+    be stacked (same ``n``) and scored together by :func:`retrieval_scores`.
     """
     x = np.asarray(embeddings, np.float64)
     x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
     labels = np.asarray(labels)
     groups = np.arange(len(x)) if groups is None else np.asarray(groups)
-    sim = x @ x.T
-    sim[groups[:, None] == groups[None, :]] = -np.inf
+    q = np.arange(len(x)) if queries is None else np.asarray(queries, int)
+    sim = x[q] @ x.T  # [n_queries, n]
+    sim[groups[q][:, None] == groups[None, :]] = -np.inf
     order = np.argsort(-sim, axis=1, kind="stable")
-    hits = labels[order] == labels[:, None]  # [n, n]
-    allowed = np.isfinite(np.take_along_axis(sim, order, axis=1))
-    hits &= allowed
+    hits = labels[order] == labels[q][:, None]  # [n_queries, n]
+    hits &= np.isfinite(np.take_along_axis(sim, order, axis=1))
+    return hits
+
+
+def retrieval_scores(hits: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy and mAP@5 of the rows of :func:`label_hits`."""
     out = {f"top{k}_acc": float(hits[:, :k].any(axis=1).mean()) for k in ks}
     k = min(5, hits.shape[1])
     prec = np.cumsum(hits[:, :k], axis=1) / np.arange(1, k + 1)
