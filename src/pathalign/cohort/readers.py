@@ -26,8 +26,13 @@ MAF_REQUIRED = ("Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification")
 ORIENTATIONS = ("auto", "samples-as-columns", "samples-as-rows")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A TSV/CSV/Parquet file (gzip allowed) as strings-in-first-column DataFrame, no index set."""
+def read_table(path: str | Path, text: bool = False) -> pd.DataFrame:
+    """A TSV/CSV/Parquet file (gzip allowed) as strings-in-first-column DataFrame, no index set.
+
+    Args:
+        path: the file.
+        text: read every cell of a TSV/CSV as the string written (no NA guessing, no numbers).
+    """
     path = Path(path)
     if not path.is_file():
         raise CohortInputError(f"{path}: no such file")
@@ -39,8 +44,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 df = df.reset_index()
             return df
         sep = "," if ".csv" in name else "\t"
-        df = pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
-                         keep_default_na=True)
+        if text:
+            df = pd.read_csv(path, sep=sep, comment=None, dtype=str, keep_default_na=False, na_filter=False)
+        else:
+            df = pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
+                             keep_default_na=True)
         # pandas renames a repeated header ('X', 'X.1'); keep the names as written so repeats can be checked
         header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
         if len(header) == df.shape[1] and header.duplicated().any():
@@ -121,11 +129,26 @@ def _merge_repeated_samples(df: pd.DataFrame, path, drops: list[Drop] | None) ->
     return df[~df.index.duplicated(keep="first")]
 
 
+def _no_non_silent(frames: list) -> str:
+    """The error for MAF files that hold no non-silent call: the modality, the files, the classes seen."""
+    names = ", ".join(str(f[2]) for f in frames)
+    classes = pd.concat([f[3] for f in frames]).fillna("(empty)").value_counts()
+    seen = ", ".join(f"{c} {n}" for c, n in classes.head(6).items()) or "no calls at all"
+    n_samples = len(set().union(*[set(f[1]) for f in frames]))
+    return (f"{names}: mutations (snp): no non-silent call in {int(classes.sum())} calls of {n_samples} samples "
+            f"(classes: {seen}); the mutation modality would have no feature. Counted classes: "
+            f"{', '.join(sorted(NON_SILENT_CLASSES))}; give the MAF with the coding calls, or leave out --maf")
+
+
 def read_maf(paths: str | Path | Iterable[str | Path], rule: IdRule | None = None) -> pd.DataFrame:
     """Binary samples x genes matrix of non-silent mutations from one or more MAF files.
 
     ``#`` comment lines are skipped; a gene counts once per sample however many calls it has;
     silent and non-coding classes (``Silent``, ``Intron``, ``3'UTR`` ...) are ignored.
+
+    Raises:
+        CohortInputError: a file is missing, unreadable or lacks a required column, or the
+            files hold no non-silent call at all (the message names them and the classes seen).
     """
     frames = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
@@ -142,9 +165,11 @@ def read_maf(paths: str | Path | Iterable[str | Path], rule: IdRule | None = Non
             raise CohortInputError(f"{path}: MAF lacks required column(s) {missing}")
         hits = maf[maf.Variant_Classification.isin(NON_SILENT_CLASSES)]
         samples = maf.Tumor_Sample_Barcode.dropna().unique()
-        frames.append((hits[["Tumor_Sample_Barcode", "Hugo_Symbol"]], samples))
-    all_hits = pd.concat([h for h, _ in frames])
-    samples = sorted(set().union(*[set(s) for _, s in frames]))
+        frames.append((hits[["Tumor_Sample_Barcode", "Hugo_Symbol"]], samples, path, maf.Variant_Classification))
+    all_hits = pd.concat([f[0] for f in frames])
+    if all_hits.Hugo_Symbol.dropna().empty:
+        raise CohortInputError(_no_non_silent(frames))
+    samples = sorted(set().union(*[set(f[1]) for f in frames]))
     genes = sorted(all_hits.Hugo_Symbol.dropna().unique())
     index, columns = pd.Index(samples, name="sample"), pd.Index(genes, name="feature")
     values = np.zeros((len(index), len(columns)))
