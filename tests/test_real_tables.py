@@ -114,7 +114,7 @@ def test_real_biotab_patient_table(tmp_path):
     assert len(m) == len(raw) - 2 == 459
     assert not m.case_id.str.startswith(("CDE_ID", "BCR_")).any()
     for col in ("death_days_to", "last_contact_days_to", "birth_days_to", "lymph_nodes_examined_count"):
-        assert pd.api.types.is_float_dtype(m[col]), col
+        assert pd.api.types.is_numeric_dtype(m[col]), col
     text = [str(v) for v in m.select_dtypes(exclude="number").drop(columns=["slide_ids"]).to_numpy().ravel()]
     assert not any(v.startswith("[") and v.endswith("]") for v in text)
     # a value kept equals the file's
@@ -378,3 +378,23 @@ def test_real_laml_gistic_folder(tmp_path):
     sign = np.where(calls["Unique Name"].str.startswith("Deletion"), -1, 1)
     np.testing.assert_array_equal(mat.loc["TCGA-AB-2803"].to_numpy(), sign * calls[sample].to_numpy())
     assert len(mat) >= 180
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_duplicate_column_search_matches_pairwise_comparison(seed):
+    from pathalign.cohort.checks import _duplicate_columns
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-2, 3, (6, 120)).astype(float)  # few patients, discrete calls: many collisions
+    values[rng.random(values.shape) < 0.1] = np.nan
+    values[:, 50:60] = values[:, 0:10]  # planted copies
+    among = rng.random(120) < 0.9
+    got = _duplicate_columns(values, among)
+    want = {}
+    cols = np.flatnonzero(among)
+    for j in cols:
+        for a in cols[cols < j]:
+            if a not in want and np.array_equal(values[:, j], values[:, a], equal_nan=True):
+                want[int(j)] = int(a)
+                break
+    assert got == want, f"seed={seed}"

@@ -175,23 +175,50 @@ def feature_notes(mat: pd.DataFrame, modality: str, source: str, limit: int = 5)
         return []
     values = mat.to_numpy(np.float64)  # [n, F]
     notes = []
-    observed = ~np.isnan(values)
-    lo = np.where(observed, values, np.inf).min(axis=0)
-    hi = np.where(observed, values, -np.inf).max(axis=0)
+    lo, hi = np.fmin.reduce(values, axis=0), np.fmax.reduce(values, axis=0)  # NaN ignored; NaN if all are
     constant = ~(hi > lo)  # all-NaN columns too
     if constant.any():
         names = [str(c) for c in mat.columns[constant][:limit]]
         n = int(constant.sum())
         notes.append(f"{modality} ({source}): {n} constant feature{'s' if n > 1 else ''} of {mat.shape[1]} (one value, "
                      f"or none, over all {len(mat)} patients: {', '.join(names)}{', ...' if n > limit else ''})")
-    canon = np.where(np.isnan(values), np.nan, values + 0.0)  # one NaN bit pattern, -0.0 as 0.0
-    cols = np.ascontiguousarray(canon.T)  # [F, n]: one row of bytes per feature
-    keys = cols.view(np.dtype((np.void, cols.dtype.itemsize * cols.shape[1]))).ravel()
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    dup = np.flatnonzero((first[inverse.ravel()] != np.arange(len(keys))) & ~constant)
+    dup_of = _duplicate_columns(values, ~constant)
+    dup = sorted(dup_of)
     if len(dup):
-        pairs = [f"{mat.columns[j]} = {mat.columns[first[inverse.ravel()[j]]]}" for j in dup[:limit]]
+        pairs = [f"{mat.columns[j]} = {mat.columns[dup_of[j]]}" for j in dup[:limit]]
         n = len(dup)
         notes.append(f"{modality} ({source}): {n} feature{'s duplicate' if n > 1 else ' duplicates'} another "
-                     f"(same values for every patient: {', '.join(pairs)}{', ...' if n > limit else ''})")
+                     f"(same values for every patient: {', '.join(pairs)}{', ...' if n > limit else ''})"
+                     + ("; neighbouring genes in one copy-number segment share their calls" if modality == "cnv" else ""))
     return notes
+
+
+def _duplicate_columns(values: np.ndarray, among: np.ndarray) -> dict[int, int]:
+    """``{column: the earlier column it equals}`` (NaN in the same places) among the ``among`` columns.
+
+    Columns are bucketed by a random projection (missing values counted as 0), then the
+    columns of a bucket are compared exactly, so the cost is about one matrix product.
+    """
+    r = np.random.default_rng(0).standard_normal(values.shape[0])
+    h = r @ values  # [F]; NaN where a column has missing values
+    gaps = np.flatnonzero(np.isnan(h))
+    if len(gaps):
+        part = values[:, gaps]
+        h[gaps] = r @ np.where(np.isnan(part), 0.0, part)
+    idx = np.flatnonzero(among)
+    order = idx[np.argsort(h[idx], kind="stable")]
+    hs = h[order]
+    tol = 1e-9 * max(1.0, float(np.abs(hs).max())) if len(hs) else 0.0
+    starts = np.flatnonzero(np.diff(hs) > tol) + 1
+    dup_of: dict[int, int] = {}
+    for group in np.split(order, starts):
+        if len(group) < 2:
+            continue
+        leaders: list[int] = []
+        for j in sorted(group.tolist()):
+            match = next((a for a in leaders if np.array_equal(values[:, j], values[:, a], equal_nan=True)), None)
+            if match is None:
+                leaders.append(j)
+            else:
+                dup_of[j] = match
+    return dup_of

@@ -13,7 +13,8 @@ in ``report.md``):
   GDC's ``--`` / ``'--`` (the portal's TSV and Excel's quoted form) and ``not reported``,
   the ``unknown`` of GDC's enumerations, and the R/pandas/Xena spellings of NA. What was read
   as missing is counted per column.
-* **Numbers.** A column whose filled cells all parse as numbers is stored as float. A
+* **Numbers.** A column whose filled cells all parse as numbers is stored as float (as
+  int when every cell is filled with a whole number; ``True``/``False`` columns as bool). A
   decimal comma (``0,7886``, European spreadsheets) is detected per column: a column whose
   cells are numbers once the comma is read as a decimal mark is parsed so, unless every
   comma could be a thousands separator (``1,234``): such a column is kept as text with a
@@ -173,11 +174,17 @@ def read_clinical_table(path: str | Path, case_col: str, rule: IdRule, decimal: 
                                        for v in values[miss])
         values = values.where(~miss, np.nan)
         filled = values[~miss]
-        if len(filled):
+        if len(filled) and not miss.any() and filled.str.strip().str.lower().isin(("true", "false")).all():
+            values = filled.str.strip().str.lower() == "true"
+        elif len(filled):
             parsed, comma, ambiguous = _parse_numbers(filled, decimal)
             if parsed is not None:
+                numbers = parsed.to_numpy(np.float64)
+                integral = not miss.any() and not comma and bool(np.all(numbers == np.round(numbers)))
                 values = pd.Series(np.nan, index=values.index, dtype=np.float64)
-                values[~miss] = parsed.to_numpy(np.float64)
+                values[~miss] = numbers
+                if integral and np.all(np.abs(numbers) < 2**53):
+                    values = values.astype(np.int64)  # whole numbers, none missing: as pandas reads them
                 if comma:
                     out.comma_columns.append(str(col))
             elif ambiguous:
@@ -223,7 +230,8 @@ def render_clinical(table: ClinicalTable) -> list[str]:
     if table.header_rows:
         lines += ["", f"{len(table.header_rows)} header rows under the column names were recognised (GDC Biotab: "
                   "alternative names, CDE_ID) and dropped: " + "; ".join(f"`{r}`" for r in table.header_rows) + "."]
-    numeric = [str(c) for c in table.frame.columns if c != "case_id" and pd.api.types.is_float_dtype(table.frame[c])]
+    numeric = [str(c) for c in table.frame.columns if c != "case_id" and pd.api.types.is_numeric_dtype(table.frame[c])
+               and not pd.api.types.is_bool_dtype(table.frame[c])]
     lines += ["", f"Numeric columns ({len(numeric)}): {', '.join(numeric) or 'none'}."]
     if table.comma_columns:
         lines.append(f"Read with a decimal comma: {', '.join(table.comma_columns)}.")
