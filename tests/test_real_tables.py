@@ -398,3 +398,12 @@ def test_duplicate_column_search_matches_pairwise_comparison(seed):
                 want[int(j)] = int(a)
                 break
     assert got == want, f"seed={seed}"
+
+
+def test_matrix_with_decimal_commas_names_the_option_and_reads_when_declared(tmp_path):
+    samples = [f"{p}-01A" for p in P[:3]]
+    meth = _matrix(tmp_path / "m.tsv", samples, {"cg1": ["0,25", "0,5", "NA"], "cg2": ["0,125", "1", "0"], "cg3": [0, 1, 0]})
+    with pytest.raises(CohortInputError, match=r"non-numeric value '0,25'.*--decimal comma"):
+        _build(tmp_path, methylation=meth)
+    got = _build(tmp_path, methylation=meth, decimal="comma").matrix("methylation")
+    np.testing.assert_array_equal(got.to_numpy(), [[0.25, 0.125, 0], [0.5, 1.0, 1], [np.nan, 0.0, 0]])

@@ -154,7 +154,8 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
 
 
 def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientation: str, drops: list[Drop],
-                   warnings: list[str], pseudocount: float = 1.0, sections: list[str] | None = None) -> pd.DataFrame:
+                   warnings: list[str], pseudocount: float = 1.0, sections: list[str] | None = None,
+                   decimal: str = "point") -> pd.DataFrame:
     """Read, check against the unit's rules (``checks``), drop empty samples, then one sample per patient.
 
     A folder given as ``--cnv`` is read as a GISTIC 2 output folder (:mod:`.gistic`).
@@ -166,7 +167,7 @@ def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientati
         if sections is not None:
             sections.extend(calls.report())
     else:
-        mat = read_matrix(path, rule, orientation, drops)
+        mat = read_matrix(path, rule, orientation, drops, decimal)
     if mat.shape[1] == 0:
         raise CohortInputError(f"{name}: {modality} holds no feature")
     mat, notes = check_values(mat, modality, units, name, pseudocount)
@@ -224,7 +225,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
     for mod, path in (("rna", src.rna), ("cnv", src.cnv), ("methylation", src.methylation)):
         if path:
             matrices[mod] = _read_modality(path, mod, units[mod], rule, src.orientation, drops, warnings,
-                                           src.rna_pseudocount if mod == "rna" else 1.0, sections)
+                                           src.rna_pseudocount if mod == "rna" else 1.0, sections, src.decimal)
             sources[mod] = source_name(path)
     if src.maf:
         sources["snp"] = ",".join(source_name(p) for p in src.maf)

@@ -12,8 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "header rows are dropped, missing-value markers ([Not Available], --, NA, not reported, ...) read "
                    "as missing, numeric columns as numbers (see docs/cohort.md)")
     b.add_argument("--decimal", default="auto", choices=["auto", "point", "comma"],
-                   help="decimal mark of the clinical table's numbers: auto (a decimal comma such as 0,7886 is "
-                   "detected per column; 1,234 is ambiguous and kept as text), point, or comma")
+                   help="decimal mark of the tables' numbers: auto (in the clinical table a decimal comma such as "
+                   "0,7886 is detected per column, 1,234 is ambiguous and kept as text; in molecular matrices a "
+                   "comma is an error naming this option), point, or comma (every table)")
     b.add_argument("--case-col", default="case_id", help="patient id column in the clinical and slides tables")
     b.add_argument("--slides", help="slides table with slide_id and case_id columns")
     b.add_argument("--features", help="folder of <slide_id>.h5 patch features (or a preprocess/Trident output folder "

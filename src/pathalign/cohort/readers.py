@@ -10,6 +10,7 @@ the sample when they differ: there is no right copy to choose.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ NON_SILENT_CLASSES = frozenset({
 })
 MAF_REQUIRED = ("Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification")
 ORIENTATIONS = ("auto", "samples-as-columns", "samples-as-rows")
+COMMA_NUMBER = re.compile(r"^[+-]?\d*,\d+(?:[eE][+-]?\d+)?$")
 
 
 def read_table(path: str | Path, text: bool = False) -> pd.DataFrame:
@@ -59,7 +61,7 @@ def read_table(path: str | Path, text: bool = False) -> pd.DataFrame:
 
 
 def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
-                drops: list[Drop] | None = None) -> pd.DataFrame:
+                drops: list[Drop] | None = None, decimal: str = "point") -> pd.DataFrame:
     """A numeric matrix as samples x features.
 
     Args:
@@ -68,6 +70,8 @@ def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
         orientation: ``auto`` (the axis whose names are sample ids), ``samples-as-columns``
             (features x samples, Xena style) or ``samples-as-rows``.
         drops: where identical repeated samples that were merged are reported (optional).
+        decimal: ``comma`` reads ``0,79`` as 0.79; otherwise (``point``, ``auto``) such a value is
+            an error whose message names ``--decimal comma`` (a matrix's ``1,234`` could be a count).
 
     Returns:
         samples x features float64 ``DataFrame``, one row per sample id.
@@ -93,12 +97,17 @@ def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
                 f"(first columns: {list(col_names[:3])}, first rows: {list(row_names[:3])}); "
                 "set the orientation or check the id rule")
         orientation = "samples-as-columns" if col_hits >= row_hits else "samples-as-rows"
+    if decimal == "comma":
+        body = body.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.str.replace(",", ".", regex=False))
     values = body.apply(pd.to_numeric, errors="coerce")
     bad = values.isna() & body.notna()
     if bad.any().any():
         r, c = np.argwhere(bad.to_numpy())[0]
-        raise CohortInputError(f"{path}: non-numeric value {body.iat[r, c]!r} at row {r + 2} "
-                               f"('{row_names.iat[r]}'), column '{col_names[c]}'")
+        cell = body.iat[r, c]
+        hint = ("; it looks like a number with a decimal comma: declare --decimal comma"
+                if COMMA_NUMBER.match(str(cell).strip()) else "")
+        raise CohortInputError(f"{path}: non-numeric value {cell!r} at row {r + 2} "
+                               f"('{row_names.iat[r]}'), column '{col_names[c]}'{hint}")
     df = pd.DataFrame(values.to_numpy(np.float64), index=row_names.to_numpy(), columns=col_names)
     if orientation == "samples-as-columns":
         df = df.T
