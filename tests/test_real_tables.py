@@ -407,3 +407,17 @@ def test_matrix_with_decimal_commas_names_the_option_and_reads_when_declared(tmp
         _build(tmp_path, methylation=meth)
     got = _build(tmp_path, methylation=meth, decimal="comma").matrix("methylation")
     np.testing.assert_array_equal(got.to_numpy(), [[0.25, 0.125, 0], [0.5, 1.0, 1], [np.nan, 0.0, 0]])
+
+
+@needs_real
+def test_real_laml_annotation_minus_inf_times_are_numbers_reported_as_negative(tmp_path):
+    laml = REAL / "laml"
+    raw = pd.read_csv(laml / "tcga_laml_annot.tsv", sep="\t")
+    assert np.isneginf(raw.days_to_last_followup).sum() == 12  # pandas reads R's -Inf as -inf
+    c = _build(tmp_path, clinical=str(laml / "tcga_laml_annot.tsv"), case_col="Tumor_Sample_Barcode", cnv=str(laml))
+    m = c.manifest.set_index("case_id")
+    assert pd.api.types.is_float_dtype(m.days_to_last_followup)
+    bad = raw.Tumor_Sample_Barcode[np.isneginf(raw.days_to_last_followup)]
+    assert m.loc[bad, "days_to_last_followup"].isna().all()
+    report = (c.path / "report.md").read_text()
+    assert all(f"| {p} | days_to_last_followup | -inf |" in report for p in bad)

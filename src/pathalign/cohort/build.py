@@ -173,8 +173,17 @@ def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientati
     mat, notes = check_values(mat, modality, units, name, pseudocount)
     warnings.extend(notes)
     out = _to_patients(drop_empty_samples(mat, name, drops), rule, name, drops)
-    warnings.extend(feature_notes(out, modality, name))
+    _feature_checks(out, modality, name, warnings, sections)
     return out
+
+
+def _feature_checks(mat: pd.DataFrame, modality: str, name: str, warnings: list[str],
+                    sections: list[str] | None) -> None:
+    """Constant and duplicate features: warnings, or report lines where duplicates are expected."""
+    notes, info = feature_notes(mat, modality, name)
+    warnings.extend(notes)
+    if info and sections is not None:
+        sections.extend([f"## Feature checks: {modality}", "", *(f"- {line}" for line in info), ""])
 
 
 def _to_patients(mat: pd.DataFrame, rule: IdRule, source: str, drops: list[Drop]) -> pd.DataFrame:
@@ -230,7 +239,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
     if src.maf:
         sources["snp"] = ",".join(source_name(p) for p in src.maf)
         matrices["snp"] = _to_patients(read_maf(src.maf), rule, sources["snp"], drops)
-        warnings.extend(feature_notes(matrices["snp"], "snp", sources["snp"]))
+        _feature_checks(matrices["snp"], "snp", sources["snp"], warnings, sections)
     features_dir = None
     if src.features:
         features_dir, note = resolve_features_dir(src.features)

@@ -155,12 +155,16 @@ def _check_methylation(mat: pd.DataFrame, values: np.ndarray, units: str, source
     return mat / 100.0 if units == "percent" else mat
 
 
-def feature_notes(mat: pd.DataFrame, modality: str, source: str, limit: int = 5) -> list[str]:
-    """Warnings naming constant and duplicate feature columns of ``mat`` (patients x features).
+DISCRETE = ("snp", "cnv")  # duplicates expected: genes mutated in the same patients, genes of one segment
+
+
+def feature_notes(mat: pd.DataFrame, modality: str, source: str, limit: int = 5) -> tuple[list[str], list[str]]:
+    """Notes naming constant and duplicate feature columns of ``mat`` (patients x features).
 
     A constant feature has one observed value (or none) over every patient; a duplicate has the
     same values (missing in the same places) as an earlier column. Both are kept; they carry no
-    signal of their own.
+    signal of their own. Duplicates of discrete modalities (``DISCRETE``) are expected and are
+    reported, not warned about.
 
     Args:
         mat: the aligned values.
@@ -169,12 +173,12 @@ def feature_notes(mat: pd.DataFrame, modality: str, source: str, limit: int = 5)
         limit: how many example names a message lists.
 
     Returns:
-        Zero, one or two warnings.
+        ``(warnings, report-only notes)``.
     """
     if mat.shape[1] == 0 or len(mat) < 2:
-        return []
+        return [], []
     values = mat.to_numpy(np.float64)  # [n, F]
-    notes = []
+    notes, info = [], []
     lo, hi = np.fmin.reduce(values, axis=0), np.fmax.reduce(values, axis=0)  # NaN ignored; NaN if all are
     constant = ~(hi > lo)  # all-NaN columns too
     if constant.any():
@@ -187,10 +191,12 @@ def feature_notes(mat: pd.DataFrame, modality: str, source: str, limit: int = 5)
     if len(dup):
         pairs = [f"{mat.columns[j]} = {mat.columns[dup_of[j]]}" for j in dup[:limit]]
         n = len(dup)
-        notes.append(f"{modality} ({source}): {n} feature{'s duplicate' if n > 1 else ' duplicates'} another "
-                     f"(same values for every patient: {', '.join(pairs)}{', ...' if n > limit else ''})"
-                     + ("; neighbouring genes in one copy-number segment share their calls" if modality == "cnv" else ""))
-    return notes
+        why = {"cnv": "; neighbouring genes in one copy-number segment share their calls",
+               "snp": "; genes mutated in exactly the same patients"}.get(modality, "")
+        (info if modality in DISCRETE else notes).append(
+            f"{modality} ({source}): {n} feature{'s duplicate' if n > 1 else ' duplicates'} another (same values for "
+            f"every patient: {', '.join(pairs)}{', ...' if n > limit else ''}){why}")
+    return notes, info
 
 
 def _duplicate_columns(values: np.ndarray, among: np.ndarray) -> dict[int, int]:

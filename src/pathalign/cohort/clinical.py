@@ -51,7 +51,7 @@ SURVIVAL_TIME = re.compile(
     r"^(?:(?:os|pfs|dss|dfs|dfi|pfi|efs|rfs|ttp|overall_survival)[._ ]?(?:time|days|months)|"
     r"days_to_(?:death|last_follow_?up|last_contact|last_known_alive)|"
     r"(?:death|last_contact|last_followup)_days_to|times?|survival_?time)$", re.IGNORECASE)
-_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_NUMBER = re.compile(r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity)$", re.IGNORECASE)
 _COMMA_NUMBER = re.compile(r"^[+-]?(?:\d+,?\d*|,\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+$")
 MAX_HEADER_ROWS = 3
@@ -210,7 +210,7 @@ def _check_survival(frame: pd.DataFrame, out: ClinicalTable) -> None:
         values = frame[col]
         if not pd.api.types.is_numeric_dtype(values):
             continue
-        neg = (values < 0).to_numpy()
+        neg = (values < 0).to_numpy()  # -inf too (R writes -Inf for an unknown time)
         for p, v in zip(frame.case_id[neg], values[neg]):
             out.survival.append((str(p), str(col), f"{v:g}"))
         for p in frame.case_id[values.isna().to_numpy()]:

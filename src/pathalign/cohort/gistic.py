@@ -62,6 +62,7 @@ class GisticCalls:
             for feat in self.values.columns:
                 genes = self.genes.get(feat, [])
                 shown = ", ".join(genes[:12]) + (f", ... ({len(genes)} genes)" if len(genes) > 12 else "")
+                shown = shown.replace("|", "\\|")  # Firehose names such as SNORA40|ENSG... inside a table cell
                 lines.append(f"| {feat} | {shown or '—'} |")
         return lines + [""]
 
