@@ -129,14 +129,19 @@ def test_real_purity_table_with_decimal_commas(tmp_path):
     from pathalign.cohort.ids import IdRule
 
     path = REAL / "messy" / "tcga_tumor_purity_decimal_comma.tsv"
-    table = read_clinical_table(path, "Sample.ID", IdRule("tcga"))
-    df = table.frame
+    df = read_clinical_table(path, "Sample.ID", IdRule("table")).frame  # ids as written: every row
     raw = pd.read_csv(path, sep="\t", dtype=str)
+    assert len(df) == len(raw) == 9364
     for col in ("ESTIMATE", "ABSOLUTE", "LUMP", "IHC", "CPE"):
         assert pd.api.types.is_float_dtype(df[col]), col
         want = pd.to_numeric(raw[col].str.replace(",", "."), errors="coerce").to_numpy()
         np.testing.assert_array_equal(df[col].to_numpy(), want)
     assert not pd.api.types.is_numeric_dtype(df["Cancer.type"])
+    # under the tcga rule: one row per patient with a tumour sample
+    per_patient = read_clinical_table(path, "Sample.ID", IdRule("tcga"))
+    tumour = raw["Sample.ID"][raw["Sample.ID"].str[13:15].astype(int).between(1, 9)]
+    assert len(per_patient.frame) == tumour.str[:12].nunique()
+    assert len(per_patient.frame) + len(per_patient.dropped) == len(raw)
 
 
 # ---- survival times ----
@@ -421,3 +426,15 @@ def test_real_laml_annotation_minus_inf_times_are_numbers_reported_as_negative(t
     assert m.loc[bad, "days_to_last_followup"].isna().all()
     report = (c.path / "report.md").read_text()
     assert all(f"| {p} | days_to_last_followup | -inf |" in report for p in bad)
+
+
+def test_sample_level_clinical_table_is_read_per_patient(tmp_path):
+    (tmp_path / "purity.tsv").write_text(
+        "Sample.ID\tCPE\n"
+        f"{P[0]}-01A\t0,9\n{P[0]}-06A\t0,5\n{P[1]}-11A\t0,1\n{P[1]}-01A\t0,7\n{P[2]}-01A\tNaN\n")
+    c = _build(tmp_path, clinical=str(tmp_path / "purity.tsv"), case_col="Sample.ID", rna=_rna(tmp_path, P[:3]))
+    m = c.manifest.set_index("case_id")
+    assert list(m.index) == P[:3] and m.has_rna.all()
+    np.testing.assert_allclose(m.CPE.to_numpy(), [0.9, 0.7, np.nan])  # primary tumour rows
+    dropped = {d["sample"]: d["reason"] for d in c.meta["dropped"] if d["source"] == "purity.tsv"}
+    assert set(dropped) == {f"{P[0]}-06A", f"{P[1]}-11A"}

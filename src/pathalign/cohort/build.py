@@ -251,6 +251,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
         table = _read_clinical(src.clinical, src.case_col, rule, src.decimal)
         clinical = table.frame
         warnings.extend(table.warnings)
+        drops.extend(table.dropped)
         sections[:0] = render_clinical(table)
         patients = list(clinical.index)
     else:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .ids import CohortInputError, IdRule, source_name
+from .ids import TCGA_SAMPLE, CohortInputError, Drop, IdRule, assign_patients, source_name, tcga_barcode
 
 MISSING_MARKERS = frozenset({
     # GDC BCR Biotab
@@ -72,6 +72,7 @@ class ClinicalTable:
         survival: ``(patient, column, value)`` for every negative (value as written) or
             missing (``"missing"``) survival time; negatives were set to missing.
         warnings: named warnings for the report.
+        dropped: rows left out of a sample-level table (another sample of the patient, a normal).
     """
 
     frame: pd.DataFrame
@@ -81,6 +82,7 @@ class ClinicalTable:
     comma_columns: list[str] = field(default_factory=list)
     survival: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
 
 
 def _read_text(path: Path) -> pd.DataFrame:
@@ -193,6 +195,8 @@ def read_clinical_table(path: str | Path, case_col: str, rule: IdRule, decimal: 
                                     "--decimal comma to read it as a decimal mark")
         columns[col] = values
     frame = pd.DataFrame(columns, index=df.index)
+    if rule.kind == "tcga" and _sample_level(frame[case_col]):
+        frame = _to_patient_rows(frame, case_col, rule, out)
     frame[case_col] = frame[case_col].map(rule.normalise_case)
     dup = frame[frame[case_col].duplicated(keep=False)]
     if len(dup):
@@ -202,6 +206,25 @@ def read_clinical_table(path: str | Path, case_col: str, rule: IdRule, decimal: 
     _check_survival(frame, out)
     out.frame = frame.set_index("case_id", drop=False)
     return out
+
+
+def _sample_level(ids: pd.Series) -> bool:
+    """Whether most ids are TCGA sample barcodes (``TCGA-OR-A5J1-01A``) rather than patient barcodes."""
+    return bool(len(ids)) and float(np.mean([TCGA_SAMPLE.match(tcga_barcode(v)) is not None for v in ids])) >= 0.5
+
+
+def _to_patient_rows(frame: pd.DataFrame, case_col: str, rule: IdRule, out: ClinicalTable) -> pd.DataFrame:
+    """A sample-level table reduced to one row per patient by the id rule (tumour samples, first vial)."""
+    chosen, drops = assign_patients(list(frame[case_col].astype(str)), rule, out.source)
+    out.dropped.extend(drops)
+    by_sample = {sample: patient for patient, sample in chosen.items()}
+    keep = frame[case_col].astype(str).isin(by_sample).to_numpy() & ~frame[case_col].duplicated().to_numpy()
+    frame = frame[keep].copy()
+    frame[case_col] = frame[case_col].astype(str).map(by_sample)
+    out.warnings.append(f"{out.source}: ids in '{case_col}' are sample barcodes; read as one row per patient by the "
+                        f"tcga rule ({len(frame)} patients; {len(drops)} rows left out: normals and other samples of "
+                        "a patient, listed under dropped samples)")
+    return frame
 
 
 def _check_survival(frame: pd.DataFrame, out: ClinicalTable) -> None:
