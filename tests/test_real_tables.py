@@ -438,3 +438,11 @@ def test_sample_level_clinical_table_is_read_per_patient(tmp_path):
     np.testing.assert_allclose(m.CPE.to_numpy(), [0.9, 0.7, np.nan])  # primary tumour rows
     dropped = {d["sample"]: d["reason"] for d in c.meta["dropped"] if d["source"] == "purity.tsv"}
     assert set(dropped) == {f"{P[0]}-06A", f"{P[1]}-11A"}
+
+
+def test_gistic_folder_of_normals_only_names_the_folder_and_why(tmp_path):
+    g = tmp_path / "gistic"
+    g.mkdir()
+    _lesions(g / "all_lesions.conf_90.txt", [f"{p}-11A-01D-0756-21" for p in P[:2]], [0, 1], [1, 0])
+    with pytest.raises(CohortInputError, match=r"gistic: no sample is usable \(2 not a tumour sample"):
+        _build(tmp_path, cnv=str(g))

@@ -163,7 +163,7 @@ def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientati
     name = source_name(path)
     if modality == "cnv" and Path(path).is_dir():
         calls = read_gistic_folder(path)
-        mat, name = calls.values, f"{name}/{calls.file.name}"
+        mat = calls.values
         if sections is not None:
             sections.extend(calls.report())
     else:
