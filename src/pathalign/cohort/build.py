@@ -6,7 +6,9 @@ Output folder::
     <modality>.parquet    patients x features, raw aligned values (rna, snp, cnv, methylation)
     cohort.json           build id and file list, sources, units, the feature vocabulary per
                           modality, dropped samples, warnings
-    report.md             warnings, counts per modality and overlap, drops and why, missing-value rates
+    report.md             warnings, counts per modality and overlap, the clinical table (header rows dropped,
+                          what was read as missing per column, negative/missing survival times by patient),
+                          GISTIC features, drops and why, missing-value rates
 
 The folder is written complete or absent and every file carries the build id (``folder``);
 the input rules (units, ids, duplicates, features folder) are in docs/cohort.md.

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .ids import TCGA_SAMPLE, CohortInputError, Drop, IdRule, assign_patients, source_name, tcga_barcode
+from .readers import read_table
 
 MISSING_MARKERS = frozenset({
     # GDC BCR Biotab
@@ -83,13 +84,6 @@ class ClinicalTable:
     survival: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dropped: list[Drop] = field(default_factory=list)
-
-
-def _read_text(path: Path) -> pd.DataFrame:
-    """Every cell as written (strings, nothing turned into NaN); Parquet columns as stored."""
-    from .readers import read_table
-
-    return read_table(path, text=True)
 
 
 def _header_like(row: pd.Series, columns: list[str], case_col: str) -> bool:
@@ -154,7 +148,7 @@ def read_clinical_table(path: str | Path, case_col: str, rule: IdRule, decimal: 
         raise CohortInputError(f"--decimal must be one of {DECIMALS}, got {decimal!r}")
     path = Path(path)
     name = source_name(path)
-    df = _read_text(path)
+    df = read_table(path, text=True)  # every cell as written; Parquet columns as stored
     if case_col not in df.columns:
         raise CohortInputError(f"{path}: no '{case_col}' column (columns: {list(df.columns)[:8]})")
     df, header_rows = _drop_header_rows(df, case_col)
