@@ -446,3 +446,19 @@ def test_gistic_folder_of_normals_only_names_the_folder_and_why(tmp_path):
     _lesions(g / "all_lesions.conf_90.txt", [f"{p}-11A-01D-0756-21" for p in P[:2]], [0, 1], [1, 0])
     with pytest.raises(CohortInputError, match=r"gistic: no sample is usable \(2 not a tumour sample"):
         _build(tmp_path, cnv=str(g))
+
+
+def test_cbioportal_clinical_header_rows_are_skipped_and_a_wrong_case_col_gets_a_hint(tmp_path):
+    (tmp_path / "data_clinical_patient.txt").write_text(
+        "#Patient Identifier\tSubtype\tOverall Survival (Months)\n"
+        "#Identifier to uniquely specify a patient.\tSubtype\tOverall survival in months.\n"
+        "#STRING\tSTRING\tNUMBER\n#1\t1\t1\n"
+        "PATIENT_ID\tSUBTYPE\tOS_MONTHS\n"
+        f"{P[0]}\tLumA\t12.5\n{P[1]}\t[Not Available]\t3\n{P[2]}\tBasal\tNA\n")
+    c = _build(tmp_path, clinical=str(tmp_path / "data_clinical_patient.txt"), case_col="PATIENT_ID",
+               rna=_rna(tmp_path, P[:3]))
+    m = c.manifest.set_index("case_id")
+    assert list(m.index) == P[:3] and m.SUBTYPE.isna().tolist() == [False, True, False]
+    np.testing.assert_allclose(m.OS_MONTHS.to_numpy(), [12.5, 3.0, np.nan])
+    with pytest.raises(CohortInputError, match=r"no 'case_id' column .*'PATIENT_ID': give --case-col"):
+        _build(tmp_path, "c2", clinical=str(tmp_path / "data_clinical_patient.txt"), rna=_rna(tmp_path, P[:3]))

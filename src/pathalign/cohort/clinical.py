@@ -3,7 +3,9 @@
 :func:`read_clinical_table` does four things, and says what it did (``ClinicalTable``, shown
 in ``report.md``):
 
-* **Header rows.** GDC BCR Biotab files (``nationwidechildrens.org_clinical_patient_*.txt``)
+* **Header rows.** cBioPortal ``data_clinical_*.txt`` files start with ``#`` metadata rows
+  (display names, descriptions, data types, priorities) above the real header: they are
+  skipped. GDC BCR Biotab files (``nationwidechildrens.org_clinical_patient_*.txt``)
   carry two rows under the header: the columns' alternative names and their CDE ids
   (``CDE_ID:2673794``). Leading rows where at least half of the filled cells start with
   ``CDE_ID:``, or that repeat the header (the id cell holds a column name, such as
@@ -98,6 +100,27 @@ def _header_like(row: pd.Series, columns: list[str], case_col: str) -> bool:
     return sum(c.lower() == str(n).strip().lower() for c, n in zip(cells, columns)) >= 0.5 * len(columns)
 
 
+def _cbioportal_header(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """cBioPortal's ``data_clinical_*.txt``: ``#`` metadata rows (names, descriptions, types, priority) first."""
+    if not len(df.columns) or not str(df.columns[0]).startswith("#"):
+        return df, []
+    first = df.iloc[:, 0].astype(str)
+    real = int(np.argmax(~first.str.startswith("#").to_numpy())) if len(df) else 0
+    if real >= len(df) or first.iat[real].startswith("#"):
+        return df, []
+    meta = [" | ".join(map(str, df.columns[:3]))] + [" | ".join(str(v) for v in df.iloc[i, :3]) for i in range(real)]
+    body = df.iloc[real + 1:].reset_index(drop=True)
+    body.columns = [str(v).strip() for v in df.iloc[real]]
+    return body, meta
+
+
+def _case_col_hint(df: pd.DataFrame, rule: IdRule) -> str:
+    """``; give --case-col X`` naming columns whose values look like ids under ``rule``."""
+    candidates = [str(c) for c in df.columns
+                  if len(df) and np.mean([rule.looks_like_sample(v) for v in df[c].astype(str)[:200]]) >= 0.5]
+    return f"; the ids look to be in {', '.join(repr(c) for c in candidates[:3])}: give --case-col" if candidates else ""
+
+
 def _drop_header_rows(df: pd.DataFrame, case_col: str) -> tuple[pd.DataFrame, list[str]]:
     n = 0
     while n < min(MAX_HEADER_ROWS, len(df)) and _header_like(df.iloc[n], list(df.columns), case_col):
@@ -149,11 +172,13 @@ def read_clinical_table(path: str | Path, case_col: str, rule: IdRule, decimal: 
     path = Path(path)
     name = source_name(path)
     df = read_table(path, text=True)  # every cell as written; Parquet columns as stored
+    df, meta_rows = _cbioportal_header(df)
     if case_col not in df.columns:
-        raise CohortInputError(f"{path}: no '{case_col}' column (columns: {list(df.columns)[:8]})")
+        raise CohortInputError(f"{path}: no '{case_col}' column (columns: {list(df.columns)[:8]})"
+                               + _case_col_hint(df, rule))
     df, header_rows = _drop_header_rows(df, case_col)
-    skipped = len(header_rows)
-    out = ClinicalTable(df, name, header_rows)
+    skipped = len(header_rows) + len(meta_rows)
+    out = ClinicalTable(df, name, meta_rows + header_rows)
     ids = df[case_col]
     blank = ids.isna().to_numpy() | (ids.astype(str).str.strip() == "").to_numpy()
     if blank.any():
