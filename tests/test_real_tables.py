@@ -462,3 +462,17 @@ def test_cbioportal_clinical_header_rows_are_skipped_and_a_wrong_case_col_gets_a
     np.testing.assert_allclose(m.OS_MONTHS.to_numpy(), [12.5, 3.0, np.nan])
     with pytest.raises(CohortInputError, match=r"no 'case_id' column .*'PATIENT_ID': give --case-col"):
         _build(tmp_path, "c2", clinical=str(tmp_path / "data_clinical_patient.txt"), rna=_rna(tmp_path, P[:3]))
+
+
+def test_gdc_focal_score_by_genes_with_an_id_map(tmp_path):
+    g = tmp_path / "gdc_cnv"
+    g.mkdir()
+    aliquots = ["0a1b-uuid", "9f8e-uuid"]
+    (g / "TCGA-COAD.focal_score_by_genes.txt").write_text(
+        "Gene Symbol\tGene ID\tCytoband\t" + "\t".join(aliquots) + "\n"
+        "ENSG00000136997.14\t4609\t8q24.21\t1\t0\nENSG00000147889.16\t1029\t9p21.3\t-1\t0\n")
+    (tmp_path / "map.tsv").write_text(f"sample_id\tcase_id\n{aliquots[0]}\t{P[0]}\n{aliquots[1]}\t{P[1]}\n")
+    c = _build(tmp_path, cnv=str(g), id_rule="table", id_map=str(tmp_path / "map.tsv"))
+    mat = c.matrix("cnv")
+    assert list(mat.columns) == ["ENSG00000136997.14", "ENSG00000147889.16"]
+    np.testing.assert_array_equal(mat.loc[[P[0], P[1]]].to_numpy(), [[1, -1], [0, 0]])

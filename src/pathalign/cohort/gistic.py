@@ -2,10 +2,12 @@
 
 ``cohort build --cnv DIR`` reads, in this order of preference:
 
-1. ``all_thresholded.by_genes.txt`` — gene-level calls: columns ``Gene Symbol``, ``Locus ID``,
-   ``Cytoband``, then one column per sample with -2, -1, 0, 1, 2 (deep/shallow deletion,
-   none, gain/amplification). Features are the gene symbols (a symbol listed twice gets
-   ``|<Locus ID>``).
+1. ``all_thresholded.by_genes.txt`` (Firehose) — gene-level calls: columns ``Gene Symbol``,
+   ``Locus ID``, ``Cytoband``, then one column per sample with -2, -1, 0, 1, 2 (deep/shallow
+   deletion, none, gain/amplification); else GDC's ``<project>.focal_score_by_genes.txt``
+   (``Gene Symbol``, ``Gene ID``, ``Cytoband``, then -1, 0, 1 per aliquot; its columns are
+   aliquot UUIDs, so it needs ``--id-rule table``). Features are the gene symbols (a symbol
+   listed twice gets ``|<Locus ID>``).
 2. else ``all_lesions.conf_XX.txt`` — lesion-level calls: one row per significant peak
    (``Amplification Peak N`` / ``Deletion Peak N``, ``Descriptor`` = cytoband), with meta
    columns up to ``Amplitude Threshold`` and then the samples. The first block of rows holds
@@ -31,7 +33,8 @@ import pandas as pd
 from .ids import CohortInputError
 
 GENE_LEVEL = "all_thresholded.by_genes.txt"
-GENE_META = ("Gene Symbol", "Locus ID", "Cytoband")
+GDC_GENE_LEVEL = "*focal_score_by_genes.txt"  # GDC "Gene Level Copy Number Scores" (-1, 0, 1)
+GENE_META = ("Gene Symbol", "Locus ID", "Gene ID", "Cytoband")
 LESION_LAST_META = "Amplitude Threshold"
 CN_VALUES = "Actual Copy Change Given"
 
@@ -87,12 +90,13 @@ def _numbers(block: pd.DataFrame, path: Path) -> np.ndarray:
 
 def _gene_level(path: Path) -> GisticCalls:
     df = _read(path)
-    missing = [c for c in GENE_META if c not in df.columns]
-    if missing:
-        raise CohortInputError(f"{path}: not a GISTIC gene table (no column(s) {missing})")
+    if "Gene Symbol" not in df.columns:
+        raise CohortInputError(f"{path}: not a GISTIC gene table (no 'Gene Symbol' column)")
     names = df["Gene Symbol"].str.strip()
     repeated = names.duplicated(keep=False)
-    names = names.where(~repeated, names + "|" + df["Locus ID"].str.strip())
+    locus = next((c for c in ("Locus ID", "Gene ID") if c in df.columns), None)
+    if repeated.any() and locus is not None:
+        names = names.where(~repeated, names + "|" + df[locus].str.strip())
     samples = [c for c in df.columns if c not in GENE_META]
     values = _numbers(df[samples], path)  # [genes, samples]
     return GisticCalls(pd.DataFrame(values.T, index=pd.Index(samples, name="sample"),
@@ -174,6 +178,9 @@ def read_gistic_folder(folder: str | Path) -> GisticCalls:
     folder = Path(folder)
     if (folder / GENE_LEVEL).is_file():
         return _gene_level(folder / GENE_LEVEL)
+    gdc = sorted(folder.glob(GDC_GENE_LEVEL))
+    if len(gdc) == 1:
+        return _gene_level(gdc[0])
     lesions = sorted(folder.glob("all_lesions.conf_*.txt"))
     if len(lesions) > 1:
         raise CohortInputError(f"--cnv {folder}: several lesion files ({', '.join(p.name for p in lesions)}); "
