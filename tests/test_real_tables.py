@@ -476,3 +476,22 @@ def test_gdc_focal_score_by_genes_with_an_id_map(tmp_path):
     mat = c.matrix("cnv")
     assert list(mat.columns) == ["ENSG00000136997.14", "ENSG00000147889.16"]
     np.testing.assert_array_equal(mat.loc[[P[0], P[1]]].to_numpy(), [[1, -1], [0, 0]])
+
+
+def test_cli_options_reach_the_build(tmp_path, capsys):
+    from pathalign.cli import main
+
+    samples = [f"{p}-01A" for p in P[:3]]
+    rna = _matrix(tmp_path / "rna.tsv", samples, {"G1": [-9.9658, 1, 2], "G2": [3, 4, 5]})  # log2(TPM + 0.001)
+    meth = _matrix(tmp_path / "m.tsv", samples, {"cg1": [-3, 0, 2.5], "cg2": [1, -1, 0]})
+    (tmp_path / "clin.tsv").write_text(f"case_id\tcount\n{P[0]}\t1,5\n{P[1]}\t2,25\n{P[2]}\t3,125\n")
+    rc = main(["cohort", "build", "--out", str(tmp_path / "c"), "--clinical", str(tmp_path / "clin.tsv"),
+               "--rna", rna, "--rna-units", "log2tpm", "--rna-pseudocount", "0.001", "--methylation", meth,
+               "--methylation-units", "mvalue", "--decimal", "comma"])
+    assert rc == 0, capsys.readouterr().err
+    from pathalign.cohort import load_cohort
+
+    c = load_cohort(tmp_path / "c")
+    np.testing.assert_allclose(c.manifest["count"].to_numpy(), [1.5, 2.25, 3.125])
+    np.testing.assert_allclose(c.matrix("methylation").loc[P[0], "cg1"], 1 / (1 + 2.0 ** 3))
+    np.testing.assert_allclose(c.matrix("rna").loc[P[0], "G1"], np.log2(max(2 ** -9.9658 - 0.001, 0) + 1), atol=1e-9)
