@@ -495,3 +495,13 @@ def test_cli_options_reach_the_build(tmp_path, capsys):
     np.testing.assert_allclose(c.manifest["count"].to_numpy(), [1.5, 2.25, 3.125])
     np.testing.assert_allclose(c.matrix("methylation").loc[P[0], "cg1"], 1 / (1 + 2.0 ** 3))
     np.testing.assert_allclose(c.matrix("rna").loc[P[0], "G1"], np.log2(max(2 ** -9.9658 - 0.001, 0) + 1), atol=1e-9)
+
+
+def test_log2_rna_rounded_at_the_floor_is_accepted_as_zero(tmp_path):
+    samples = [f"{p}-01A" for p in P[:3]]
+    rna = _matrix(tmp_path / "r.tsv", samples, {"G1": [-0.0004, 1, 2], "G2": [3, 4, 5]})  # log2(x + 1), rounded
+    c = _build(tmp_path, rna=rna, rna_units="log2tpm")
+    assert c.matrix("rna").loc[P[0], "G1"] == 0.0
+    worse = _matrix(tmp_path / "w.tsv", samples, {"G1": [-0.01, 1, 2], "G2": [3, 4, 5]})
+    with pytest.raises(CohortInputError, match=r"1 of 6 observed values .* are negative"):
+        _build(tmp_path, "c2", rna=worse, rna_units="log2tpm")

@@ -8,7 +8,8 @@ and a first offending sample/feature, or returns a named warning for the report.
   does not count as present (dropped and reported);
 * RNA (``tpm``, ``fpkm``, ``counts``, ``log2tpm``, ``log2fpkm`` — the log units are
   log2(x + p), p the declared pseudocount, 1 by default): a value below log2(p) (a negative
-  one for p = 1) is an error; log units with values above 25 (2^25 TPM cannot occur) are an
+  one for p = 1) by more than the rounding tolerance ``LOG_RNA_TOLERANCE`` is an error (within
+  it, x is clipped to 0); log units with values above 25 (2^25 TPM cannot occur) are an
   error (linear values declared as log); linear units whose largest value is below 30 get a
   warning (they look log-transformed); log values with p != 1 are stored as log2(x + 1);
 * methylation: declared ``beta`` must lie in [0, 1], up to a rounding tolerance
@@ -30,7 +31,7 @@ METHYLATION_UNITS = ("beta", "percent", "mvalue")
 LOG_RNA_MAX = 25.0  # log2(TPM + 1) of 1e6 TPM is ~20
 LINEAR_RNA_MIN_MAX = 30.0
 BETA_TOLERANCE = 1e-4  # rounding of written beta values (1.0000001, -1e-9) is accepted and clipped
-LOG_RNA_TOLERANCE = 1e-6  # log2(x + p) written rounded may fall a hair below log2(p)
+LOG_RNA_TOLERANCE = 1e-3  # log2(x + p) written rounded (Toil: -9.9658 for log2(0.001)) falls a hair below log2(p)
 M_VALUE_MAX = 20.0  # |M| = 20 is beta 1e-6 from 0 or 1; larger magnitudes are not M-values either
 
 
@@ -94,7 +95,7 @@ def _check_rna(mat: pd.DataFrame, values: np.ndarray, units: str, source: str, o
     """RNA rules (module docstring); log values with pseudocount p are returned as log2(x + 1)."""
     log = units.startswith("log2")
     floor = float(np.log2(pseudocount)) if log else 0.0
-    neg = values < floor - (LOG_RNA_TOLERANCE if log and pseudocount != 1 else 0.0)
+    neg = values < floor - (LOG_RNA_TOLERANCE if log else 0.0)
     if neg.any():
         if log and pseudocount != 1:
             raise CohortInputError(
@@ -115,7 +116,7 @@ def _check_rna(mat: pd.DataFrame, values: np.ndarray, units: str, source: str, o
     if not log and observed and top < LINEAR_RNA_MIN_MAX:
         warnings.append(f"{source}: RNA declared {units} but its largest value is {top:g}; it looks "
                         f"log-transformed (declare --rna-units log2{'fpkm' if units == 'fpkm' else 'tpm'} if so)")
-    if log and pseudocount != 1:
+    if log and (pseudocount != 1 or (values < floor).any()):
         linear = np.clip(np.exp2(values) - pseudocount, 0.0, None)  # rounding below 0 is clipped
         mat = pd.DataFrame(np.log2(linear + 1.0), index=mat.index, columns=mat.columns)
     return mat
