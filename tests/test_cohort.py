@@ -262,7 +262,7 @@ def test_methylation_in_percent_is_detected_and_converted_only_when_declared(tmp
     assert cohort.meta["units"]["methylation"] == "beta"
     mvals = _matrix(tmp_path / "m.tsv", [f"{p}-01A" for p in P[:2]], {"cg1": [-2.5, 1.0], "cg2": [0.5, 0.1]})
     with pytest.raises(CohortInputError, match=r"1 of 4 observed values \(25.0%\) are outside it \(first at sample 'TCGA-AA-0001-01A', "
-                                               r"feature 'cg1': -2.5\); give beta values \(0-1\), not M-values"):
+                                               r"feature 'cg1': -2.5\); they look like M-values.*--methylation-units mvalue"):
         build_cohort(CohortSources(methylation=mvals), tmp_path / "c2", progress=False)
 
 

@@ -6,7 +6,9 @@ Output folder::
     <modality>.parquet    patients x features, raw aligned values (rna, snp, cnv, methylation)
     cohort.json           build id and file list, sources, units, the feature vocabulary per
                           modality, dropped samples, warnings
-    report.md             warnings, counts per modality and overlap, drops and why, missing-value rates
+    report.md             warnings, counts per modality and overlap, the clinical table (header rows dropped,
+                          what was read as missing per column, negative/missing survival times by patient),
+                          GISTIC features, drops and why, missing-value rates
 
 The folder is written complete or absent and every file carries the build id (``folder``);
 the input rules (units, ids, duplicates, features folder) are in docs/cohort.md.
@@ -21,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import METHYLATION_UNITS, check_values, drop_empty_samples
+from .checks import METHYLATION_UNITS, check_values, drop_empty_samples, feature_notes
+from .clinical import DECIMALS, ClinicalTable, read_clinical_table, render_clinical
 from .folder import FORMAT_VERSION, check_complete, new_build_id, staged_folder, write_parquet
 from ..modalities import MODALITIES, MOLECULAR
-from .ids import CohortInputError, Drop, IdRule, assign_patients, source_name
+from .gistic import read_gistic_folder
+from .ids import CohortInputError, Drop, IdRule, assign_patients, clean_id, files_by_stem, source_name
 from .readers import read_matrix, read_maf, read_table
 
 RNA_UNITS = ("tpm", "counts", "fpkm", "log2tpm", "log2fpkm")
@@ -40,6 +44,7 @@ class CohortSources:
     features: str | None = None
     rna: str | None = None
     rna_units: str = "tpm"
+    rna_pseudocount: float = 1.0
     gene_lengths: str | None = None
     maf: list[str] = field(default_factory=list)
     cnv: str | None = None
@@ -50,10 +55,18 @@ class CohortSources:
     id_rule: str = "tcga"
     id_map: str | None = None
     case_col: str = "case_id"
+    decimal: str = "auto"
 
     def __post_init__(self):
         if self.rna_units not in RNA_UNITS:
             raise CohortInputError(f"--rna-units must be one of {RNA_UNITS}, got {self.rna_units!r}")
+        if not (np.isfinite(self.rna_pseudocount) and self.rna_pseudocount > 0):
+            raise CohortInputError(f"--rna-pseudocount must be a positive number, got {self.rna_pseudocount!r}")
+        if self.rna_pseudocount != 1 and not self.rna_units.startswith("log2"):
+            raise CohortInputError(f"--rna-pseudocount needs --rna-units log2tpm or log2fpkm (values log2(x + p)); "
+                                   f"got --rna-units {self.rna_units}")
+        if self.decimal not in DECIMALS:
+            raise CohortInputError(f"--decimal must be one of {DECIMALS}, got {self.decimal!r}")
         if self.methylation_units not in METHYLATION_UNITS:
             raise CohortInputError(f"--methylation-units must be one of {METHYLATION_UNITS}, "
                                    f"got {self.methylation_units!r}")
@@ -68,19 +81,9 @@ class CohortSources:
             raise CohortInputError("nothing to build: give at least one of --slides, --rna, --maf, --cnv, --methylation")
 
 
-def _read_clinical(path: str, case_col: str, rule: IdRule) -> pd.DataFrame:
-    df = read_table(path)
-    if case_col not in df.columns:
-        raise CohortInputError(f"{path}: no '{case_col}' column (columns: {list(df.columns)[:8]})")
-    blank = df[case_col].isna() | (df[case_col].astype(str).str.strip() == "")
-    if blank.any():
-        raise CohortInputError(f"{path}: row {int(np.flatnonzero(blank.to_numpy())[0]) + 2} has no '{case_col}'")
-    df[case_col] = df[case_col].map(rule.normalise_case)
-    dup = df[df[case_col].duplicated(keep=False)]
-    if len(dup):
-        rows = ", ".join(str(i + 2) for i in dup.index[:6])
-        raise CohortInputError(f"{path}: patient {dup[case_col].iat[0]!r} appears more than once (rows {rows})")
-    return df.rename(columns={case_col: "case_id"}).set_index("case_id", drop=False)
+def _read_clinical(path: str, case_col: str, rule: IdRule, decimal: str = "auto") -> ClinicalTable:
+    """The clinical table, typed and cleaned (:mod:`.clinical`), indexed by ``case_id``."""
+    return read_clinical_table(path, case_col, rule, decimal)
 
 
 def resolve_features_dir(path: str | Path) -> tuple[Path, str | None]:
@@ -117,7 +120,7 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
             raise CohortInputError(f"{path}: no '{col}' column")
     df = df.rename(columns={case_col: "case_id"})
     df["case_id"] = df["case_id"].map(rule.normalise_case)
-    df["slide_id"] = df["slide_id"].astype(str).str.strip()
+    df["slide_id"] = df["slide_id"].map(clean_id)
     owners = df.groupby("slide_id", sort=False)["case_id"].unique()
     shared = owners[owners.apply(len) > 1]
     if len(shared):
@@ -131,6 +134,12 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
     if features_dir is not None:
         from ..slides.features_io import is_complete
 
+        on_disk = files_by_stem(features_dir, ".h5")  # NFC stem -> the stem as the file system spells it
+        respelled = [s for s in df.slide_id if s in on_disk and on_disk[s] != s]
+        if respelled:
+            df["slide_id"] = [on_disk.get(s, s) for s in df.slide_id]
+            warnings.append(f"{len(respelled)} slide ids of {source_name(path)} match their features file only after "
+                            f"Unicode normalisation (NFC; e.g. {respelled[0]!r}); the manifest uses the file's spelling")
         ok = np.array([is_complete(features_dir / f"{s}.h5") for s in df.slide_id], bool)
         for s in df.slide_id[~ok]:
             drops.append(Drop(source_name(path), s, f"no complete features file in {features_dir}"))
@@ -147,13 +156,36 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
 
 
 def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientation: str, drops: list[Drop],
-                   warnings: list[str]) -> pd.DataFrame:
-    """Read, check against the unit's rules (``checks``), drop empty samples, then one sample per patient."""
+                   warnings: list[str], pseudocount: float = 1.0, sections: list[str] | None = None,
+                   decimal: str = "point") -> pd.DataFrame:
+    """Read, check against the unit's rules (``checks``), drop empty samples, then one sample per patient.
+
+    A folder given as ``--cnv`` is read as a GISTIC 2 output folder (:mod:`.gistic`).
+    """
     name = source_name(path)
-    mat = read_matrix(path, rule, orientation, drops)
-    mat, notes = check_values(mat, modality, units, name)
+    if modality == "cnv" and Path(path).is_dir():
+        calls = read_gistic_folder(path)
+        mat = calls.values
+        if sections is not None:
+            sections.extend(calls.report())
+    else:
+        mat = read_matrix(path, rule, orientation, drops, decimal)
+    if mat.shape[1] == 0:
+        raise CohortInputError(f"{name}: {modality} holds no feature")
+    mat, notes = check_values(mat, modality, units, name, pseudocount)
     warnings.extend(notes)
-    return _to_patients(drop_empty_samples(mat, name, drops), rule, name, drops)
+    out = _to_patients(drop_empty_samples(mat, name, drops), rule, name, drops)
+    _feature_checks(out, modality, name, warnings, sections)
+    return out
+
+
+def _feature_checks(mat: pd.DataFrame, modality: str, name: str, warnings: list[str],
+                    sections: list[str] | None) -> None:
+    """Constant and duplicate features: warnings, or report lines where duplicates are expected."""
+    notes, info = feature_notes(mat, modality, name)
+    warnings.extend(notes)
+    if info and sections is not None:
+        sections.extend([f"## Feature checks: {modality}", "", *(f"- {line}" for line in info), ""])
 
 
 def _to_patients(mat: pd.DataFrame, rule: IdRule, source: str, drops: list[Drop]) -> pd.DataFrame:
@@ -200,13 +232,16 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
     matrices: dict[str, pd.DataFrame] = {}
     sources: dict[str, str] = {}
     units = {"rna": src.rna_units, "cnv": src.cnv_kind, "methylation": src.methylation_units, "snp": "binary"}
+    sections: list[str] = []
     for mod, path in (("rna", src.rna), ("cnv", src.cnv), ("methylation", src.methylation)):
         if path:
-            matrices[mod] = _read_modality(path, mod, units[mod], rule, src.orientation, drops, warnings)
+            matrices[mod] = _read_modality(path, mod, units[mod], rule, src.orientation, drops, warnings,
+                                           src.rna_pseudocount if mod == "rna" else 1.0, sections, src.decimal)
             sources[mod] = source_name(path)
     if src.maf:
         sources["snp"] = ",".join(source_name(p) for p in src.maf)
         matrices["snp"] = _to_patients(read_maf(src.maf), rule, sources["snp"], drops)
+        _feature_checks(matrices["snp"], "snp", sources["snp"], warnings, sections)
     features_dir = None
     if src.features:
         features_dir, note = resolve_features_dir(src.features)
@@ -215,7 +250,11 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
     slides = _read_slides(src.slides, features_dir, src.case_col, rule, drops, warnings) if src.slides else None
 
     if src.clinical:
-        clinical = _read_clinical(src.clinical, src.case_col, rule)
+        table = _read_clinical(src.clinical, src.case_col, rule, src.decimal)
+        clinical = table.frame
+        warnings.extend(table.warnings)
+        drops.extend(table.dropped)
+        sections[:0] = render_clinical(table)
         patients = list(clinical.index)
     else:
         found = set().union(*[set(m.index) for m in matrices.values()], set(slides.case_id) if slides is not None else set())
@@ -254,7 +293,8 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
         "build_id": build_id,
         "files": ["manifest.parquet"] + [f"{mod}.parquet" for mod in matrices],
         "sources": {k: v for k, v in vars(src).items() if v},
-        "units": {**units, "methylation": "beta"},  # methylation is stored as beta whatever was declared
+        # methylation is stored as beta and log RNA as log2(x + 1) whatever was declared
+        "units": {**units, "methylation": "beta"},
         "features": {mod: list(map(str, mat.columns)) for mod, mat in matrices.items()},
         "slides_dir": str(features_dir.resolve()) if features_dir is not None else None,
         "dropped": [vars(d) for d in drops],
@@ -269,7 +309,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
             mat.columns = mat.columns.astype(str)
             write_parquet(mat, stage / f"{mod}.parquet", build_id, index=True)
         write_parquet(manifest, stage / "manifest.parquet", build_id)
-        (stage / "report.md").write_text(render_report(manifest, matrices, drops, warnings, build_id))
+        (stage / "report.md").write_text(render_report(manifest, matrices, drops, warnings, build_id, sections))
         (stage / "cohort.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     if progress:
         counts = ", ".join(f"{m} {int(manifest[f'has_{m}'].sum())}" for m in MODALITIES)
@@ -281,8 +321,8 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
 
 
 def render_report(manifest: pd.DataFrame, matrices: dict[str, pd.DataFrame], drops: list[Drop],
-                  warnings: list[str] | None = None, build_id: str = "") -> str:
-    """The QC report (Markdown)."""
+                  warnings: list[str] | None = None, build_id: str = "", sections: list[str] | None = None) -> str:
+    """The QC report (Markdown); ``sections`` (Markdown lines: clinical table, GISTIC) go before the drops."""
     lines = ["# Cohort report", "", f"{len(manifest)} patients. Build id `{build_id}`.", "", "## Warnings", ""]
     lines += [f"- {w}" for w in warnings] if warnings else ["None."]
     lines += ["", "## Patients per modality", "",
@@ -308,6 +348,8 @@ def render_report(manifest: pd.DataFrame, matrices: dict[str, pd.DataFrame], dro
     lines += ["", "## Modality combinations", "", "| combination | patients |", "|---|---|"]
     for k, v in combos.value_counts().items():
         lines.append(f"| {k or 'none'} | {v} |")
+    if sections:
+        lines += [""] + list(sections)
     lines += ["", f"## Dropped samples ({len(drops)})", ""]
     if drops:
         lines += ["| source | sample | reason |", "|---|---|---|"]

@@ -10,6 +10,7 @@ the sample when they differ: there is no right copy to choose.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,10 +25,16 @@ NON_SILENT_CLASSES = frozenset({
 })
 MAF_REQUIRED = ("Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification")
 ORIENTATIONS = ("auto", "samples-as-columns", "samples-as-rows")
+COMMA_NUMBER = re.compile(r"^[+-]?\d*,\d+(?:[eE][+-]?\d+)?$")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A TSV/CSV/Parquet file (gzip allowed) as strings-in-first-column DataFrame, no index set."""
+def read_table(path: str | Path, text: bool = False) -> pd.DataFrame:
+    """A TSV/CSV/Parquet file (gzip allowed) as strings-in-first-column DataFrame, no index set.
+
+    Args:
+        path: the file.
+        text: read every cell of a TSV/CSV as the string written (no NA guessing, no numbers).
+    """
     path = Path(path)
     if not path.is_file():
         raise CohortInputError(f"{path}: no such file")
@@ -39,8 +46,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 df = df.reset_index()
             return df
         sep = "," if ".csv" in name else "\t"
-        df = pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
-                         keep_default_na=True)
+        if text:
+            df = pd.read_csv(path, sep=sep, comment=None, dtype=str, keep_default_na=False, na_filter=False)
+        else:
+            df = pd.read_csv(path, sep=sep, comment=None, low_memory=False, na_values=["NA", "NaN", "nan", ""],
+                             keep_default_na=True)
         # pandas renames a repeated header ('X', 'X.1'); keep the names as written so repeats can be checked
         header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
         if len(header) == df.shape[1] and header.duplicated().any():
@@ -51,7 +61,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
-                drops: list[Drop] | None = None) -> pd.DataFrame:
+                drops: list[Drop] | None = None, decimal: str = "point") -> pd.DataFrame:
     """A numeric matrix as samples x features.
 
     Args:
@@ -60,6 +70,8 @@ def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
         orientation: ``auto`` (the axis whose names are sample ids), ``samples-as-columns``
             (features x samples, Xena style) or ``samples-as-rows``.
         drops: where identical repeated samples that were merged are reported (optional).
+        decimal: ``comma`` reads ``0,79`` as 0.79; otherwise (``point``, ``auto``) such a value is
+            an error whose message names ``--decimal comma`` (a matrix's ``1,234`` could be a count).
 
     Returns:
         samples x features float64 ``DataFrame``, one row per sample id.
@@ -85,12 +97,17 @@ def read_matrix(path: str | Path, rule: IdRule, orientation: str = "auto",
                 f"(first columns: {list(col_names[:3])}, first rows: {list(row_names[:3])}); "
                 "set the orientation or check the id rule")
         orientation = "samples-as-columns" if col_hits >= row_hits else "samples-as-rows"
+    if decimal == "comma":
+        body = body.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.str.replace(",", ".", regex=False))
     values = body.apply(pd.to_numeric, errors="coerce")
     bad = values.isna() & body.notna()
     if bad.any().any():
         r, c = np.argwhere(bad.to_numpy())[0]
-        raise CohortInputError(f"{path}: non-numeric value {body.iat[r, c]!r} at row {r + 2} "
-                               f"('{row_names.iat[r]}'), column '{col_names[c]}'")
+        cell = body.iat[r, c]
+        hint = ("; it looks like a number with a decimal comma: declare --decimal comma"
+                if COMMA_NUMBER.match(str(cell).strip()) else "")
+        raise CohortInputError(f"{path}: non-numeric value {cell!r} at row {r + 2} "
+                               f"('{row_names.iat[r]}'), column '{col_names[c]}'{hint}")
     df = pd.DataFrame(values.to_numpy(np.float64), index=row_names.to_numpy(), columns=col_names)
     if orientation == "samples-as-columns":
         df = df.T
@@ -121,11 +138,26 @@ def _merge_repeated_samples(df: pd.DataFrame, path, drops: list[Drop] | None) ->
     return df[~df.index.duplicated(keep="first")]
 
 
+def _no_non_silent(frames: list) -> str:
+    """The error for MAF files that hold no non-silent call: the modality, the files, the classes seen."""
+    names = ", ".join(str(f[2]) for f in frames)
+    classes = pd.concat([f[3] for f in frames]).fillna("(empty)").value_counts()
+    seen = ", ".join(f"{c} {n}" for c, n in classes.head(6).items()) or "no calls at all"
+    n_samples = len(set().union(*[set(f[1]) for f in frames]))
+    return (f"{names}: mutations (snp): no non-silent call in {int(classes.sum())} calls of {n_samples} samples "
+            f"(classes: {seen}); the mutation modality would have no feature. Counted classes: "
+            f"{', '.join(sorted(NON_SILENT_CLASSES))}; give the MAF with the coding calls, or leave out --maf")
+
+
 def read_maf(paths: str | Path | Iterable[str | Path], rule: IdRule | None = None) -> pd.DataFrame:
     """Binary samples x genes matrix of non-silent mutations from one or more MAF files.
 
     ``#`` comment lines are skipped; a gene counts once per sample however many calls it has;
     silent and non-coding classes (``Silent``, ``Intron``, ``3'UTR`` ...) are ignored.
+
+    Raises:
+        CohortInputError: a file is missing, unreadable or lacks a required column, or the
+            files hold no non-silent call at all (the message names them and the classes seen).
     """
     frames = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
@@ -142,9 +174,11 @@ def read_maf(paths: str | Path | Iterable[str | Path], rule: IdRule | None = Non
             raise CohortInputError(f"{path}: MAF lacks required column(s) {missing}")
         hits = maf[maf.Variant_Classification.isin(NON_SILENT_CLASSES)]
         samples = maf.Tumor_Sample_Barcode.dropna().unique()
-        frames.append((hits[["Tumor_Sample_Barcode", "Hugo_Symbol"]], samples))
-    all_hits = pd.concat([h for h, _ in frames])
-    samples = sorted(set().union(*[set(s) for _, s in frames]))
+        frames.append((hits[["Tumor_Sample_Barcode", "Hugo_Symbol"]], samples, path, maf.Variant_Classification))
+    all_hits = pd.concat([f[0] for f in frames])
+    if all_hits.Hugo_Symbol.dropna().empty:
+        raise CohortInputError(_no_non_silent(frames))
+    samples = sorted(set().union(*[set(f[1]) for f in frames]))
     genes = sorted(all_hits.Hugo_Symbol.dropna().unique())
     index, columns = pd.Index(samples, name="sample"), pd.Index(genes, name="feature")
     values = np.zeros((len(index), len(columns)))
