@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA
+from conftest import REAL_DATA
 from pathalign.cohort import CohortInputError, CohortSources, build_cohort
 
-REAL = DATA / "real"
+REAL = REAL_DATA
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"needs the real TCGA files of ../shared/data/real "
                                                           f"(not found at {REAL}; see its README)")
 P = [f"TCGA-AA-000{i}" for i in range(1, 6)]
