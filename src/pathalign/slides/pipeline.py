@@ -127,7 +127,7 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
     out = {"segmenter": asdict(cfg.segment)}
     if stage in ("patch", "extract"):
         out.update(magnification=cfg.patch.magnification, patch_size=cfg.patch.patch_size,
-                   tissue_threshold=cfg.patch.tissue_threshold)
+                   tissue_threshold=cfg.patch.tissue_threshold, scale=cfg.patch.scale)
     if stage == "extract":
         out.update(encoder=cfg.encoder, features_dtype=cfg.features_dtype)
     return out

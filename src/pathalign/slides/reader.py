@@ -2,8 +2,9 @@
 
 ``open_slide(path)`` tries OpenSlide (``openslide-python`` + the ``openslide-bin`` wheel),
 then ``tiffslide`` (tifffile-based, TIFF/SVS). Microns per pixel come from the file; when
-the file has none, from ``mpp=`` given by the caller, and otherwise opening fails with an
-error naming the slide — never guessed.
+the file has none, from ``mpp=`` given by the caller, then from the file's objective power
+(``10 / power``: 20x = 0.5 µm/px); a slide with none of them fails to open with an error
+naming it — never guessed. ``mpp_source`` says which one was used.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..errors import PathalignError
 from ..registry import Registry
+from .scale import nominal_magnification
 
 SLIDE_BACKENDS: Registry[type] = Registry("slide reader backend")
 
@@ -32,12 +34,17 @@ class SlideReader:
         self._handle = self._open()
         props = self._properties()
         file_mpp = props.get("mpp")
-        if file_mpp is None or not np.isfinite(file_mpp) or file_mpp <= 0:
-            if mpp is None:
-                raise SlideError(f"{self.path}: the slide carries no microns-per-pixel; pass --mpp for it")
-            file_mpp = float(mpp)
-        self.mpp: float = float(file_mpp)
         self.objective_power: float | None = props.get("objective_power")
+        if file_mpp is not None and np.isfinite(file_mpp) and file_mpp > 0:
+            self.mpp_source = "file"
+        elif mpp is not None:
+            file_mpp, self.mpp_source = float(mpp), "user"
+        elif self.objective_power:
+            file_mpp, self.mpp_source = 10.0 / float(self.objective_power), "objective-power"
+        else:
+            raise SlideError(f"{self.path}: the slide carries neither microns-per-pixel nor an objective power; "
+                             "pass --mpp for it")
+        self.mpp: float = float(file_mpp)
 
     # -- backend hooks
     def _open(self):
@@ -64,8 +71,12 @@ class SlideReader:
 
     @property
     def magnification(self) -> float:
-        """Level-0 magnification: the objective power when recorded, else 10 / mpp (0.5 µm/px = 20x)."""
-        return float(self.objective_power) if self.objective_power else 10.0 / self.mpp
+        """Nominal level-0 magnification: the mpp binned as Trident does, the objective power only without an mpp.
+
+        See ``slides.scale.nominal_magnification`` (a 0.2266 µm/px scan is 40x whatever power it records).
+        """
+        measured = None if self.mpp_source == "objective-power" else self.mpp
+        return float(nominal_magnification(measured, self.objective_power))
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The highest-resolution level whose downsample is at most ``downsample`` (with 1% slack)."""
