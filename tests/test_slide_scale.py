@@ -151,3 +151,103 @@ def test_coords_record_mpp_objective_power_and_scale(tmp_path):
     cfg = PipelineConfig(out=out / "nominal", stage="patch", progress=False, patch=PatchConfig(20, 256, scale="exact-mpp"))
     row = run_pipeline([DATA / "cmu_small_region.svs"], cfg).iloc[0]
     assert row.status == "failed" and "scale 'nominal' (this run 'exact-mpp')" in row.reason
+
+
+# ---------------------------------------------------------------- the coordinate contract of a features folder
+
+def _features_file(path, target=20.0, patch_size=256, mpp=0.5, level0=20.0, encoder="pathalign-stats", seed=0):
+    """A features file as ``preprocess`` writes it (coords on the grid of ``patch_size_level0``)."""
+    from pathalign.slides.features_io import write_patch_file
+
+    size0 = int(round(patch_size * level0 / target))
+    rng = np.random.default_rng(seed)
+    coords = np.stack(np.meshgrid(np.arange(4), np.arange(3)), -1).reshape(-1, 2) * size0  # [12, 2]
+    write_patch_file(path, coords, np.zeros(len(coords), np.int64),
+                     {"patch_size": patch_size, "patch_size_level0": size0, "target_magnification": target,
+                      "level0_magnification": level0, "mpp": mpp},
+                     rng.normal(size=(len(coords), 8)).astype(np.float16), {"encoder": encoder})
+
+
+def _folder(d, odd=None):
+    """Five slides at 20x; ``odd`` = (slide index, keyword overrides) for one of them."""
+    d.mkdir(parents=True, exist_ok=True)
+    ids = [f"TCGA-AA-000{i}-01Z-00-DX1" for i in range(5)]
+    for i, sid in enumerate(ids):
+        kw = odd[1] if odd and odd[0] == i else {}
+        _features_file(d / f"{sid}.h5", seed=i, **kw)
+    return ids
+
+
+def _cohort(tmp_path, features_dir, ids):
+    import pandas as pd
+
+    from pathalign.cohort import CohortSources, build_cohort, load_cohort
+
+    cases = [s[:12] for s in ids]
+    pd.DataFrame({"case_id": cases, "age": np.arange(len(ids)) + 50}).to_csv(tmp_path / "clinical.tsv", sep="\t",
+                                                                           index=False)
+    pd.DataFrame({"slide_id": ids, "case_id": cases}).to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    build_cohort(CohortSources(clinical=str(tmp_path / "clinical.tsv"), slides=str(tmp_path / "slides.tsv"),
+                               features=str(features_dir)), tmp_path / "cohort", progress=False)
+    return load_cohort(tmp_path / "cohort")
+
+
+def test_a_slide_at_another_magnification_is_refused_by_train_and_embed(tmp_path):
+    from pathalign.evaluate.embed import embed_mean_pool
+    from pathalign.slides.contract import ContractError
+    from pathalign.train.data import CohortData
+
+    d = tmp_path / "features_pathalign-stats"
+    ids = _folder(d, odd=(3, {"target": 10.0, "level0": 20.0}))
+    odd = ids[3]
+    pattern = rf"target_magnification: 20 \(4 slides: .*\); 10 \(1 slide: {odd}\)"
+    with pytest.raises(ContractError, match=pattern):
+        embed_mean_pool(d, tmp_path / "emb.h5")
+    with pytest.raises(ContractError, match=pattern):
+        CohortData(_cohort(tmp_path, d, ids), d, ["wsi"])
+    # the same folder without the odd slide is accepted by both
+    (d / f"{odd}.h5").unlink()
+    assert embed_mean_pool(d, tmp_path / "emb.h5").counts == {"wsi": 4}
+
+
+def _drop_level0_set_mpp(fh):
+    """mpp 1.0 and no level-0 magnification: the patch covers 10 * 256 / (256 * 1.0) = 10x, not the 20x it claims."""
+    del fh["coords"].attrs["level0_magnification"]
+    fh["coords"].attrs["mpp"] = 1.0
+
+
+@pytest.mark.parametrize("edit,key", [(lambda fh: fh["coords"].attrs.__setitem__("patch_size", 224), "patch_size: 256"),
+                                      (lambda fh: fh.attrs.__setitem__("encoder", "uni"), "encoder: 'pathalign-stats'"),
+                                      (_drop_level0_set_mpp, "effective magnification")])
+def test_other_contract_breaks_are_named(tmp_path, edit, key):
+    from pathalign.slides.contract import ContractError, check_features_folder
+
+    ids = _folder(tmp_path / "f")
+    with h5py.File(tmp_path / "f" / f"{ids[1]}.h5", "a") as fh:
+        edit(fh)
+    with pytest.raises(ContractError, match=rf"{key}.*{ids[1]}"):
+        check_features_folder(tmp_path / "f")
+
+
+def test_exact_mpp_grids_and_other_tools_files_pass_the_contract(tmp_path):
+    from pathalign.slides.contract import check_features_folder
+
+    d = tmp_path / "features_pathalign-stats"
+    ids = _folder(d)
+    # an exact-mpp slide: 564 level-0 px at 0.2266 µm/px (effective 20.03x)
+    from pathalign.slides.features_io import write_patch_file
+
+    coords = np.array([[0, 0], [564, 0]])
+    write_patch_file(d / "exact.h5", coords, np.zeros(2, np.int64),
+                     {"patch_size": 256, "patch_size_level0": 564, "target_magnification": 20.0,
+                      "level0_magnification": 10 / 0.2266, "mpp": 0.2266},
+                     np.zeros((2, 8), np.float16), {"encoder": "pathalign-stats"})
+    # a CLAM/EXAONE-style file: patch_size at patch_level 0, no magnification, mpp or encoder attribute
+    with h5py.File(d / "clam.h5", "w") as fh:
+        fh.create_dataset("coords", data=coords)
+        fh["coords"].attrs.update({"patch_size": 564, "patch_level": 0, "downsample": [1.0, 1.0]})
+        fh.create_dataset("features", data=np.zeros((2, 8), np.float32))
+    got = check_features_folder(d)
+    assert set(got) == set(ids) | {"exact", "clam"}
+    assert got["clam"]["encoder"] == "pathalign-stats" and got["clam"]["target_magnification"] is None
+    assert got["clam"]["patch_size_level0"] == 564 and got["exact"]["effective_magnification"] == pytest.approx(20.03, abs=0.01)
