@@ -251,3 +251,50 @@ def test_exact_mpp_grids_and_other_tools_files_pass_the_contract(tmp_path):
     assert set(got) == set(ids) | {"exact", "clam"}
     assert got["clam"]["encoder"] == "pathalign-stats" and got["clam"]["target_magnification"] is None
     assert got["clam"]["patch_size_level0"] == 564 and got["exact"]["effective_magnification"] == pytest.approx(20.03, abs=0.01)
+
+
+# ---------------------------------------------------------------- pathalign doctor
+
+def test_doctor_reports_each_slide_without_computing(tmp_path, capsys):
+    import json
+
+    from pathalign.cli import main
+    from slide_factory import blob_slide
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    blob_slide(d / "a_good.tiff", size=(1024, 768), mpp=0.25, downsamples=(1, 4))
+    blob_slide(d / "b_nompp.tiff", size=(512, 512), mpp=None, downsamples=(1,))
+    (d / "c_broken.svs").write_bytes(b"II*\x00not a slide at all")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["doctor", str(d), "--json", str(tmp_path / "doctor.json")]) == 3
+    table = capsys.readouterr().out
+    assert "3 slides: 1 ready, 2 with problems" in table
+    rows = {r["slide"]: r for r in json.loads((tmp_path / "doctor.json").read_text())}
+    good = rows["a_good"]
+    assert good["ok"] and good["opens"] and good["backend"] in ("openslide", "tiffslide")
+    assert good["mpp"] == pytest.approx(0.25) and good["mpp_source"] == "file" and good["levels"] == 2
+    assert good["level0_magnification"] == 40 and good["patch_size_level0"] == 512 and good["read_level"] == 0
+    assert good["dimensions"] == [[1024, 768], [256, 192]]
+    assert not rows["b_nompp"]["ok"] and rows["b_nompp"]["opens"] is False
+    assert "neither microns-per-pixel nor an objective power" in rows["b_nompp"]["problems"][0]
+    assert not rows["c_broken"]["ok"] and "c_broken.svs" in rows["c_broken"]["problems"][0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(before + ["doctor.json"])  # nothing else written
+    # with --mpp the slide without one is ready (and says where its mpp came from); exact-mpp changes the grid
+    assert main(["doctor", str(d / "b_nompp.tiff"), str(d / "a_good.tiff"), "--mpp", "0.5", "--scale", "exact-mpp",
+                 "--json", str(tmp_path / "again.json")]) == 0
+    rows = {r["slide"]: r for r in json.loads((tmp_path / "again.json").read_text())}
+    assert rows["b_nompp"]["mpp_source"] == "user" and "--mpp 0.5 used" in rows["b_nompp"]["warnings"][0]
+    assert rows["a_good"]["patch_size_level0"] == exaone_patch_size_level0(256, 0.25, None)
+
+
+def test_doctor_flags_an_objective_power_that_disagrees_with_the_mpp(monkeypatch):
+    from pathalign.slides import doctor
+
+    monkeypatch.setattr(doctor, "open_slide", lambda path, backend, mpp: FakeSlide(0.2266, 20))
+    row = doctor.check_slide("fake_slide.svs", PatchConfig())
+    assert row["ok"] and row["level0_magnification"] == 40 and row["patch_size_level0"] == 512
+    assert "objective power 20x disagrees with the mpp (0.2266 µm/px = 40x); the mpp is used" in row["warnings"][0]
+    monkeypatch.setattr(doctor, "open_slide", lambda path, backend, mpp: FakeSlide(0.5, 20))
+    row = doctor.check_slide("fake_slide.svs", PatchConfig(magnification=40))
+    assert not row["ok"] and "above the scan's 20x" in row["problems"][0]
