@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(half precision on CUDA where the encoder's publisher uses it)")
     p.add_argument("--mpp", type=float, default=None,
                    help="µm/px for slides whose file has none (before the file's objective power)")
-    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide or tiffslide")
+    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide, tiffslide or wsidicom")
     p.add_argument("--seg-mpp", type=float, default=2.0, help="segmentation resolution (µm/px)")
     p.add_argument("--saturation-threshold", type=int, default=None, help="fixed saturation threshold (default Otsu)")
     p.add_argument("--min-fragment-um2", type=float, default=10_000, help="smallest kept fragment (µm²)")

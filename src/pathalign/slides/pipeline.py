@@ -53,7 +53,7 @@ from .extract import PatchDataset, extract_features
 from .features_io import is_complete, read_patch_features, write_patch_file
 from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
-from .reader import SlideError, open_slide
+from .reader import SlideError, is_dicom_folder, open_slide
 from .segment import SegmentConfig, read_geojson, segment_slide, write_segmentation
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
@@ -95,8 +95,10 @@ def find_slides(inputs: list[str]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found += [c for c in sorted(p.iterdir()) if c.suffix.lower() in SLIDE_SUFFIXES]
+        if is_dicom_folder(p):  # one DICOM WSI: a folder of .dcm instances
+            found.append(p)
+        elif p.is_dir():
+            found += [c for c in sorted(p.iterdir()) if c.suffix.lower() in SLIDE_SUFFIXES or is_dicom_folder(c)]
         elif any(ch in item for ch in "*?["):
             found += [Path(m) for m in sorted(glob.glob(item))]
         else:
