@@ -298,3 +298,17 @@ def test_doctor_flags_an_objective_power_that_disagrees_with_the_mpp(monkeypatch
     monkeypatch.setattr(doctor, "open_slide", lambda path, backend, mpp: FakeSlide(0.5, 20))
     row = doctor.check_slide("fake_slide.svs", PatchConfig(magnification=40))
     assert not row["ok"] and "above the scan's 20x" in row["problems"][0]
+
+
+@pytest.mark.skipif(not (DATA / "cmu_small_region.svs").is_file(), reason="needs /work/shared/data/cmu_small_region.svs")
+def test_preprocess_cli_takes_scale_and_refuses_an_unknown_one(tmp_path, capsys):
+    from pathalign.cli import main
+
+    assert main(["patch", str(DATA / "cmu_small_region.svs"), "--out", str(tmp_path), "--scale", "exact-mpp",
+                 "--quiet"]) == 0
+    with h5py.File(tmp_path / "coords" / "cmu_small_region.h5") as fh:
+        assert fh["coords"].attrs["scale"] == "exact-mpp"
+        assert fh["coords"].attrs["patch_size_level0"] == exaone_patch_size_level0(256, 0.499, 20)
+    with pytest.raises(SystemExit):
+        main(["patch", str(DATA / "cmu_small_region.svs"), "--out", str(tmp_path), "--scale", "exact"])
+    assert "invalid choice: 'exact'" in capsys.readouterr().err
