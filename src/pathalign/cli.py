@@ -39,6 +39,8 @@ VERBS: dict[str, Verb] = {
     "extract": Verb("pathalign.slides.cli", "extract patch features (features.h5)", {"stage": "extract"}),
     "preprocess": Verb("pathalign.slides.cli", "segment, patch and extract in one go (torchrun-shardable)",
                        {"stage": "extract"}),
+    "doctor": Verb("pathalign.slides.doctor", "pre-flight check of slides: opens, backend, mpp, objective power, "
+                   "levels, the scale preprocess would use (no pixel computed)", out=None),
     "synth": Verb("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
     "cohort": Verb("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
     "pretrain-rna": Verb("pathalign.train.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),

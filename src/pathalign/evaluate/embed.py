@@ -27,6 +27,7 @@ from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
+from ..slides.contract import check_features_folder
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
 from .pathobench_files import write_pathobench_files
 
@@ -62,6 +63,7 @@ def _slide_problem(path: Path) -> str | None:
 def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool,
                       device: str | torch.device = "cpu"):
     """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
+    check_features_folder(features_dir, list(slide_ids))
     out, kept, skipped = [], [], {}
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:

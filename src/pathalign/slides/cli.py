@@ -11,6 +11,7 @@ import argparse
 from ..errors import PathalignError
 
 from ..devices import DEVICE_HELP
+from .scale import SCALES
 
 
 class SlideSettingsError(PathalignError, ValueError):
@@ -24,13 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="local weights of the patch encoder (file or Hub snapshot folder)")
     p.add_argument("--magnification", type=float, default=20.0, help="target magnification (default 20)")
     p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the target magnification")
+    p.add_argument("--scale", choices=SCALES, default="nominal",
+                   help="level-0 patch size from the nominal magnification (the mpp binned, as Trident does; "
+                   "default) or from the exact mpp (as EXAONE Path 2.5's patchify does)")
     p.add_argument("--tissue-threshold", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading patches")
     p.add_argument("--batch-size", type=int, default=64, help="patches per inference batch")
     p.add_argument("--device", default="auto", help=f"where extract runs the patch encoder: {DEVICE_HELP} "
                    "(half precision on CUDA where the encoder's publisher uses it)")
-    p.add_argument("--mpp", type=float, default=None, help="µm/px for slides whose file has none")
-    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide or tiffslide")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="µm/px for slides whose file has none (before the file's objective power)")
+    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide, tiffslide or wsidicom")
     p.add_argument("--seg-mpp", type=float, default=2.0, help="segmentation resolution (µm/px)")
     p.add_argument("--saturation-threshold", type=int, default=None, help="fixed saturation threshold (default Otsu)")
     p.add_argument("--min-fragment-um2", type=float, default=10_000, help="smallest kept fragment (µm²)")
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             features_dtype="float32" if args.float32 else "float16", progress=not args.quiet,
             segment=SegmentConfig(seg_mpp=args.seg_mpp, saturation_threshold=args.saturation_threshold,
                                   min_fragment_um2=args.min_fragment_um2, min_hole_um2=args.min_hole_um2),
-            patch=PatchConfig(args.magnification, args.patch_size, args.tissue_threshold))
+            patch=PatchConfig(args.magnification, args.patch_size, args.tissue_threshold, args.scale))
     except ValueError as e:  # the settings' own checks
         raise SlideSettingsError(f"{args.stage} settings: {e}") from None
     slides = find_slides(args.slides)

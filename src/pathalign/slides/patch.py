@@ -1,6 +1,8 @@
 """Patching inside tissue at a target magnification; each patch carries its fragment id.
 
-The level-0 patch side is ``patch_size * level0_magnification / target_magnification``.
+The level-0 patch side follows ``PatchConfig.scale`` (``slides.scale``): ``nominal`` takes it
+from the nominal level-0 magnification (the mpp binned, as Trident does), ``exact-mpp`` from the
+exact mpp (as EXAONE Path 2.5's ``patchify`` does).
 Patches tile the slide on a grid from (0, 0) without overlap; a patch is kept when the
 tissue (fragments minus holes) covers at least ``tissue_threshold`` of it, and it belongs to
 the fragment covering most of it. Coverage is measured on a raster with 16 x 16 cells per patch
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .reader import SlideReader
+from .scale import SCALES, level0_patch_size
 from .segment import Fragment, label_map
 
 CELLS = 16  # raster cells per patch side
@@ -26,10 +29,13 @@ class PatchConfig:
     magnification: float = 20.0
     patch_size: int = 256
     tissue_threshold: float = 0.5
+    scale: str = "nominal"  # nominal (Trident) or exact-mpp (EXAONE Path 2.5), see slides.scale
 
     def __post_init__(self):
         if self.magnification <= 0 or self.patch_size <= 0:
             raise ValueError("magnification and patch_size must be positive")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if not 0 < self.tissue_threshold <= 1:
             raise ValueError(f"tissue_threshold must be in (0, 1], got {self.tissue_threshold}")
 
@@ -43,16 +49,22 @@ class PatchGrid:
 
 
 def patch_geometry(slide: SlideReader, cfg: PatchConfig) -> dict:
-    """Level-0 patch size, the level to read from and its size, and the coords attributes."""
-    level0_mag = slide.magnification
+    """Level-0 patch size, the level to read from and its size, and the coords attributes.
+
+    The attributes record the scale rule, the mpp used and where it came from (``file``, ``user``
+    or ``objective-power``) and the file's objective power where it has one.
+    """
+    level0_mag = slide.magnification if cfg.scale == "nominal" else 10.0 / slide.mpp
     if cfg.magnification > level0_mag * 1.01:
-        raise ValueError(f"{slide.path}: target {cfg.magnification}x is above the scan's {level0_mag:g}x")
-    downsample = level0_mag / cfg.magnification
-    size0 = int(round(cfg.patch_size * downsample))
+        raise ValueError(f"{slide.path}: target {cfg.magnification}x is above the scan's {level0_mag:g}x "
+                         f"({slide.mpp:g} µm/px, scale {cfg.scale})")
+    size0, downsample = level0_patch_size(cfg.patch_size, cfg.magnification, cfg.scale, slide.mpp, level0_mag)
     level = slide.best_level_for_downsample(downsample)
     read_size = int(round(size0 / slide.level_downsamples[level]))
     return {"patch_size": cfg.patch_size, "patch_size_level0": size0, "target_magnification": cfg.magnification,
-            "level0_magnification": level0_mag, "mpp": slide.mpp, "read_level": level, "read_size": read_size}
+            "level0_magnification": level0_mag, "mpp": slide.mpp, "mpp_source": slide.mpp_source,
+            "objective_power": slide.objective_power, "scale": cfg.scale, "read_level": level,
+            "read_size": read_size}
 
 
 def patch_slide(slide: SlideReader, fragments: list[Fragment], cfg: PatchConfig | None = None,

@@ -6,7 +6,8 @@ Output folder layout::
     DIR/segmentation/<slide_id>.png       thumbnail with fragment outlines and ids
     DIR/coords/<slide_id>.h5              coords + fragment (+ attrs)
     DIR/features_<encoder>/<slide_id>.h5  features + coords + fragment
-    DIR/summary_<stage>.tsv               the last run's per-slide report
+    DIR/summary_<stage>.tsv               the last run's per-slide report (with the job that did each slide)
+    DIR/locks/<slide_id>.lock|.done       a job's claim on a slide, then the record of who did it
 
 A slide whose complete output exists is skipped; a partial one (no ``complete`` flag, or a
 leftover temporary file) is redone. Every output records the settings that shaped it
@@ -15,7 +16,9 @@ dtype) and an existing output is reused only if they equal this run's; otherwise
 with a message naming the differing settings (one folder holds one set of settings: use
 another ``--out``, or delete the old outputs to recompute). A slide that fails is reported with
 its reason and the batch goes on. Under ``torchrun`` the slides are sharded across ranks and
-the summary is gathered on rank 0.
+the summary is gathered on rank 0. Independent jobs (an array job, a resubmitted job) may share
+one ``--out``: each slide is claimed before it is computed (``slides.locks``), so it is computed
+once, and a claim left by a killed job is taken over.
 
 Memory (per process) does not grow with the slide's area beyond its low-resolution mask:
 about two bytes per pixel of the slide at ``seg_mpp`` (the saturation channel and one working
@@ -48,8 +51,9 @@ from ..io.atomic import atomic_write_df
 from .encoders import PatchEncoder, PatchEncoderError, build_patch_encoder
 from .extract import PatchDataset, extract_features
 from .features_io import is_complete, read_patch_features, write_patch_file
+from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
-from .reader import SlideError, open_slide
+from .reader import SlideError, is_dicom_folder, open_slide
 from .segment import SegmentConfig, read_geojson, segment_slide, write_segmentation
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
@@ -91,8 +95,10 @@ def find_slides(inputs: list[str]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found += [c for c in sorted(p.iterdir()) if c.suffix.lower() in SLIDE_SUFFIXES]
+        if is_dicom_folder(p):  # one DICOM WSI: a folder of .dcm instances
+            found.append(p)
+        elif p.is_dir():
+            found += [c for c in sorted(p.iterdir()) if c.suffix.lower() in SLIDE_SUFFIXES or is_dicom_folder(c)]
         elif any(ch in item for ch in "*?["):
             found += [Path(m) for m in sorted(glob.glob(item))]
         else:
@@ -127,7 +133,7 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
     out = {"segmenter": asdict(cfg.segment)}
     if stage in ("patch", "extract"):
         out.update(magnification=cfg.patch.magnification, patch_size=cfg.patch.patch_size,
-                   tissue_threshold=cfg.patch.tissue_threshold)
+                   tissue_threshold=cfg.patch.tissue_threshold, scale=cfg.patch.scale)
     if stage == "extract":
         out.update(encoder=cfg.encoder, features_dtype=cfg.features_dtype)
     return out
@@ -249,6 +255,36 @@ def _feature_attrs(cfg: PipelineConfig, path: Path) -> dict:
     return {"encoder": cfg.encoder, "slide": str(path), "settings": json.dumps(stage_settings(cfg, "extract"))}
 
 
+def process_claimed(path: Path, cfg: PipelineConfig, encoder: PatchEncoder | None, locks: SlideLocks) -> dict:
+    """``process_slide`` under this job's claim on the slide (``slides.locks``), its row with the ``job`` that did it.
+
+    A slide another live job holds is not computed: its row says ``locked`` and names that job. A
+    slide whose output was complete names the job recorded as having made it.
+    """
+    sid = slide_id_of(path)
+    final = {"segment": cfg.out / "segmentation" / f"{sid}.geojson", "patch": cfg.out / "coords" / f"{sid}.h5",
+             "extract": cfg.features_dir / f"{sid}.h5"}[cfg.stage]
+    if final.is_file() if cfg.stage == "segment" else is_complete(final):  # nothing to compute: no claim needed
+        return {**process_slide(path, cfg, encoder), "job": locks.done_by(sid)}
+    try:
+        holder = locks.claim(sid)
+    except OSError as e:
+        return {"slide_id": sid, "path": str(path), "status": "failed", "reason": f"cannot claim the slide ({e})",
+                "patches": 0, "fragments": 0, "seconds": 0.0, "job": locks.job}
+    if holder is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.since))
+        return {"slide_id": sid, "path": str(path), "status": "locked", "patches": 0, "fragments": 0, "seconds": 0.0,
+                "reason": f"being processed by job {holder.job} since {since}", "job": holder.job}
+    row = None
+    try:
+        row = process_slide(path, cfg, encoder)
+    finally:
+        computed = row is not None and row["status"] not in ("skipped", "failed")
+        locks.release(sid, done=computed)
+    row["job"] = locks.job if row["status"] != "skipped" else locks.done_by(sid)
+    return row
+
+
 def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
     """Process ``slides`` (sharded across torchrun ranks); returns the summary (complete on rank 0)."""
     info = setup_distributed(cfg.device)
@@ -260,10 +296,17 @@ def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
         encoder = build_patch_encoder(cfg.encoder, cfg.weights, cfg.device)
     mine = slides[rank::world]
     rows = []
+    locks = SlideLocks(cfg.out)
     bar = tqdm(mine, desc=f"slides (rank {rank})" if world > 1 else "slides", disable=not cfg.progress, unit="slide")
-    for path in bar:
-        bar.set_postfix_str(path.name[:40])
-        rows.append(process_slide(path, cfg, encoder))
+    try:
+        for path in bar:
+            bar.set_postfix_str(path.name[:40])
+            rows.append(process_claimed(path, cfg, encoder, locks))
+        for i, row in enumerate(rows):  # slides another job held: finished by now, or left by a dead job
+            if row["status"] == "locked":
+                rows[i] = process_claimed(Path(row["path"]), cfg, encoder, locks)
+    finally:
+        locks.close()
     if world > 1:
         import torch.distributed as dist
 
@@ -271,7 +314,8 @@ def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
         dist.gather_object(rows, gathered, dst=0)
         if rank == 0:
             rows = [r for part in gathered for r in part]
-    summary = pd.DataFrame(rows, columns=["slide_id", "path", "status", "reason", "patches", "fragments", "seconds"])
+    summary = pd.DataFrame(rows, columns=["slide_id", "path", "status", "reason", "patches", "fragments", "seconds",
+                                          "job"])
     if rank == 0:
         try:  # a full disk must not lose the per-slide report: it is still returned (and printed by the CLI)
             cfg.out.mkdir(parents=True, exist_ok=True)
@@ -287,9 +331,10 @@ def format_summary(summary: pd.DataFrame) -> str:
     head = (f"{len(summary)} slides: " + ", ".join(f"{v} {k}" for k, v in counts.items()) +
             f"; {int(summary.patches.sum())} patches, {int(summary.fragments.sum())} fragments, "
             f"{summary.seconds.sum():.1f} s")
-    lines = [head, "", "| slide | status | patches | fragments | seconds | reason |", "|---|---|---|---|---|---|"]
+    lines = [head, "", "| slide | status | patches | fragments | seconds | job | reason |", "|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.slide_id} | {r.status} | {r.patches} | {r.fragments} | {r.seconds:.1f} | {r.reason[:120]} |")
+        lines.append(f"| {r.slide_id} | {r.status} | {r.patches} | {r.fragments} | {r.seconds:.1f} | "
+                     f"{getattr(r, 'job', '') or ''} | {r.reason[:120]} |")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ..cohort import Cohort, CohortInputError
 from ..cohort.preprocess import TRANSFORMS, make_transform
+from ..slides.contract import check_features_folder
 from ..slides.features_io import is_complete
 from .feature_reader import FeatureReader
 
@@ -104,6 +105,7 @@ class CohortData:
         if "wsi" in self.modalities:
             for i, sids in enumerate(man.slide_ids):
                 self.slides[i] = [s for s in sids if is_complete(self.features_dir / f"{s}.h5")]
+            check_features_folder(self.features_dir, [s for ss in self.slides for s in ss])
             self.valid["wsi"] = np.array([len(s) > 0 for s in self.slides])
             if not self.valid["wsi"].any():
                 raise CohortInputError(f"no patient has a complete features file in {self.features_dir}")

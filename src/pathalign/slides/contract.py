@@ -1,0 +1,158 @@
+"""The coordinate contract of a features folder: every slide at one scale, by one patch encoder.
+
+A slide encoder's positions (RoPE over level-0 coords / ``patch_size_level0``) and its token
+scale assume every slide of a folder was patched at the same target magnification and patch
+size, and encoded by the same patch encoder. ``check_features_folder`` reads each file's
+attributes (never its arrays) and refuses a folder whose files disagree, naming the slides and
+the values. It is called where ``train`` and ``embed`` take their slides from a folder.
+
+Per file (``file_contract``):
+
+* ``encoder``: the file's ``encoder`` attribute, else the folder's name ``features_<encoder>``
+  (the layout of pathalign and Trident), else unknown;
+* ``target_magnification`` and ``patch_size`` (px at the target): the attributes pathalign and
+  Trident write; unknown in CLAM and EXAONE Path files (their ``patch_size`` is in pixels of
+  ``patch_level``, not at a target magnification);
+* ``patch_size_level0``: the attribute, else CLAM/EXAONE's ``patch_size * downsample``, else unknown;
+* ``mpp``: the attribute (pathalign), else unknown (Trident, CLAM and EXAONE files carry none);
+* ``effective_magnification``: the magnification a patch actually covers,
+  ``level0_magnification * patch_size / patch_size_level0``, or ``10 * patch_size /
+  (patch_size_level0 * mpp)`` without a level-0 magnification; unknown without those.
+
+The rule: ``encoder``, ``target_magnification`` and ``patch_size`` must be equal wherever two files
+know them; ``effective_magnification`` must lie within ``EFFECTIVE_TOLERANCE`` of the folder's
+median (``exact-mpp`` grids truncate the patch side, so it is a few tenths of a percent off the
+target, where a slide patched at another magnification is a factor off). An unknown value is
+not compared: a Trident, CLAM or EXAONE file lacking an attribute passes on it. ``mpp`` and
+``patch_size_level0`` differ between scanners by design and are compared only through
+``effective_magnification``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import PathalignError
+
+EFFECTIVE_TOLERANCE = 0.05
+COMPARED = ("encoder", "target_magnification", "patch_size")
+
+
+class ContractError(PathalignError, ValueError):
+    """The features files of a folder disagree on their scale or patch encoder; the message names the slides."""
+
+
+def _value(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray) and v.size == 1:
+        return v.reshape(-1)[0].item()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _positive(v) -> float | None:
+    try:
+        f = float(np.atleast_1d(np.asarray(v, float))[0])
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) and f > 0 else None
+
+
+def file_contract(path: str | Path) -> dict:
+    """The contract values of one coords/features file (None where unknown; see the module docstring).
+
+    Args:
+        path: a pathalign, Trident, CLAM or EXAONE Path ``.h5`` file.
+
+    Returns:
+        ``{"encoder", "target_magnification", "patch_size", "patch_size_level0", "mpp",
+        "effective_magnification"}``; an unreadable file gives all None (its reader names the problem).
+    """
+    path = Path(path)
+    attrs: dict = {}
+    try:
+        with h5py.File(path, "r") as fh:
+            attrs.update({k: _value(v) for k, v in fh.attrs.items()})
+            if "coords" in fh:
+                attrs.update({k: _value(v) for k, v in fh["coords"].attrs.items()})
+    except OSError:
+        pass
+    encoder = attrs.get("encoder")
+    if encoder is None and path.parent.name.startswith("features_"):
+        encoder = path.parent.name[len("features_"):]
+    target = _positive(attrs.get("target_magnification"))
+    patch_size = _positive(attrs.get("patch_size")) if target is not None else None
+    size0 = _positive(attrs.get("patch_size_level0"))
+    if size0 is None and _positive(attrs.get("patch_size")) and _positive(attrs.get("downsample")):
+        size0 = _positive(attrs["patch_size"]) * _positive(attrs["downsample"])
+    mpp = _positive(attrs.get("mpp"))
+    level0 = _positive(attrs.get("level0_magnification"))
+    effective = None
+    if patch_size and size0:
+        if level0:
+            effective = level0 * patch_size / size0
+        elif mpp:
+            effective = 10.0 * patch_size / (size0 * mpp)
+    return {"encoder": None if encoder is None else str(encoder), "target_magnification": target,
+            "patch_size": None if patch_size is None else int(round(patch_size)),
+            "patch_size_level0": None if size0 is None else int(round(size0)), "mpp": mpp,
+            "effective_magnification": effective}
+
+
+def _names(ids: list[str], limit: int = 8) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+def check_features_folder(features_dir: str | Path, slide_ids: list[str] | None = None) -> dict[str, dict]:
+    """Refuse a features folder whose files disagree on scale or patch encoder (see the module docstring).
+
+    Args:
+        features_dir: the folder of ``<slide_id>.h5`` files.
+        slide_ids: the slides a consumer will read (None: every ``.h5`` file of the folder); missing
+            files are left to the consumer.
+
+    Returns:
+        ``{slide_id: file_contract(...)}`` of the files checked.
+
+    Raises:
+        ContractError: two files disagree; the message names the folder, each differing value
+            and the slides holding it.
+    """
+    features_dir = Path(features_dir)
+    if slide_ids is None:
+        paths = {p.stem: p for p in sorted(features_dir.glob("*.h5"))}
+    else:
+        paths = {s: features_dir / f"{s}.h5" for s in dict.fromkeys(slide_ids)}
+    contracts = {s: file_contract(p) for s, p in paths.items() if p.is_file()}
+    problems = []
+    for key in COMPARED:
+        groups: dict = defaultdict(list)
+        for s, c in contracts.items():
+            if c[key] is not None:
+                groups[round(c[key], 6) if isinstance(c[key], float) else c[key]].append(s)
+        if len(groups) > 1:
+            parts = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+            problems.append(f"{key}: " + "; ".join(f"{_fmt(v)} ({len(ids)} slide{'s' * (len(ids) > 1)}: "
+                                                    f"{_names(ids)})" for v, ids in parts))
+    eff = {s: c["effective_magnification"] for s, c in contracts.items() if c["effective_magnification"]}
+    if len(eff) > 1:
+        median = float(np.median(list(eff.values())))
+        off = {s: v for s, v in eff.items() if abs(v / median - 1) > EFFECTIVE_TOLERANCE}
+        if off:
+            problems.append(f"effective magnification (level-0 patch side and mpp): folder median {median:.3g}x, "
+                            + "; ".join(f"{s} {v:.3g}x (patch_size_level0 {contracts[s]['patch_size_level0']}, "
+                                        f"mpp {_fmt(contracts[s]['mpp'])})" for s, v in list(off.items())[:8]))
+    if problems:
+        raise ContractError(f"{features_dir}: the features files disagree, so their positions and scales cannot be "
+                            "mixed in one model — " + " | ".join(problems) + ". Re-extract the odd slides with the "
+                            "folder's settings, or give them their own folder")
+    return contracts
