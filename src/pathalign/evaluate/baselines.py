@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cohort.build import Cohort
 from ..cohort.preprocess import make_transform
 from .representations import Representation
 from .retrieval import chance_recall, recall_at_k
@@ -56,7 +57,7 @@ def model_transform_options(model_path: str | Path | None) -> tuple[dict[str, di
     return out, f"the model's preprocessing options ({path})"
 
 
-def _preprocess(cohort, modality: str, options: dict, train: Sequence[str]):
+def _preprocess(cohort: Cohort, modality: str, options: dict, train: Sequence[str]):
     """The model's transform of ``modality`` fitted on the training patients having it; ``(transform, matrix)``."""
     mat = cohort.matrix(modality)
     fit_rows = [p for p in dict.fromkeys(train) if p in mat.index]
@@ -64,13 +65,13 @@ def _preprocess(cohort, modality: str, options: dict, train: Sequence[str]):
     return tr, mat, fit_rows
 
 
-def raw_features(cohort, modality: str, options: dict, ids: Sequence[str], train: Sequence[str]) -> np.ndarray:
+def raw_features(cohort: Cohort, modality: str, options: dict, ids: Sequence[str], train: Sequence[str]) -> np.ndarray:
     """``float [len(ids), F]``: the preprocessed matrix of ``ids``, the transform fitted on ``train`` only."""
     tr, mat, _ = _preprocess(cohort, modality, options, train)
     return tr.transform(mat.loc[list(ids)]).astype(np.float64)
 
 
-def pca_features(cohort, modality: str, options: dict, ids: Sequence[str], train: Sequence[str],
+def pca_features(cohort: Cohort, modality: str, options: dict, ids: Sequence[str], train: Sequence[str],
                  n_components: int = PCA_COMPONENTS) -> np.ndarray:
     """``float [len(ids), k]``: :func:`raw_features` then PCA, both fitted on ``train`` only."""
     from sklearn.decomposition import PCA
@@ -82,7 +83,7 @@ def pca_features(cohort, modality: str, options: dict, ids: Sequence[str], train
     return pca.transform(tr.transform(mat.loc[list(ids)]).astype(np.float64))
 
 
-def cohort_representations(cohort, modalities: Sequence[str], options: dict,
+def cohort_representations(cohort: Cohort, modalities: Sequence[str], options: dict,
                            pca_components: int = PCA_COMPONENTS) -> list[Representation]:
     """``raw:<m>`` and ``pca:<m>`` for every molecular modality of ``modalities`` the cohort has.
 
@@ -123,7 +124,7 @@ def _cca_similarity(xa_tr, xb_tr, xa_te, xb_te, k: int) -> np.ndarray:
     return ua @ ub.T
 
 
-def cca_retrieval(cohort, a: str, b: str, test: Collection[str], options: dict, cca_components: int | None = None,
+def cca_retrieval(cohort: Cohort, a: str, b: str, test: Collection[str], options: dict, cca_components: int | None = None,
                   pca_components: int = PCA_COMPONENTS, seed: int = 0, ks: Sequence[int] = (1, 5, 10)) -> dict:
     """Recall@k of ``a`` → ``b`` through a CCA fitted on the cohort's other patients, on ``test`` (see module doc).
 
@@ -174,7 +175,7 @@ def cca_retrieval(cohort, a: str, b: str, test: Collection[str], options: dict, 
     return out
 
 
-def cross_modal_baselines(cohort, emb: dict, held_out: Collection[str] | None, options: dict,
+def cross_modal_baselines(cohort: Cohort, emb: dict, held_out: Collection[str] | None, options: dict,
                           cca_components: int | None = None, pca_components: int = PCA_COMPONENTS,
                           seed: int = 0) -> dict:
     """``{"cca:<a>-<b>": result}`` for every pair of ``emb``'s pairs, on the patients the model's retrieval uses.

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..cohort.build import Cohort
 from ..cohort.ids import IdRule
 from .embed import read_embeddings
 from ..io.atomic import atomic_write_json, atomic_write_text
@@ -383,7 +384,7 @@ def by_modality_subset(emb: dict, manifest: pd.DataFrame, preds: dict[str, pd.Da
 def run_bench(models: dict[str, str | Path], tasks: list[Task], out: str | Path, manifest: pd.DataFrame | None = None,
               seed: int = 0, plots: bool = True, progress: bool = True, recipe: Recipe | None = None,
               allow_missing: bool = False, missing_rates: list[float] | None = None,
-              missing_seeds: list[int] | None = None, cohort=None, modalities: Sequence[str] | None = None,
+              missing_seeds: list[int] | None = None, cohort: Cohort | None = None, modalities: Sequence[str] | None = None,
               baselines: bool = True, pca_components: int = PCA_COMPONENTS, cca_components: int | None = None) -> dict:
     """Benchmark every embeddings file of ``models`` on ``tasks``; writes ``results.json`` and ``results.md``.
 
