@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.matrix_store import MatrixStore, MatrixStoreError, write_matrix
+from ..io.matrix_store import MatrixStoreError, matrix_attrs, write_matrix
 from .ids import CohortInputError
 
 BUILD_KEY = b"pathalign_cohort_build_id"
@@ -66,8 +66,7 @@ def parquet_build_id(path: Path) -> str | None:
 def matrix_build_id(path: Path) -> str | None:
     """The build id stored in a matrix file written by ``write_matrix`` (None if it has none)."""
     try:
-        with MatrixStore(path) as store:
-            value = store.attrs.get(BUILD_KEY.decode())
+        value = matrix_attrs(path).get(BUILD_KEY.decode())
     except MatrixStoreError as e:
         raise CohortInputError(f"{e}; {REBUILD}") from None
     return str(value) if value is not None else None

@@ -68,6 +68,25 @@ def write_matrix(path: str | Path, values: np.ndarray, patients: Sequence[str], 
             ds[:, a:a + step] = values[:, a:a + step].astype(np.float32)
 
 
+def matrix_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes of a matrix file, without reading its names or values.
+
+    Raises:
+        MatrixStoreError: the file is missing, not HDF5, or not in this layout.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MatrixStoreError(f"{path}: no such matrix file")
+    try:
+        with h5py.File(path, "r") as h:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h.attrs.items()}
+    except OSError as e:
+        raise MatrixStoreError(f"{path}: not a readable HDF5 file ({e})") from None
+    if attrs.get("format") != FORMAT:
+        raise MatrixStoreError(f"{path}: not a pathalign matrix file (no '{FORMAT}' attribute)")
+    return attrs
+
+
 class MatrixStore:
     """A matrix file opened for reading (a context manager; also closes on garbage collection).
 
