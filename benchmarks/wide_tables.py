@@ -71,16 +71,23 @@ def timed(cmd: list[str], src: Path, log: Path) -> tuple[float, float]:
     return float(wall), int(kib) / 2**20
 
 
-def run_width(work: Path, width: int, patients: int, src: Path, tag: str) -> dict:
+def run_width(work: Path, width: int, patients: int, src: Path, tag: str, rna_units: str = "tpm") -> dict:
     """Build and train on one width with the source tree ``src``; the row of the table."""
     modality, wide, cnv = make_inputs(work, width, patients)
+    tag = tag if rna_units == "tpm" else f"{tag}_{rna_units}"
     cohort, run = work / f"cohort_{tag}_{width}", work / f"run_{tag}_{width}"
     shutil.rmtree(run, ignore_errors=True)
     py = [sys.executable, "-m", "pathalign"]
     build = [*py, "cohort", "build", f"--{modality}", str(wide), "--cnv", str(cnv), "--cnv-kind", "log2",
              "--out", str(cohort)]
     if modality == "rna":
-        build += ["--rna-units", "tpm"]
+        build += ["--rna-units", rna_units]
+        if rna_units == "counts":  # TPM needs gene lengths: read whole, not streamed (see docs/cohort.md)
+            lengths = work / f"lengths_{width}.tsv"
+            names = pd.read_parquet(wide, columns=["feature"]).feature
+            pd.DataFrame({"gene": names, "length": np.random.default_rng(1).integers(500, 10_000, len(names))}
+                         ).to_csv(lengths, sep="\t", index=False)
+            build += ["--gene-lengths", str(lengths)]
     b_wall, b_rss = timed(build, src, work / f"build_{tag}_{width}.log")
     train = [*py, "train", "--cohort", str(cohort), "--out", str(run), "--modalities", f"{modality},cnv",
              "--steps", "1", "--batch-size", "16", "--checkpoint-every", "1", "--diagnostics-every", "0",
@@ -89,7 +96,7 @@ def run_width(work: Path, width: int, patients: int, src: Path, tag: str) -> dic
     with open(run / "log.csv") as fh:
         step = float(next(csv.DictReader(fh))["step_seconds"])
     size = sum(p.stat().st_size for p in cohort.iterdir()) / 2**30
-    return {"code": tag, "modality": modality, "features": width, "patients": patients, "cohort GiB": size,
+    return {"code": tag, "modality": modality if modality != "rna" else f"rna ({rna_units})", "features": width, "patients": patients, "cohort GiB": size,
             "build s": b_wall, "build peak GiB": b_rss, "train s": t_wall, "step 1 s": step,
             "train peak GiB": t_rss}
 
@@ -101,6 +108,8 @@ def main(argv=None) -> None:
     p.add_argument("--work", default="/tmp/pathalign_wide_tables", help="folder for the synthetic data (kept)")
     p.add_argument("--baseline-src", default=None, help="another pathalign src/ tree to run too")
     p.add_argument("--baseline-widths", default="20000", help="widths to run with --baseline-src")
+    p.add_argument("--rna-units", default="tpm", choices=("tpm", "counts"),
+                   help="units of the RNA tables (counts: with gene lengths, the whole-matrix path)")
     args = p.parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]
     patients = [int(n) for n in args.patients.split(",")]
@@ -109,10 +118,10 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for w, n in zip(widths, patients, strict=True):
-        rows.append(run_width(work, w, n, SRC, "this"))
+        rows.append(run_width(work, w, n, SRC, "this", args.rna_units))
         print(rows[-1], flush=True)
         if args.baseline_src and str(w) in args.baseline_widths.split(","):
-            rows.append(run_width(work, w, n, Path(args.baseline_src), "baseline"))
+            rows.append(run_width(work, w, n, Path(args.baseline_src), "baseline", args.rna_units))
             print(rows[-1], flush=True)
     print(f"\n{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}")
