@@ -220,3 +220,7 @@ def test_a_format_1_cohort_folder_is_refused_with_rebuild(tmp_path):
     (cohort.path / "cohort.json").write_text(json.dumps(meta))
     with pytest.raises(CohortInputError, match=r"format version 99 is newer .* upgrade pathalign"):
         load_cohort(cohort.path)
+    _as_format_1(cohort.path)
+    again, _, _ = _two_modality_cohort(tmp_path)  # rebuilding over the old folder replaces it
+    assert sorted(again.meta["files"]) == ["cnv.h5", "manifest.parquet", "rna.h5"]
+    assert [p.name for p in again.path.glob("*.parquet")] == ["manifest.parquet"]

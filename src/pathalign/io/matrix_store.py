@@ -208,7 +208,10 @@ class MatrixStore:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit h5py may be gone already
+            pass
 
     def __repr__(self) -> str:
         return f"MatrixStore({self.path}, {self.shape[0]} patients x {self.shape[1]} features)"
