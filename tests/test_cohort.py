@@ -218,7 +218,7 @@ def test_all_nan_sample_is_not_present(tmp_path):
                           tmp_path / "c", progress=False)
     man = cohort.manifest.set_index("case_id")
     assert man.has_methylation.to_dict() == {P[0]: False, P[1]: True, P[2]: True}
-    assert cohort.matrix("methylation").loc[P[1]].tolist() == [0.2, 0.4]  # the good vial, not the empty one
+    assert cohort.matrix("methylation").loc[P[1]].tolist() == np.float32([0.2, 0.4]).tolist()  # the good vial
     empty = {d["sample"] for d in cohort.meta["dropped"] if "all values missing" in d["reason"]}
     assert empty == {f"{P[0]}-01A", f"{P[1]}-01A"}
     assert f"{P[0]}-01A" in (tmp_path / "c" / "report.md").read_text()
@@ -374,7 +374,7 @@ def test_rebuild_killed_midway_leaves_the_previous_cohort_whole(tmp_path):
     out = tmp_path / "cohort"
     first = build_cohort(src_a, out, progress=False)
     rna_a, man_a = first.matrix("rna"), first.manifest
-    # rebuild with other data in a process killed (SIGKILL) while it writes its second Parquet file
+    # rebuild with other data in a process killed (SIGKILL) after its matrix, as it writes its Parquet manifest
     script = f"""
 import os, signal, pyarrow.parquet as pq
 from pathalign.cohort import CohortSources, build_cohort
@@ -382,7 +382,7 @@ real, calls = pq.write_table, []
 def write_then_die(*a, **k):
     real(*a, **k)
     calls.append(1)
-    if len(calls) == 2:
+    if len(calls) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 pq.write_table = write_then_die
 build_cohort(CohortSources(clinical={src_b.clinical!r}, rna={src_b.rna!r}), {str(out)!r}, progress=False)
@@ -406,14 +406,14 @@ def test_load_refuses_incomplete_or_mixed_folders(tmp_path):
     build_cohort(src_b, tmp_path / "b", progress=False)
     mixed = tmp_path / "mixed"
     shutil.copytree(tmp_path / "a", mixed)
-    shutil.copy(tmp_path / "b" / "rna.parquet", mixed / "rna.parquet")  # a parquet from another build
-    with pytest.raises(CohortInputError, match=r"mixed/rna.parquet: from another build .* the folder is mixed"):
+    shutil.copy(tmp_path / "b" / "rna.h5", mixed / "rna.h5")  # a matrix from another build
+    with pytest.raises(CohortInputError, match=r"mixed/rna.h5: from another build .* the folder is mixed"):
         load_cohort(mixed)
     (mixed / "cohort.json").unlink()  # no marker: an interrupted build or an old layout
     with pytest.raises(CohortInputError, match=r"mixed: not a complete cohort folder \(no cohort.json"):
         load_cohort(mixed)
-    (tmp_path / "a" / "rna.parquet").unlink()
-    with pytest.raises(CohortInputError, match=r"rna.parquet is listed in cohort.json but missing"):
+    (tmp_path / "a" / "rna.h5").unlink()
+    with pytest.raises(CohortInputError, match=r"rna.h5 is listed in cohort.json but missing"):
         load_cohort(tmp_path / "a")
     # a folder that is not a cohort is never replaced
     (tmp_path / "mine").mkdir()

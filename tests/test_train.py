@@ -173,7 +173,9 @@ def test_bad_training_inputs(features_cohort, tmp_path):
 
 
 def _rna_file(cohort, tmp_path):
-    rna = pd.read_parquet(cohort / "rna.parquet")
+    from pathalign.cohort import load_cohort
+
+    rna = load_cohort(cohort).matrix("rna")
     path = tmp_path / "rna.tsv"
     rna.T.rename(columns=lambda c: f"{c}-01A").to_csv(path, sep="\t")
     return path

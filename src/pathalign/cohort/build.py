@@ -3,7 +3,8 @@
 Output folder::
 
     manifest.parquet      one row per patient: case_id, clinical columns, has_<modality>, slide_ids
-    <modality>.parquet    patients x features, raw aligned values (rna, snp, cnv, methylation)
+    <modality>.h5         patients x features, raw aligned values as float32 (rna, snp, cnv, methylation;
+                          ``pathalign.io.matrix_store``: read back in memory proportional to what is read)
     cohort.json           build id and file list, sources, units, the feature vocabulary per
                           modality, dropped samples, warnings
     report.md             warnings, counts per modality and overlap, the clinical table (header rows dropped,
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io.matrix_store import MatrixStore
 from .checks import METHYLATION_UNITS, check_values, drop_empty_samples, feature_notes
 from .clinical import DECIMALS, ClinicalTable, read_clinical_table, render_clinical
-from .folder import FORMAT_VERSION, check_complete, new_build_id, staged_folder, write_parquet
+from .folder import FORMAT_VERSION, check_complete, new_build_id, staged_folder, write_matrix_frame, write_parquet
 from ..modalities import MODALITIES, MOLECULAR
 from .gistic import read_gistic_folder
 from .ids import CohortInputError, Drop, IdRule, assign_patients, clean_id, files_by_stem, source_name
@@ -291,7 +293,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
     meta = {
         "format_version": FORMAT_VERSION,
         "build_id": build_id,
-        "files": ["manifest.parquet"] + [f"{mod}.parquet" for mod in matrices],
+        "files": ["manifest.parquet"] + [f"{mod}.h5" for mod in matrices],
         "sources": {k: v for k, v in vars(src).items() if v},
         # methylation is stored as beta and log RNA as log2(x + 1) whatever was declared
         "units": {**units, "methylation": "beta"},
@@ -305,9 +307,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
         meta["gene_lengths"] = dict(zip(gl.iloc[:, 0].astype(str), gl.iloc[:, 1].astype(float)))
     with staged_folder(out) as stage:
         for mod, mat in matrices.items():
-            mat = mat.copy()
-            mat.columns = mat.columns.astype(str)
-            write_parquet(mat, stage / f"{mod}.parquet", build_id, index=True)
+            write_matrix_frame(mat, stage / f"{mod}.h5", build_id)
         write_parquet(manifest, stage / "manifest.parquet", build_id)
         (stage / "report.md").write_text(render_report(manifest, matrices, drops, warnings, build_id, sections))
         (stage / "cohort.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
@@ -360,7 +360,7 @@ def render_report(manifest: pd.DataFrame, matrices: dict[str, pd.DataFrame], dro
 
 
 class Cohort:
-    """A built cohort folder: ``.manifest`` and ``.matrix(modality)``."""
+    """A built cohort folder: ``.manifest``, ``.matrix(modality)`` and ``.store(modality)``."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -374,15 +374,25 @@ class Cohort:
         """Modalities at least one patient has."""
         return [m for m in MODALITIES if f"has_{m}" in self.manifest and self.manifest[f"has_{m}"].any()]
 
-    def matrix(self, modality: str) -> pd.DataFrame:
-        """Patients x features raw aligned values of ``modality`` (rna, snp, cnv, methylation)."""
+    def store(self, modality: str) -> MatrixStore:
+        """The matrix file of ``modality`` opened for reading in parts (close it, or use it in ``with``)."""
         if modality not in MOLECULAR:
             raise KeyError(f"unknown molecular modality {modality!r}; one of {MOLECULAR}")
+        if f"{modality}.h5" not in self.meta["files"]:
+            raise KeyError(f"{self.path}: the cohort has no {modality} data")
+        return MatrixStore(self.path / f"{modality}.h5")
+
+    def features(self, modality: str) -> list[str]:
+        """The feature names of ``modality``'s matrix (its columns), without reading its values."""
+        with self.store(modality) as store:
+            return list(store.features)
+
+    def matrix(self, modality: str) -> pd.DataFrame:
+        """Patients x features raw aligned values (float32) of ``modality`` (rna, snp, cnv, methylation),
+        all of it in memory (cached); :meth:`store` reads parts of a wide one."""
         if modality not in self._cache:
-            path = self.path / f"{modality}.parquet"
-            if f"{modality}.parquet" not in self.meta["files"]:
-                raise KeyError(f"{self.path}: the cohort has no {modality} data")
-            self._cache[modality] = pd.read_parquet(path)
+            with self.store(modality) as store:
+                self._cache[modality] = store.frame()
         return self._cache[modality]
 
     def __len__(self) -> int:

@@ -6,9 +6,11 @@ aside first and removed after). A kill at any moment therefore leaves either the
 complete cohort, the new complete cohort, or no folder under the target name — never a mix.
 
 Every build gets a random build id. ``cohort.json`` records it with the list of its data
-files, and every Parquet file carries it in its schema metadata; :func:`check_complete`
+files, the manifest (Parquet) carries it in its schema metadata and every molecular matrix
+(``<modality>.h5``, :mod:`pathalign.io.matrix_store`) in its attributes; :func:`check_complete`
 (called by ``load_cohort``) refuses a folder without ``cohort.json``, with a file missing,
-or with a file from another build.
+with a file from another build, or of an older format version (format 1 stored the matrices
+as Parquet, which a wide matrix cannot be read back from in bounded memory: rebuild it).
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..io.matrix_store import MatrixStoreError, matrix_attrs, write_matrix
 from .ids import CohortInputError
 
 BUILD_KEY = b"pathalign_cohort_build_id"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: molecular matrices as Parquet; 2: as float32 HDF5 matrices (matrix_store)
+REBUILD = "rebuild the cohort with pathalign cohort build"
 
 
 def new_build_id() -> str:
@@ -43,6 +47,12 @@ def write_parquet(df: pd.DataFrame, path: Path, build_id: str, index: bool = Fal
     pq.write_table(table, path)
 
 
+def write_matrix_frame(df: pd.DataFrame, path: Path, build_id: str) -> None:
+    """Write a patients x features frame as a float32 matrix file (``matrix_store``) with ``build_id``, atomically."""
+    values = df.to_numpy()  # a view for a one-dtype frame: converted to float32 a column block at a time
+    write_matrix(path, values, list(map(str, df.index)), list(map(str, df.columns)), {BUILD_KEY.decode(): build_id})
+
+
 def parquet_build_id(path: Path) -> str | None:
     """The build id stored in a Parquet file written by :func:`write_parquet` (None if it has none)."""
     try:
@@ -51,6 +61,19 @@ def parquet_build_id(path: Path) -> str | None:
         raise CohortInputError(f"{path}: unreadable Parquet file ({e}); rebuild the cohort") from None
     value = meta.get(BUILD_KEY)
     return value.decode() if value is not None else None
+
+
+def matrix_build_id(path: Path) -> str | None:
+    """The build id stored in a matrix file written by ``write_matrix`` (None if it has none)."""
+    try:
+        value = matrix_attrs(path).get(BUILD_KEY.decode())
+    except MatrixStoreError as e:
+        raise CohortInputError(f"{e}; {REBUILD}") from None
+    return str(value) if value is not None else None
+
+
+def _build_id(path: Path) -> str | None:
+    return matrix_build_id(path) if path.suffix == ".h5" else parquet_build_id(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -147,12 +170,19 @@ def check_complete(path: Path) -> dict:
     build_id = meta.get("build_id") if isinstance(meta, dict) else None
     if not build_id or not isinstance(meta.get("files"), list):
         raise CohortInputError(f"{meta_path}: no build id or file list (an older pathalign wrote it); {rebuild}")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version < FORMAT_VERSION:
+        raise CohortInputError(f"{path}: cohort format version {version} (molecular matrices as Parquet, written by "
+                               f"an older pathalign) is no longer read; {REBUILD}")
+    if version > FORMAT_VERSION:
+        raise CohortInputError(f"{path}: cohort format version {version} is newer than this pathalign reads "
+                               f"({FORMAT_VERSION}); upgrade pathalign")
     listed = set(meta["files"])
-    for name in sorted(listed | {p.name for p in path.glob("*.parquet")}):
+    for name in sorted(listed | {p.name for p in [*path.glob("*.parquet"), *path.glob("*.h5")]}):
         file = path / name
         if not file.is_file():
             raise CohortInputError(f"{path}: {name} is listed in cohort.json but missing; {rebuild}")
-        got = parquet_build_id(file)
+        got = _build_id(file)
         if name not in listed or got != build_id:
             raise CohortInputError(f"{file}: from another build (build id {got} vs {build_id} in cohort.json); "
                                    f"the folder is mixed; {rebuild}")

@@ -9,14 +9,19 @@ imputed with the training mean and counted in ``last_imputed``.
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pandas as pd
 
 from ..registry import Registry
 from .ids import CohortInputError
+
+if TYPE_CHECKING:
+    from ..io.matrix_store import MatrixStore
 
 TRANSFORMS: Registry[type] = Registry("molecular transform")
 
@@ -40,9 +45,40 @@ def _to_tpm(values: np.ndarray, units: str, lengths: np.ndarray | None) -> np.nd
 
 def top_variance(values: np.ndarray, names: list[str], k: int) -> list[str]:
     """The ``k`` highest-variance columns (NaN ignored), in their original order."""
-    with np.errstate(all="ignore"):
-        var = np.nan_to_num(np.nanvar(values, axis=0), nan=-1)
+    return top_by_variance(ColumnStats.of(values).var, names, k)
+
+
+def top_by_variance(var: np.ndarray, names: list[str], k: int) -> list[str]:
+    """The ``k`` names of highest ``var`` (NaN: an all-missing column, ranked last), in their original order."""
+    var = np.nan_to_num(var, nan=-1)
     return [names[i] for i in sorted(np.argsort(-var, kind="stable")[:k])]
+
+
+@dataclass
+class ColumnStats:
+    """Per-column statistics of a patients x features array (NaN ignored): all a fit needs.
+
+    Computed column block by column block they equal those of the whole array exactly: every
+    column is reduced over its rows alone, in Fortran order, so by the same summation whatever
+    the block's width.
+    """
+
+    mean: np.ndarray  # float64 [F], NaN for an all-missing column
+    var: np.ndarray  # float64 [F] (ddof 0), NaN for an all-missing column
+    has_nan: np.ndarray  # bool [F]
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ColumnStats:
+        """The statistics of ``values`` ``[n, F]``."""
+        values = np.asfortranarray(values, dtype=np.float64)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-missing columns: NaN, handled by the callers
+            return cls(np.nanmean(values, axis=0), np.nanvar(values, axis=0), np.isnan(values).any(axis=0))
+
+    @classmethod
+    def concat(cls, parts: list[ColumnStats]) -> ColumnStats:
+        """The statistics of the column blocks ``parts`` side by side."""
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("mean", "var", "has_nan")))
 
 
 @dataclass
@@ -66,25 +102,57 @@ class _Base:
     def _values(self, df: pd.DataFrame) -> np.ndarray:
         return df.to_numpy(np.float64)
 
-    def _select(self, values: np.ndarray, names: list[str]) -> list[str]:
+    def _select(self, stats: ColumnStats, names: list[str]) -> list[str]:
         return names
+
+    @property
+    def columnwise(self) -> bool:
+        """Whether ``_values`` maps each column on its own (then a fit can stream column blocks and a
+        transform needs only the selected columns); False when a value depends on its whole row."""
+        return True
+
+    def _check_rows(self, n: int) -> None:
+        if n < 2:
+            raise CohortInputError(f"{type(self).__name__}: need at least 2 training patients, got {n}")
 
     def fit(self, df: pd.DataFrame) -> Self:
         """Fit on the training patients' raw matrix ``df`` (patients x features)."""
-        if len(df) < 2:
-            raise CohortInputError(f"{type(self).__name__}: need at least 2 training patients, got {len(df)}")
-        names = list(map(str, df.columns))
-        values = self._values(df)
-        self.features = self._select(values, names)
-        sel = values[:, [names.index(f) for f in self.features]]
-        with np.errstate(all="ignore"):
-            mean = np.nan_to_num(np.nanmean(sel, axis=0))
-            std = np.nanstd(sel, axis=0)
+        self._check_rows(len(df))
+        return self._fit_stats(ColumnStats.of(self._values(df)), list(map(str, df.columns)))
+
+    def fit_store(self, store: MatrixStore, patients: Sequence[str], width: int | None = None) -> Self:
+        """Fit on the rows ``patients`` of a matrix file in one pass over its column blocks, without
+        holding more than one block (``width`` columns; default: ``store.block_width``) in memory.
+
+        Equals ``fit(store.frame(patients))`` exactly. A transform that is not :attr:`columnwise`
+        (RNA counts or FPKM, normalised per sample over all genes) reads the rows whole instead.
+
+        Args:
+            store: the matrix file (``Cohort.store``).
+            patients: the training patients, each a row of ``store``; their order is kept.
+            width: columns per block.
+        """
+        self._check_rows(len(patients))
+        if not self.columnwise:
+            return self.fit(store.frame(patients))
+        names = list(store.features)
+        parts = [ColumnStats.of(self._values(pd.DataFrame(block, columns=names[a:a + block.shape[1]], copy=False)))
+                 for a, block in store.column_blocks(patients, width)]
+        if not parts:
+            return self._fit_stats(ColumnStats.of(np.zeros((len(patients), 0))), names)
+        return self._fit_stats(ColumnStats.concat(parts), names)
+
+    def _fit_stats(self, stats: ColumnStats, names: list[str]) -> Self:
+        self.features = self._select(stats, names)
+        position = {n: i for i, n in enumerate(names)}
+        idx = np.array([position[f] for f in self.features], dtype=np.int64)
+        mean = np.nan_to_num(stats.mean[idx])
+        std = np.sqrt(stats.var[idx])  # as np.nanstd
         std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
         self.fill = mean.tolist()
         self.center = mean.tolist() if self.standardise else [0.0] * len(mean)
         self.scale = std.tolist() if self.standardise else [1.0] * len(mean)
-        self.na_features = [f for f, has in zip(self.features, np.isnan(sel).any(axis=0)) if has]
+        self.na_features = [f for f, has in zip(self.features, stats.has_nan[idx]) if has]
         return self
 
     def transform_masked(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -148,13 +216,18 @@ class RNATransform(_Base):
                 raise CohortInputError(f"no gene length for {bad}")
         return np.log2(np.clip(_to_tpm(df.to_numpy(np.float64), self.units, lengths), 0, None) + 1)
 
-    def _select(self, values, names):
+    @property
+    def columnwise(self) -> bool:
+        return self.units in ("tpm", "log2tpm")
+
+    def _select(self, stats, names):
         if self.genes is not None:
-            missing = [g for g in self.genes if g not in names]
+            have = set(names)
+            missing = [g for g in self.genes if g not in have]
             if missing:
                 raise CohortInputError(f"requested genes not in the RNA matrix: {missing[:5]}")
             return list(self.genes)
-        return top_variance(values, names, self.n_genes)
+        return top_by_variance(stats.var, names, self.n_genes)
 
 
 @TRANSFORMS.register("snp")
@@ -167,8 +240,8 @@ class SNPTransform(_Base):
     max_genes: int = 1000
     standardise: bool = False
 
-    def _select(self, values, names):
-        freq = np.nanmean(values, axis=0)
+    def _select(self, stats, names):
+        freq = stats.mean
         keep = [i for i in np.argsort(-freq, kind="stable")[: self.max_genes] if freq[i] >= self.min_freq]
         if not keep:
             raise CohortInputError(f"no gene is mutated in >= {self.min_freq:.0%} of training patients")
@@ -188,8 +261,8 @@ class CNVTransform(_Base):
         lim = 2.0 if self.cnv_kind == "gistic" else 3.0
         return np.clip(df.to_numpy(np.float64), -lim, lim)
 
-    def _select(self, values, names):
-        return top_variance(values, names, self.max_genes)
+    def _select(self, stats, names):
+        return top_by_variance(stats.var, names, self.max_genes)
 
 
 @TRANSFORMS.register("methylation")
@@ -200,8 +273,8 @@ class MethylationTransform(_Base):
     kind = "methylation"
     max_probes: int = 2000
 
-    def _select(self, values, names):
-        return top_variance(values, names, self.max_probes)
+    def _select(self, stats, names):
+        return top_by_variance(stats.var, names, self.max_probes)
 
 
 def make_transform(modality: str, cohort_meta: dict, **options: Any) -> _Base:

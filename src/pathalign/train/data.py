@@ -77,28 +77,13 @@ class CohortData:
             if m == "wsi":
                 continue
             if m == "rna" and rna_embeddings is not None:
-                mat = rna_embeddings
+                tr, rows, x = self._prepare_table(rna_embeddings, hidden.get(m, set()), train_ids)
             else:
-                mat = cohort.matrix(m)
-            if hidden.get(m):
-                mat = mat.loc[~mat.index.isin(hidden[m])]
-            if m in self.preprocessing:
-                state = self.preprocessing[m]
-                if not isinstance(state, dict) or "kind" not in state:
-                    raise CohortInputError(f"bad preprocessing state for {m}")
-                tr = TRANSFORMS.get(state["kind"]).from_state_dict(state)
-            else:
-                fit_rows = mat.loc[[p for p in train_ids if p in mat.index]]
-                if m == "rna" and rna_embeddings is not None:
-                    tr = TRANSFORMS.get("embedding")()
-                else:
-                    tr = make_transform(m, cohort.meta, **dict(opts.get(m, {})))
-                tr.fit(fit_rows)
-                self.preprocessing[m] = tr.state_dict()
-            rows = [p for p in self.ids if p in mat.index]
+                with cohort.store(m) as store:  # a wide matrix: only the blocks needed, never all of it at once
+                    tr, rows, x = self._prepare_store(m, store, hidden.get(m, set()), train_ids, opts.get(m, {}))
             arr = np.zeros((len(self.ids), tr.output_dim), np.float32)
             if rows:
-                arr[[self.index[p] for p in rows]] = tr.transform(mat.loc[rows])
+                arr[[self.index[p] for p in rows]] = x
                 self.valid[m][[self.index[p] for p in rows]] = True
             self.arrays[m] = arr
         self.slides: list[list[str]] = [[] for _ in self.ids]
@@ -110,6 +95,43 @@ class CohortData:
             if not self.valid["wsi"].any():
                 raise CohortInputError(f"no patient has a complete features file in {self.features_dir}")
         self.n_valid = np.sum([self.valid[m] for m in self.modalities], axis=0)
+
+    def _saved_transform(self, m: str):
+        state = self.preprocessing[m]
+        if not isinstance(state, dict) or "kind" not in state:
+            raise CohortInputError(f"bad preprocessing state for {m}")
+        return TRANSFORMS.get(state["kind"]).from_state_dict(state)
+
+    def _prepare_store(self, m: str, store, hidden: set[str], train_ids: list[str], options: dict):
+        """``(transform, patients, transformed rows)`` of modality ``m`` from its matrix file: the fit
+        streams column blocks, the transform reads only the selected features (all of them for a
+        transform that is not columnwise)."""
+        present = [p for p in store.patients if p not in hidden]
+        have = set(present)
+        if m in self.preprocessing:
+            tr = self._saved_transform(m)
+        else:
+            tr = make_transform(m, self.cohort.meta, **dict(options))
+            tr.fit_store(store, [p for p in train_ids if p in have])
+            self.preprocessing[m] = tr.state_dict()
+        rows = [p for p in self.ids if p in have]
+        if not rows:
+            return tr, rows, None
+        stored = set(store.features)
+        cols = [f for f in dict.fromkeys(tr.features) if f in stored] if tr.columnwise else None
+        return tr, rows, tr.transform(store.frame(rows, cols))
+
+    def _prepare_table(self, mat: pd.DataFrame, hidden: set[str], train_ids: list[str]):
+        """As :meth:`_prepare_store` for a table in memory (precomputed RNA embeddings)."""
+        if hidden:
+            mat = mat.loc[~mat.index.isin(hidden)]
+        if "rna" in self.preprocessing:
+            tr = self._saved_transform("rna")
+        else:
+            tr = TRANSFORMS.get("embedding")().fit(mat.loc[[p for p in train_ids if p in mat.index]])
+            self.preprocessing["rna"] = tr.state_dict()
+        rows = [p for p in self.ids if p in mat.index]
+        return tr, rows, tr.transform(mat.loc[rows]) if rows else None
 
     @cached_property
     def input_dims(self) -> dict[str, int]:
