@@ -8,6 +8,11 @@ sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_
 ``features`` [1, d], a patient's slides averaged) are written for every way of embedding
 (``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
 incomplete features file, zero patches, an unreadable file) are skipped and named.
+
+A molecular group also has ``imputed_fraction`` [n] (float32): per patient, the fraction of the
+model's features the cohort's table lacks for them, filled with the training mean; the file
+attribute ``feature_overlap`` (JSON) gives per modality the model's features found in the table.
+Fewer than half of them found is refused before any work (:mod:`pathalign.models.feature_names`).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
+from .molecular_inputs import molecular_inputs
 from .pathobench_files import write_pathobench_files
 
 
@@ -43,11 +49,13 @@ class EmbedSummary:
         counts: items embedded per modality.
         skipped: slide id → why it was not embedded.
         pathobench_dir: the Patho-Bench sample folder written (``by_slide_id``/``by_case_id`` inside).
+        warnings: e.g. a partial overlap of the model's features with the cohort's (printed by the CLI).
     """
 
     counts: dict[str, int]
     skipped: dict[str, str] = field(default_factory=dict)
     pathobench_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _slide_problem(path: Path) -> str | None:
@@ -165,9 +173,11 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     model = load_model(model_path).to(device)
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
-    data = CohortData(cohort, features_dir, mods, preprocessing=model.preprocessing)
     counts, embs, ids, skipped = {}, {}, {}, {}
+    inputs = {m: molecular_inputs(model, cohort, m) for m in mods if m != "wsi"}  # refused before any slide work
+    warnings = [i.warning for i in inputs.values() if i.warning]
     if "wsi" in mods:
+        data = CohortData(cohort, features_dir, ["wsi"])
         slide_ids, case_of = [], []
         for p, sids in zip(data.ids, data.slides):
             slide_ids += sids
@@ -181,13 +191,10 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         case_map = dict(zip(slide_ids, case_of))
         ids["wsi"], embs["wsi"] = kept, emb
         ids["wsi_case"] = [case_map[s] for s in kept]
-    for m in mods:
-        if m == "wsi":
-            continue
-        rows = np.flatnonzero(data.valid[m])
+    for m, inp in inputs.items():
         with torch.no_grad():
-            embs[m] = model.encode_molecular(m, torch.from_numpy(data.arrays[m][rows]).to(device)).cpu().numpy()
-        ids[m] = [data.ids[i] for i in rows]
+            embs[m] = model.encode_molecular(m, torch.from_numpy(inp.x).to(device)).cpu().numpy()
+        ids[m] = inp.ids
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
@@ -196,9 +203,13 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         held = (model.extra.get("splits") or {}).get("val")
         if held is not None:
             fh.attrs["heldout_patients"] = json.dumps(held)
+        if inputs:
+            fh.attrs["feature_overlap"] = json.dumps({m: overlap_record(i.overlap) for m, i in inputs.items()})
         for m in mods:
             extra = {"case_ids": ids["wsi_case"]} if m == "wsi" else {}
             _write_group(fh, m, ids[m], embs[m], **extra)
+            if m in inputs:
+                fh[m].create_dataset("imputed_fraction", data=inputs[m].imputed_fraction.astype(np.float32))
             counts[m] = len(ids[m])
         pairs = fh.create_group("pairs")
         for a, b in model.pair_heads.pairs:
@@ -214,7 +225,13 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     if "wsi" in embs and name:
         pb = pathobench_dir(out_path, name)
         write_pathobench_files(pb, ids["wsi"], ids["wsi_case"], embs["wsi"])
-    return EmbedSummary(counts, skipped, pb)
+    return EmbedSummary(counts, skipped, pb, warnings)
+
+
+def overlap_record(overlap) -> dict:
+    """What ``embeddings.h5`` records of a modality's feature overlap (attribute ``feature_overlap``)."""
+    return {"present": overlap.n_present, "features": overlap.n_model, "renamed": overlap.n_renamed,
+            "missing_examples": overlap.missing[:10]}
 
 
 def _features_slides(features_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -326,6 +343,8 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
             out["_attrs"]["skipped_slides"] = json.loads(attrs["skipped_slides"])
         if "heldout_patients" in attrs:
             out["_attrs"]["heldout_patients"] = json.loads(attrs["heldout_patients"])
+        if "feature_overlap" in attrs:
+            out["_attrs"]["feature_overlap"] = json.loads(attrs["feature_overlap"])
         for name, g in fh.items():
             if name == "pairs":
                 out["pairs"] = {k: {m: np.asarray(v[m]) for m in v} | {"t": v.attrs.get("t"), "b": v.attrs.get("b")}
@@ -370,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
                                            args.batch_size, not args.quiet, args.cohort, args.name, device=device)
     else:
         raise EmbedError("give --model (with --cohort), --slide-encoder or --mean-pool (with --features)")
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     for sid, why in summary.skipped.items():
         print(f"embed: skipped slide {sid}: {why}", file=sys.stderr)
     print("embedded: " + ", ".join(f"{m} {n}" for m, n in summary.counts.items()) + f" -> {args.out}"
