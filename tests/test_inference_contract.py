@@ -8,48 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cohort_tables import N_GENES, N_PATIENTS, N_PROBES, build, train_cfg, write_tables
 from helpers import seeded_rng
-from pathalign.cohort import CohortSources, build_cohort
 from pathalign.errors import PathalignError
 from pathalign.evaluate.embed import embed_with_model, read_embeddings
-from pathalign.train.trainer import TrainConfig, Trainer
-
-N_PATIENTS, N_GENES, N_PROBES = 36, 40, 30
-
-
-def _patients():
-    return [f"TCGA-AA-{i:04d}" for i in range(N_PATIENTS)]
-
-
-def write_tables(folder, rna_names=None, cnv_names=None, meth_names=None, seed=5):
-    """A small TCGA-shaped cohort's input files (features x samples, Xena style); names default to a standard set."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = [f"{p}-01A" for p in _patients()]
-    rna_names = rna_names or [f"ENSG{i:011d}.{i % 7 + 1}" for i in range(N_GENES)]
-    cnv_names = cnv_names or [f"GENE{i}|{1000 + i}" for i in range(N_GENES)]
-    meth_names = meth_names or [f"cg{i:08d}" for i in range(N_PROBES)]
-    pd.DataFrame({"case_id": _patients(), "cancer_type": ["A", "B"] * (N_PATIENTS // 2)}).to_csv(
-        folder / "clinical.tsv", sep="\t", index=False)
-    tpm = rng.lognormal(2, 1.5, (len(rna_names), N_PATIENTS))
-    pd.DataFrame(tpm, index=rna_names, columns=samples).rename_axis("gene").to_csv(folder / "rna.tsv", sep="\t")
-    cnv = rng.integers(-2, 3, (len(cnv_names), N_PATIENTS)).astype(float)
-    pd.DataFrame(cnv, index=cnv_names, columns=samples).rename_axis("gene").to_csv(folder / "cnv.tsv", sep="\t")
-    beta = rng.uniform(0, 1, (len(meth_names), N_PATIENTS))
-    pd.DataFrame(beta, index=meth_names, columns=samples).rename_axis("probe").to_csv(folder / "meth.tsv", sep="\t")
-    return folder
-
-
-def build(folder, out):
-    return build_cohort(CohortSources(clinical=str(folder / "clinical.tsv"), rna=str(folder / "rna.tsv"),
-                                      cnv=str(folder / "cnv.tsv"), methylation=str(folder / "meth.tsv")),
-                        out, progress=False)
-
-
-def train_cfg(**kw):
-    base = dict(steps=3, batch_size=8, progress=False, seed=0, checkpoint_every=1, diagnostics_every=0)
-    base.update(kw)
-    return TrainConfig.from_preset("tiny", **base)
+from pathalign.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

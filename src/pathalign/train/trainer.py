@@ -31,6 +31,7 @@ from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import BatchSpec, CohortData, StepBatches, split_patients
+from .run_identity import ResumeMismatch, check_resume, run_identity
 
 
 class TrainingError(PathalignError, RuntimeError):
@@ -168,6 +169,11 @@ class Trainer:
             preprocessing = None
         self.splits = splits
         modalities = cfg.modalities or self.cohort.modalities
+        if self.state is not None:
+            try:
+                check_resume(self.state, self.cohort, modalities, str(self._ckpt_dir()))
+            except ResumeMismatch as e:
+                raise TrainingError(str(e)) from None
         rna_fm_cfg = None
         if cfg.rna_fm and "rna" in modalities:
             from ..models.rna_fm import RNAFoundationModel
@@ -288,7 +294,8 @@ class Trainer:
                  "scheduler": self.sched.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
                  "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
                  "train_config": json.dumps(asdict(self.cfg)), "model_config": json.dumps(asdict(self.model_config)),
-                 "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits)}
+                 "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits),
+                 **run_identity(self.cohort.meta, self.data.modalities, self.data.preprocessing)}
         with atomic_path(d / name) as tmp:
             torch.save(state, tmp)
         atomic_write_text(name, d / "latest.txt")
