@@ -66,3 +66,28 @@ def test_older_checkpoint_without_build_id_is_checked_by_its_patients(checkpoint
     build(write_tables(tmp_path / "in", ids=[p.replace("AA", "BB") for p in patients()]), other)
     with pytest.raises(TrainingError, match=r"patients of its train/val splits are not in .*TCGA-AA-"):
         Trainer(other, old, train_cfg(), resume=True)
+
+
+def test_slides_whose_ids_collide_are_refused_naming_both_files_and_the_batch_goes_on(tmp_path):
+    from pathalign.slides.patch import PatchConfig
+    from pathalign.slides.pipeline import PipelineConfig, run_pipeline
+    from slide_factory import blob_slide
+
+    d = tmp_path / "in"
+    d.mkdir()
+    small = dict(size=(768, 512), blobs=[((300, 250), (150, 120))])
+    blob_slide(d / "a.tiff", **small)
+    blob_slide(d / "a.tif", seed=1, **small)  # another slide, the same name but for the extension
+    blob_slide(d / "b.tiff", **small)
+    out = tmp_path / "out"
+    cfg = PipelineConfig(out=out, progress=False, patch=PatchConfig(patch_size=64))
+    summary = run_pipeline(sorted(d.iterdir()), cfg).set_index("path")
+    for name in ("a.tif", "a.tiff"):
+        row = summary.loc[str(d / name)]
+        assert row.status == "failed", summary
+        assert str(d / "a.tif") in row.reason and str(d / "a.tiff") in row.reason
+    assert summary.loc[str(d / "b.tiff"), "status"] == "done"
+    assert sorted(p.name for p in cfg.features_dir.iterdir()) == ["b.h5"]
+    # a rerun (e.g. a.tiff was processed before a.tif appeared) still refuses both, never "skipped"
+    again = run_pipeline(sorted(d.iterdir()), cfg).set_index("path")
+    assert (again.loc[[str(d / "a.tif"), str(d / "a.tiff")], "status"] == "failed").all()
