@@ -177,7 +177,7 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     inputs = {m: molecular_inputs(model, cohort, m) for m in mods if m != "wsi"}  # refused before any slide work
     warnings = [i.warning for i in inputs.values() if i.warning]
     if "wsi" in mods:
-        data = CohortData(cohort, features_dir, ["wsi"])
+        data = CohortData(cohort, features_dir, ["wsi"], report_slides=False)
         slide_ids, case_of = [], []
         for p, sids in zip(data.ids, data.slides):
             slide_ids += sids
@@ -187,7 +187,8 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
                                                progress, device)
         listed = {s for sids in cohort.manifest.slide_ids for s in sids}
         for s in sorted(listed - set(slide_ids)):
-            skipped[s] = _slide_problem(data.features_dir / f"{s}.h5") or "not usable"
+            skipped[s] = (data.slide_problems.get(s) or _slide_problem(data.features_dir / f"{s}.h5")
+                          or "not usable")
         case_map = dict(zip(slide_ids, case_of))
         ids["wsi"], embs["wsi"] = kept, emb
         ids["wsi_case"] = [case_map[s] for s in kept]
