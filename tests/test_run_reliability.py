@@ -146,3 +146,117 @@ def test_training_checks_every_slide_before_step_1_and_names_the_unusable(tmp_pa
     err = capsys.readouterr().err
     assert "2 slides left out" in err and sids[0] in err and "zero patches" in err and sids[2] in err, err
     assert sids[1] not in err
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    import os
+
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d))
+    return out
+
+
+def _kill_all(pids: list[int]) -> None:
+    """SIGKILL the processes this test started (those still alive)."""
+    import os
+    import signal
+
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_loader_workers_end_when_the_trainer_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cohort, _, _ = _slides_cohort(tmp_path)
+    script = (
+        "import sys; from pathalign.train.trainer import TrainConfig, Trainer\n"
+        "cfg = TrainConfig.from_preset('tiny', steps=100000, batch_size=32, workers=2, progress=False, seed=0, val_fraction=0.0,\n"
+        "    checkpoint_every=100000, diagnostics_every=0, modalities=['wsi', 'rna', 'cnv'])\n"
+        f"Trainer({str(cohort.path)!r}, {str(tmp_path / 'run')!r}, cfg).fit()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+            time.sleep(0.2)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, f"no loader workers seen (rc {proc.poll()}): {proc.stderr.read()[-2000:]}"
+        time.sleep(2)  # let the workers fill their queues
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait = 3.0  # torch's own check of the parent runs every 5 s, and never in a worker blocked at exit
+        deadline = time.time() + wait
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        left = [w for w in workers if _alive(w)]
+        print(f"workers gone after {time.time() - deadline + wait:.2f} s")
+        assert not left, f"loader workers {left} outlived their killed parent by {wait} s"
+    finally:
+        _kill_all(_children(proc.pid) + workers + [proc.pid])
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("prctl", [True, False])
+def test_a_worker_ends_with_its_parent_by_prctl_or_by_the_watchdog_thread(prctl):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from pathalign.train import loader_workers as lw\n"
+        f"if not {prctl}: lw._set_parent_death_signal = lambda sig: False\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        "    lw.end_with_parent(0, parent)\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child: list[int] = []
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 20
+        while not _children(proc.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        child = _children(proc.pid)
+        assert child, "the worker did not start"
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.time() + 2.0
+        while _alive(child[0]) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child[0]), "the worker outlived its parent"
+    finally:
+        _kill_all(_children(proc.pid) + child + [proc.pid])

@@ -31,6 +31,7 @@ from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import BatchSpec, CohortData, StepBatches, split_patients
+from .loader_workers import worker_init
 from .run_identity import ResumeMismatch, check_resume, run_identity
 
 
@@ -312,7 +313,7 @@ class Trainer:
         self.data.reader.share(max(1, self.cfg.workers))
         return DataLoader(self.batches, sampler=list(steps), batch_size=None, num_workers=self.cfg.workers,
                           collate_fn=_identity, prefetch_factor=4 if self.cfg.workers else None,
-                          persistent_workers=False, generator=gen)
+                          persistent_workers=False, generator=gen, worker_init_fn=worker_init())
 
     def fit(self) -> dict:
         """Train to ``cfg.steps``; returns final metrics. Raises :class:`TrainingError` on a non-finite loss."""
