@@ -50,3 +50,34 @@ def train_cfg(**kw):
     base = dict(steps=3, batch_size=8, progress=False, seed=0, checkpoint_every=1, diagnostics_every=0)
     base.update(kw)
     return TrainConfig.from_preset("tiny", **base)
+
+
+def write_features(folder, slide_ids, n=20, dim=16, empty=(), seed=0):
+    """Pathalign features files (random features on a patch grid); slides in ``empty`` have zero patches."""
+    from pathalign.slides.features_io import write_patch_file
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for sid in slide_ids:
+        k = 0 if sid in empty else n
+        coords = np.stack(np.divmod(np.arange(k), 5), 1)[:, ::-1] * 256
+        write_patch_file(folder / f"{sid}.h5", coords, np.zeros(k, np.int64), {"patch_size_level0": 256},
+                         rng.standard_normal((k, dim)).astype(np.float16), {"encoder": "pathalign-stats"})
+    return folder
+
+
+def slides_cohort(tmp_path, empty=(), features=None, features_option=None):
+    """A cohort of :func:`write_tables` with one slide per patient (``<patient>-S1``) and its features folder.
+
+    ``features``: where the features files go (default ``tmp_path/features``); ``features_option``: the
+    ``--features`` given to cohort build (default: that folder).
+    """
+    folder = write_tables(tmp_path / "in")
+    sids = [f"{p}-S1" for p in patients()]
+    pd.DataFrame({"slide_id": sids, "case_id": patients()}).to_csv(folder / "slides.tsv", sep="\t", index=False)
+    feats = write_features(features or tmp_path / "features", sids, empty=empty)
+    cohort = build_cohort(CohortSources(clinical=str(folder / "clinical.tsv"), rna=str(folder / "rna.tsv"),
+                                        cnv=str(folder / "cnv.tsv"), slides=str(folder / "slides.tsv"),
+                                        features=str(features_option or feats)), tmp_path / "cohort",
+                          progress=False)
+    return cohort, sids, feats

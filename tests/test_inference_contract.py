@@ -131,3 +131,23 @@ def test_inputs_match_the_training_view_when_names_are_the_model_s(molecular_mod
         rows = np.flatnonzero(data.valid[m])
         assert inp.ids == [data.ids[i] for i in rows]
         np.testing.assert_array_equal(inp.x, data.arrays[m][rows])
+
+
+def test_embed_takes_the_features_folders_cohort_build_takes(tmp_path, capsys):
+    from cohort_tables import slides_cohort
+    from pathalign.cli import main
+    from pathalign.slides.features_io import read_patch_features
+
+    root = tmp_path / "preprocess"  # `pathalign preprocess --out preprocess` writes features_<encoder>/ in it
+    cohort, sids, feats = slides_cohort(tmp_path, features=root / "features_pathalign-stats", features_option=root)
+    expected = {s: read_patch_features(feats / f"{s}.h5").features.astype(np.float32).mean(0) for s in sids}
+    for args in (["--features", str(root)], ["--cohort", str(cohort.path)]):  # the root; the cohort's folder
+        out = tmp_path / "emb.h5"
+        assert main(["embed", "--mean-pool", *args, "--out", str(out), "--name", ""]) == 0, capsys.readouterr().err
+        got = read_embeddings(out)["wsi"]
+        assert sorted(got["ids"]) == sorted(sids)
+        for sid, e in zip(got["ids"], got["embeddings"]):
+            np.testing.assert_allclose(e, expected[sid], rtol=1e-6)
+    assert got["case_ids"] == [s[:-3] for s in got["ids"]]  # the cohort gives each slide's patient
+    assert main(["embed", "--mean-pool", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "needs --features DIR (or --cohort" in capsys.readouterr().err

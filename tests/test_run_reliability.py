@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cohort_tables import build, patients, train_cfg, write_tables
+from cohort_tables import build, patients, slides_cohort, train_cfg, write_features, write_tables
 from pathalign.train.trainer import Trainer, TrainingError
 
 
@@ -93,40 +93,9 @@ def test_slides_whose_ids_collide_are_refused_naming_both_files_and_the_batch_go
     assert (again.loc[[str(d / "a.tif"), str(d / "a.tiff")], "status"] == "failed").all()
 
 
-def _write_features(folder, slide_ids, n=20, dim=16, empty=(), seed=0):
-    """Pathalign features files (random features on a patch grid); slides in ``empty`` have zero patches."""
-    import numpy as np
-
-    from pathalign.slides.features_io import write_patch_file
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for sid in slide_ids:
-        k = 0 if sid in empty else n
-        coords = np.stack(np.divmod(np.arange(k), 5), 1)[:, ::-1] * 256
-        write_patch_file(folder / f"{sid}.h5", coords, np.zeros(k, np.int64), {"patch_size_level0": 256},
-                         rng.standard_normal((k, dim)).astype(np.float16), {"encoder": "pathalign-stats"})
-    return folder
-
-
-def _slides_cohort(tmp_path, empty=()):
-    import pandas as pd
-
-    from pathalign.cohort import CohortSources, build_cohort
-
-    folder = write_tables(tmp_path / "in")
-    sids = [f"{p}-S1" for p in patients()]
-    pd.DataFrame({"slide_id": sids, "case_id": patients()}).to_csv(folder / "slides.tsv", sep="\t", index=False)
-    feats = _write_features(tmp_path / "features", sids, empty=empty)
-    cohort = build_cohort(CohortSources(clinical=str(folder / "clinical.tsv"), rna=str(folder / "rna.tsv"),
-                                        cnv=str(folder / "cnv.tsv"), slides=str(folder / "slides.tsv"),
-                                        features=str(feats)), tmp_path / "cohort", progress=False)
-    return cohort, sids, feats
-
-
 def test_cohort_build_reports_zero_patch_slides_and_does_not_count_them(tmp_path):
     empty = {f"{patients()[3]}-S1"}
-    cohort, sids, _ = _slides_cohort(tmp_path, empty)
+    cohort, sids, _ = slides_cohort(tmp_path, empty)
     man = cohort.manifest.set_index("case_id")
     assert not man.loc[patients()[3], "has_wsi"] and man.loc[patients()[3], "slide_ids"] == []
     assert man.has_wsi.sum() == len(sids) - 1
@@ -136,10 +105,10 @@ def test_cohort_build_reports_zero_patch_slides_and_does_not_count_them(tmp_path
 
 
 def test_training_checks_every_slide_before_step_1_and_names_the_unusable(tmp_path, capsys):
-    cohort, sids, feats = _slides_cohort(tmp_path)
+    cohort, sids, feats = slides_cohort(tmp_path)
     # after the build the features change: a slide re-extracted without tissue, one with another dim
-    _write_features(feats, sids[:2], empty={sids[0]})
-    _write_features(feats, sids[2:3], dim=8)
+    write_features(feats, sids[:2], empty={sids[0]})
+    write_features(feats, sids[2:3], dim=8)
     cfg = train_cfg(steps=2, batch_size=len(sids), val_fraction=0.0, modalities=["wsi", "rna", "cnv"],
                     checkpoint_every=10)
     Trainer(cohort.path, tmp_path / "run", cfg).fit()  # every patient is drawn at every step
@@ -194,7 +163,7 @@ def test_loader_workers_end_when_the_trainer_is_killed(tmp_path):
     import sys
     import time
 
-    cohort, _, _ = _slides_cohort(tmp_path)
+    cohort, _, _ = slides_cohort(tmp_path)
     script = (
         "import sys; from pathalign.train.trainer import TrainConfig, Trainer\n"
         "cfg = TrainConfig.from_preset('tiny', steps=100000, batch_size=32, workers=2, progress=False, seed=0, val_fraction=0.0,\n"

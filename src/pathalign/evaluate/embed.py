@@ -359,7 +359,8 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="trained model folder (RUN/model)")
     p.add_argument("--cohort", help="cohort folder (with --slide-encoder/--mean-pool: gives each slide's patient)")
-    p.add_argument("--features", help="patch-features folder (default: the cohort's)")
+    p.add_argument("--features", help="patch-features folder, or a preprocess output with one features_<encoder>/ "
+                                       "subfolder, as cohort build takes it (default: the --cohort's)")
     p.add_argument("--slide-encoder", help="instead of --model: a bare slide encoder, e.g. exaone-path-2.5")
     p.add_argument("--mean-pool", action="store_true", help="instead of --model: the mean-pooling baseline of --features")
     p.add_argument("--weights", help="weights of --slide-encoder (published checkpoint)")
@@ -372,21 +373,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def features_option(features: str | None, cohort: str | None, option: str) -> str | None:
+    """The features folder of ``--features`` as ``cohort build`` reads it, else the cohort's.
+
+    Args:
+        features: ``--features``: the folder of ``<slide_id>.h5``, or a ``preprocess`` output holding one
+            ``features_<encoder>/`` subfolder (:func:`pathalign.cohort.build.resolve_features_dir`).
+        cohort: ``--cohort``, whose recorded features folder is used when ``features`` is not given.
+        option: the mode (``--mean-pool``, ...) for the error message.
+
+    Returns:
+        The folder, or None with neither (``--model`` then uses the cohort's).
+
+    Raises:
+        EmbedError: neither given where one is needed; CohortInputError: a folder without features files.
+    """
+    from ..cohort.build import resolve_features_dir
+
+    if features:
+        path, note = resolve_features_dir(features)
+        if note:
+            print(f"embed: {note}", file=sys.stderr)
+        return str(path)
+    if cohort:
+        from ..cohort import load_cohort
+
+        recorded = load_cohort(cohort).meta.get("slides_dir")
+        if recorded:
+            return str(recorded)
+        if option != "--model":
+            raise EmbedError(f"{option}: the cohort {cohort} records no features folder (built without --features); "
+                             "give --features DIR")
+    elif option != "--model":
+        raise EmbedError(f"{option} needs --features DIR (or --cohort, whose features folder is used)")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before any work
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
-        summary = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
+        features = features_option(args.features, None, "--model")
+        summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
                                    not args.quiet, args.name or "pathalign", device=device)
     elif args.mean_pool:
-        if not args.features:
-            raise EmbedError("--mean-pool needs --features DIR")
-        summary = embed_mean_pool(args.features, args.out, args.cohort, args.name or "mean-pool")
+        features = features_option(args.features, args.cohort, "--mean-pool")
+        summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")
     elif args.slide_encoder:
-        if not args.features:
-            raise EmbedError("--slide-encoder needs --features DIR")
-        summary = embed_with_slide_encoder(args.slide_encoder, args.weights, args.features, args.out,
+        features = features_option(args.features, args.cohort, "--slide-encoder")
+        summary = embed_with_slide_encoder(args.slide_encoder, args.weights, features, args.out,
                                            args.batch_size, not args.quiet, args.cohort, args.name, device=device)
     else:
         raise EmbedError("give --model (with --cohort), --slide-encoder or --mean-pool (with --features)")
