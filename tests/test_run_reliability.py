@@ -229,3 +229,41 @@ def test_a_worker_ends_with_its_parent_by_prctl_or_by_the_watchdog_thread(prctl)
         assert not _alive(child[0]), "the worker outlived its parent"
     finally:
         _kill_all(_children(proc.pid) + child + [proc.pid])
+
+
+def test_temporary_files_of_killed_checkpoint_writes_are_removed_on_start(checkpointed, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cohort, _, _ = checkpointed
+    run = tmp_path / "run"
+    script = (  # the process dies (SIGKILL) inside its second checkpoint write, after creating the file
+        "import os, signal, torch\n"
+        "from pathalign.train.trainer import TrainConfig, Trainer\n"
+        "n = [0]\n"
+        "save = torch.save\n"
+        "def dying_save(obj, f, *a, **k):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 2:\n"
+        "        open(f, 'wb').close(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return save(obj, f, *a, **k)\n"
+        "torch.save = dying_save\n"
+        "cfg = TrainConfig.from_preset('tiny', steps=3, batch_size=8, progress=False, seed=0, checkpoint_every=1,\n"
+        "                              diagnostics_every=0)\n"
+        f"Trainer({str(cohort)!r}, {str(run)!r}, cfg).fit()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    ckpts = run / "checkpoints"
+    left = [p for p in ckpts.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].stat().st_size == 0, sorted(ckpts.iterdir())
+    old = 1_000_000_000  # long ago
+    os.utime(left[0], (old, old))
+    fresh = ckpts / ".step_0000009.pt.999999999.tmp"  # a dead pid, but written a moment ago: maybe another host
+    fresh.write_bytes(b"")
+    mine = ckpts / f".notes.txt.{os.getpid()}.tmp"  # a live writer (this process)
+    mine.write_bytes(b"")
+    os.utime(mine, (old, old))
+    Trainer(cohort, run, train_cfg(), resume=True).fit()
+    assert not left[0].exists() and fresh.exists() and mine.exists()

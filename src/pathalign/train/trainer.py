@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from ..hiding import hidden_in_training
 from ..cohort import load_cohort
 from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ..io.stale_tmp import remove_stale_tmp
 from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
@@ -154,6 +156,8 @@ class Trainer:
         self.rank, self.world, self.device = self.dist.rank, self.dist.world_size, self.dist.device
         self.cohort = load_cohort(cohort_path)
         self.run.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_tmp(self.run, self._ckpt_dir()):  # left by writes killed in earlier runs
+            print(f"train: removed {stale} (the temporary file of a killed write)", file=sys.stderr)
         self.state = self._latest_checkpoint() if resume else None
         if self.state is not None:
             # a key missing from an older checkpoint is a setting added since: it was trained at its default
