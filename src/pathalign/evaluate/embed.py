@@ -32,6 +32,7 @@ from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
+from ..models.feature_names import FeatureOverlap
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
 from .molecular_inputs import molecular_inputs
 from .pathobench_files import write_pathobench_files
@@ -229,7 +230,7 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     return EmbedSummary(counts, skipped, pb, warnings)
 
 
-def overlap_record(overlap) -> dict:
+def overlap_record(overlap: FeatureOverlap) -> dict:
     """What ``embeddings.h5`` records of a modality's feature overlap (attribute ``feature_overlap``)."""
     return {"present": overlap.n_present, "features": overlap.n_model, "renamed": overlap.n_renamed,
             "missing_examples": overlap.missing[:10]}

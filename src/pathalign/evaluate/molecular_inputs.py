@@ -9,10 +9,15 @@ the model's features each patient lacks (imputed with the training mean) comes b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..models.feature_names import MIN_OVERLAP, FeatureOverlap, align_table
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
+    from ..models.pathalign_model import PathAlignModel
 
 
 @dataclass
@@ -34,7 +39,7 @@ class MolecularInputs:
     warning: str | None = None
 
 
-def molecular_inputs(model, cohort, modality: str, min_fraction: float = MIN_OVERLAP) -> MolecularInputs:
+def molecular_inputs(model: PathAlignModel, cohort: Cohort, modality: str, min_fraction: float = MIN_OVERLAP) -> MolecularInputs:
     """``modality``'s table of ``cohort`` preprocessed for ``model``.
 
     Args:

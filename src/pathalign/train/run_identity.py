@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 from ..errors import PathalignError
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 KEYS = ("cohort_build_id", "preprocessing_id", "modalities")
 
@@ -52,7 +56,7 @@ def _saved_modalities(state: dict) -> list[str] | None:
         return None
 
 
-def check_resume(state: dict, cohort, modalities: list[str], where: str) -> None:
+def check_resume(state: dict, cohort: Cohort, modalities: list[str], where: str) -> None:
     """Refuse to resume ``state`` on ``cohort`` with ``modalities`` when they are not what it was trained on.
 
     Args:
