@@ -267,3 +267,13 @@ def test_temporary_files_of_killed_checkpoint_writes_are_removed_on_start(checkp
     os.utime(mine, (old, old))
     Trainer(cohort, run, train_cfg(), resume=True).fit()
     assert not left[0].exists() and fresh.exists() and mine.exists()
+
+
+def test_a_run_on_some_modalities_resumes_without_repeating_them(checkpointed, tmp_path):
+    cohort, _, _ = checkpointed
+    run = tmp_path / "run"
+    Trainer(cohort, run, train_cfg(modalities=["rna", "cnv"])).fit()
+    (run / "checkpoints" / "latest.txt").write_text("step_0000002.pt")  # as if killed after step 2
+    resumed = Trainer(cohort, run, train_cfg(), resume=True)
+    assert resumed.data.modalities == ["rna", "cnv"] and resumed.start_step == 2
+    resumed.fit()

@@ -47,7 +47,8 @@ def run_identity(cohort_meta: dict, modalities: list[str], preprocessing: dict) 
             "modalities": json.dumps(list(modalities))}
 
 
-def _saved_modalities(state: dict) -> list[str] | None:
+def saved_modalities(state: dict) -> list[str] | None:
+    """The modalities a checkpoint was trained on (None when it does not say)."""
     if "modalities" in state:
         return json.loads(state["modalities"])
     try:
@@ -75,7 +76,7 @@ def check_resume(state: dict, cohort: Cohort, modalities: list[str], where: str)
     if saved and saved != now:
         raise ResumeMismatch(f"--resume {where}: trained on cohort build {saved}, but {cohort.path} is build {now} "
                              f"(a rebuilt or another cohort); {restart}")
-    mods = _saved_modalities(state)
+    mods = saved_modalities(state)
     if mods is not None and sorted(mods) != sorted(modalities):
         raise ResumeMismatch(f"--resume {where}: trained on modalities {sorted(mods)}, but this run has "
                              f"{sorted(modalities)} (cohort {cohort.path}, build {now}); {restart}")

@@ -34,7 +34,7 @@ from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_prese
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import BatchSpec, CohortData, StepBatches, split_patients
 from .loader_workers import worker_init
-from .run_identity import ResumeMismatch, check_resume, run_identity
+from .run_identity import ResumeMismatch, check_resume, run_identity, saved_modalities
 
 
 class TrainingError(PathalignError, RuntimeError):
@@ -175,6 +175,7 @@ class Trainer:
         self.splits = splits
         modalities = cfg.modalities or self.cohort.modalities
         if self.state is not None:
+            modalities = cfg.modalities or saved_modalities(self.state) or modalities  # a resume keeps its modalities
             try:
                 check_resume(self.state, self.cohort, modalities, str(self._ckpt_dir()))
             except ResumeMismatch as e:
