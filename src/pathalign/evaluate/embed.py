@@ -363,7 +363,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", help="patch-features folder, or a preprocess output with one features_<encoder>/ "
                                        "subfolder, as cohort build takes it (default: the --cohort's)")
     p.add_argument("--slide-encoder", help="instead of --model: a bare slide encoder, e.g. exaone-path-2.5")
-    p.add_argument("--mean-pool", action="store_true", help="instead of --model: the mean-pooling baseline of --features")
+    p.add_argument("--mean-pool", action="store_true",
+                   help="instead of --model: the mean-pooling baseline of --features (or of the --cohort's)")
     p.add_argument("--weights", help="weights of --slide-encoder (published checkpoint)")
     p.add_argument("--out", required=True, help="embeddings.h5 to write (its folder is created)")
     p.add_argument("--name", default=None,
