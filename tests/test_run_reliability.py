@@ -179,7 +179,7 @@ def test_loader_workers_end_when_the_trainer_is_killed(tmp_path):
             time.sleep(0.2)
             workers = _children(proc.pid)
         assert len(workers) >= 2, f"no loader workers seen (rc {proc.poll()}): {proc.stderr.read()[-2000:]}"
-        time.sleep(2)  # let the workers fill their queues
+        time.sleep(1)  # let the workers fill their result queue
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         wait = 3.0  # torch's own check of the parent runs every 5 s, and never in a worker blocked at exit
