@@ -153,8 +153,22 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
         if (~ok).any():
             warnings.append(f"{int((~ok).sum())} of {len(df)} slides listed in {source_name(path)} have no complete "
                             f"features file in {features_dir} (named under dropped samples)")
-        df = df[ok]
+        df = _drop_zero_patch_slides(df[ok], features_dir, source_name(path), drops, warnings)
     return df
+
+
+def _drop_zero_patch_slides(df: pd.DataFrame, features_dir: Path, source: str, drops: list[Drop],
+                            warnings: list[str]) -> pd.DataFrame:
+    """Slides whose features file has no patch (no tissue found) are dropped and reported: not counted as slides."""
+    from ..slides.feature_checks import ZERO_PATCHES, patch_count
+
+    empty = np.array([patch_count(features_dir / f"{s}.h5") == 0 for s in df.slide_id], bool)
+    if not empty.any():
+        return df
+    drops.extend(Drop(source, s, ZERO_PATCHES) for s in df.slide_id[empty])
+    warnings.append(f"{int(empty.sum())} of {len(df)} slides listed in {source} have {ZERO_PATCHES} and are not "
+                    f"counted as slides (named under dropped samples)")
+    return df[~empty]
 
 
 def _read_modality(path: str, modality: str, units: str, rule: IdRule, orientation: str, drops: list[Drop],

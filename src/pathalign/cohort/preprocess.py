@@ -5,7 +5,9 @@ JSON-serialisable ``state_dict()``, stored with the model so that new patients a
 with the same transform. Missing values are never silently zero: they are imputed with the
 training mean *and* flagged by an indicator column for every feature that had missing
 values in training (``na_features``); values missing at inference in other features are
-imputed with the training mean and counted in ``last_imputed``.
+imputed with the training mean and counted in ``last_imputed``; ``last_imputed_fraction`` holds,
+per row of the last ``transform``, the fraction of the selected features without a value
+(imputed with the training mean, flagged or not).
 """
 from __future__ import annotations
 
@@ -94,6 +96,7 @@ class _Base:
 
     def __post_init__(self):
         self.last_imputed = 0
+        self.last_imputed_fraction = np.zeros(0, np.float32)
 
     @property
     def output_dim(self) -> int:
@@ -180,11 +183,12 @@ class _Base:
         flagged = np.zeros(len(self.features), bool)
         flagged[na_idx] = True
         self.last_imputed = int((~observed[:, ~flagged]).sum())
+        self.last_imputed_fraction = (~observed).mean(axis=1).astype(np.float32)  # [n]
         return np.concatenate([values, ~observed[:, na_idx]], axis=1).astype(np.float32)
 
     def state_dict(self) -> dict:
         """JSON-serialisable state (``from_state_dict`` restores it)."""
-        return {"kind": type(self).kind, **{k: v for k, v in vars(self).items() if k != "last_imputed"}}
+        return {"kind": type(self).kind, **{k: v for k, v in vars(self).items() if not k.startswith("last_")}}
 
     @staticmethod
     def from_state_dict(state: dict) -> _Base:

@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ import numpy as np
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from .adapters import same_source_overlaps, same_target_cka, top_features
+from .molecular_inputs import molecular_inputs
 
 if TYPE_CHECKING:
     from ..models.pathalign_model import PathAlignModel
@@ -66,31 +68,25 @@ def adapter_weights(model: PathAlignModel) -> dict[tuple[str, str], np.ndarray]:
 def _encoder_inputs(model, cohort_path, heldout: list[str] | None):
     """Preprocessed inputs ``{m: (patient ids, x [n, F], feature names)}`` of the model's molecular modalities."""
     from ..cohort import load_cohort
-    from ..train.data import CohortData
 
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m != "wsi"]
     missing = [m for m in mods if m not in cohort.modalities]
     if missing:
         raise AnalysisError(f"{cohort_path}: the cohort has no {missing} (the model was trained on {model.modalities})")
-    for m in mods:
-        features = model.preprocessing[m].get("features", [])
-        have = set(map(str, cohort.matrix(m).columns))
-        overlap = sum(f in have for f in features) / max(1, len(features))
-        if features and overlap < 0.5:
-            raise AnalysisError(f"{cohort_path}: only {overlap:.0%} of the model's {m} features are in the cohort's "
-                                f"{m} matrix: is this the cohort the model was trained on?")
-    data = CohortData(cohort, None, mods, preprocessing=model.preprocessing)
     out = {}
     keep = set(heldout) if heldout is not None else None
     for m in mods:
-        rows = [i for i in np.flatnonzero(data.valid[m]) if keep is None or data.ids[i] in keep]
+        inp = molecular_inputs(model, cohort, m)
+        if inp.warning:
+            print(f"warning: {inp.warning}", file=sys.stderr)
+        rows = [i for i, p in enumerate(inp.ids) if keep is None or p in keep]
         state = model.preprocessing[m]
         names = list(state.get("features", [])) + [f"{f} (missing)" for f in state.get("na_features", [])]
-        x = data.arrays[m][rows]
+        x = inp.x[rows]
         if len(names) != x.shape[1]:
             names = [f"{m}_{j}" for j in range(x.shape[1])]
-        out[m] = ([data.ids[i] for i in rows], x, names)
+        out[m] = ([inp.ids[i] for i in rows], x, names)
     return out
 
 

@@ -8,6 +8,11 @@ sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_
 ``features`` [1, d], a patient's slides averaged) are written for every way of embedding
 (``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
 incomplete features file, zero patches, an unreadable file) are skipped and named.
+
+A molecular group also has ``imputed_fraction`` [n] (float32): per patient, the fraction of the
+model's features the cohort's table lacks for them, filled with the training mean; the file
+attribute ``feature_overlap`` (JSON) gives per modality the model's features found in the table.
+Fewer than half of them found is refused before any work (:mod:`pathalign.models.feature_names`).
 """
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
 from ..slides.contract import check_features_folder
+from ..models.feature_names import FeatureOverlap
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
+from .molecular_inputs import molecular_inputs
 from .pathobench_files import write_pathobench_files
 
 
@@ -44,11 +51,13 @@ class EmbedSummary:
         counts: items embedded per modality.
         skipped: slide id → why it was not embedded.
         pathobench_dir: the Patho-Bench sample folder written (``by_slide_id``/``by_case_id`` inside).
+        warnings: e.g. a partial overlap of the model's features with the cohort's (printed by the CLI).
     """
 
     counts: dict[str, int]
     skipped: dict[str, str] = field(default_factory=dict)
     pathobench_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _slide_problem(path: Path) -> str | None:
@@ -167,9 +176,11 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     model = load_model(model_path).to(device)
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
-    data = CohortData(cohort, features_dir, mods, preprocessing=model.preprocessing)
     counts, embs, ids, skipped = {}, {}, {}, {}
+    inputs = {m: molecular_inputs(model, cohort, m) for m in mods if m != "wsi"}  # refused before any slide work
+    warnings = [i.warning for i in inputs.values() if i.warning]
     if "wsi" in mods:
+        data = CohortData(cohort, features_dir, ["wsi"], report_slides=False)
         slide_ids, case_of = [], []
         for p, sids in zip(data.ids, data.slides):
             slide_ids += sids
@@ -179,17 +190,15 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
                                                progress, device)
         listed = {s for sids in cohort.manifest.slide_ids for s in sids}
         for s in sorted(listed - set(slide_ids)):
-            skipped[s] = _slide_problem(data.features_dir / f"{s}.h5") or "not usable"
+            skipped[s] = (data.slide_problems.get(s) or _slide_problem(data.features_dir / f"{s}.h5")
+                          or "not usable")
         case_map = dict(zip(slide_ids, case_of))
         ids["wsi"], embs["wsi"] = kept, emb
         ids["wsi_case"] = [case_map[s] for s in kept]
-    for m in mods:
-        if m == "wsi":
-            continue
-        rows = np.flatnonzero(data.valid[m])
+    for m, inp in inputs.items():
         with torch.no_grad():
-            embs[m] = model.encode_molecular(m, torch.from_numpy(data.arrays[m][rows]).to(device)).cpu().numpy()
-        ids[m] = [data.ids[i] for i in rows]
+            embs[m] = model.encode_molecular(m, torch.from_numpy(inp.x).to(device)).cpu().numpy()
+        ids[m] = inp.ids
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
@@ -198,9 +207,13 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         held = (model.extra.get("splits") or {}).get("val")
         if held is not None:
             fh.attrs["heldout_patients"] = json.dumps(held)
+        if inputs:
+            fh.attrs["feature_overlap"] = json.dumps({m: overlap_record(i.overlap) for m, i in inputs.items()})
         for m in mods:
             extra = {"case_ids": ids["wsi_case"]} if m == "wsi" else {}
             _write_group(fh, m, ids[m], embs[m], **extra)
+            if m in inputs:
+                fh[m].create_dataset("imputed_fraction", data=inputs[m].imputed_fraction.astype(np.float32))
             counts[m] = len(ids[m])
         pairs = fh.create_group("pairs")
         for a, b in model.pair_heads.pairs:
@@ -216,7 +229,13 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     if "wsi" in embs and name:
         pb = pathobench_dir(out_path, name)
         write_pathobench_files(pb, ids["wsi"], ids["wsi_case"], embs["wsi"])
-    return EmbedSummary(counts, skipped, pb)
+    return EmbedSummary(counts, skipped, pb, warnings)
+
+
+def overlap_record(overlap: FeatureOverlap) -> dict:
+    """What ``embeddings.h5`` records of a modality's feature overlap (attribute ``feature_overlap``)."""
+    return {"present": overlap.n_present, "features": overlap.n_model, "renamed": overlap.n_renamed,
+            "missing_examples": overlap.missing[:10]}
 
 
 def _features_slides(features_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -328,6 +347,8 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
             out["_attrs"]["skipped_slides"] = json.loads(attrs["skipped_slides"])
         if "heldout_patients" in attrs:
             out["_attrs"]["heldout_patients"] = json.loads(attrs["heldout_patients"])
+        if "feature_overlap" in attrs:
+            out["_attrs"]["feature_overlap"] = json.loads(attrs["feature_overlap"])
         for name, g in fh.items():
             if name == "pairs":
                 out["pairs"] = {k: {m: np.asarray(v[m]) for m in v} | {"t": v.attrs.get("t"), "b": v.attrs.get("b")}
@@ -341,9 +362,11 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="trained model folder (RUN/model)")
     p.add_argument("--cohort", help="cohort folder (with --slide-encoder/--mean-pool: gives each slide's patient)")
-    p.add_argument("--features", help="patch-features folder (default: the cohort's)")
+    p.add_argument("--features", help="patch-features folder, or a preprocess output with one features_<encoder>/ "
+                                       "subfolder, as cohort build takes it (default: the --cohort's)")
     p.add_argument("--slide-encoder", help="instead of --model: a bare slide encoder, e.g. exaone-path-2.5")
-    p.add_argument("--mean-pool", action="store_true", help="instead of --model: the mean-pooling baseline of --features")
+    p.add_argument("--mean-pool", action="store_true",
+                   help="instead of --model: the mean-pooling baseline of --features (or of the --cohort's)")
     p.add_argument("--weights", help="weights of --slide-encoder (published checkpoint)")
     p.add_argument("--out", required=True, help="embeddings.h5 to write (its folder is created)")
     p.add_argument("--name", default=None,
@@ -354,24 +377,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def features_option(features: str | None, cohort: str | None, option: str) -> str | None:
+    """The features folder of ``--features`` as ``cohort build`` reads it, else the cohort's.
+
+    Args:
+        features: ``--features``: the folder of ``<slide_id>.h5``, or a ``preprocess`` output holding one
+            ``features_<encoder>/`` subfolder (:func:`pathalign.cohort.build.resolve_features_dir`).
+        cohort: ``--cohort``, whose recorded features folder is used when ``features`` is not given.
+        option: the mode (``--mean-pool``, ...) for the error message.
+
+    Returns:
+        The folder, or None with neither (``--model`` then uses the cohort's).
+
+    Raises:
+        EmbedError: neither given where one is needed; CohortInputError: a folder without features files.
+    """
+    from ..cohort.build import resolve_features_dir
+
+    if features:
+        path, note = resolve_features_dir(features)
+        if note:
+            print(f"embed: {note}", file=sys.stderr)
+        return str(path)
+    if cohort:
+        from ..cohort import load_cohort
+
+        recorded = load_cohort(cohort).meta.get("slides_dir")
+        if recorded:
+            return str(recorded)
+        if option != "--model":
+            raise EmbedError(f"{option}: the cohort {cohort} records no features folder (built without --features); "
+                             "give --features DIR")
+    elif option != "--model":
+        raise EmbedError(f"{option} needs --features DIR (or --cohort, whose features folder is used)")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before any work
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
-        summary = embed_with_model(args.model, args.cohort, args.out, args.features, args.batch_size,
+        features = features_option(args.features, None, "--model")
+        summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
                                    not args.quiet, args.name or "pathalign", device=device)
     elif args.mean_pool:
-        if not args.features:
-            raise EmbedError("--mean-pool needs --features DIR")
-        summary = embed_mean_pool(args.features, args.out, args.cohort, args.name or "mean-pool")
+        features = features_option(args.features, args.cohort, "--mean-pool")
+        summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")
     elif args.slide_encoder:
-        if not args.features:
-            raise EmbedError("--slide-encoder needs --features DIR")
-        summary = embed_with_slide_encoder(args.slide_encoder, args.weights, args.features, args.out,
+        features = features_option(args.features, args.cohort, "--slide-encoder")
+        summary = embed_with_slide_encoder(args.slide_encoder, args.weights, features, args.out,
                                            args.batch_size, not args.quiet, args.cohort, args.name, device=device)
     else:
         raise EmbedError("give --model (with --cohort), --slide-encoder or --mean-pool (with --features)")
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     for sid, why in summary.skipped.items():
         print(f"embed: skipped slide {sid}: {why}", file=sys.stderr)
     print("embedded: " + ", ".join(f"{m} {n}" for m, n in summary.counts.items()) + f" -> {args.out}"

@@ -55,6 +55,7 @@ from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
 from .reader import SlideError, is_dicom_folder, open_slide
 from .segment import SegmentConfig, read_geojson, segment_slide, write_segmentation
+from .slide_ids import slide_id_collisions
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 STAGES = ("segment", "patch", "extract")
@@ -246,6 +247,12 @@ def process_slide(path: Path, cfg: PipelineConfig, encoder: PatchEncoder | None 
     return row
 
 
+def _refused_row(path: Path, reason: str) -> dict:
+    """The summary row of a slide refused before any work."""
+    return {"slide_id": slide_id_of(path), "path": str(path), "status": "failed", "reason": reason, "patches": 0,
+            "fragments": 0, "seconds": 0.0}
+
+
 def _coord_attrs(attrs: dict) -> dict:
     """The coords attributes of DESIGN §3 (not the file attributes a reused coords file merged in)."""
     return {k: v for k, v in attrs.items() if k not in ("slide", "settings", "complete", "encoder")}
@@ -294,8 +301,9 @@ def run_pipeline(slides: list[Path], cfg: PipelineConfig) -> pd.DataFrame:
     encoder = None
     if cfg.stage == "extract":
         encoder = build_patch_encoder(cfg.encoder, cfg.weights, cfg.device)
-    mine = slides[rank::world]
-    rows = []
+    collided = slide_id_collisions(slides, slide_id_of)  # refused before any work, the batch goes on
+    mine = [p for p in slides if p not in collided][rank::world]
+    rows = [_refused_row(p, why) for p, why in collided.items()] if rank == 0 else []
     locks = SlideLocks(cfg.out)
     bar = tqdm(mine, desc=f"slides (rank {rank})" if world > 1 else "slides", disable=not cfg.progress, unit="slide")
     try:

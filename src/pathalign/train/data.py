@@ -3,6 +3,7 @@ and batches that are a pure function of (seed, step) — so any number of worker
 layout and any resume point see exactly the same batches."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 from ..cohort import Cohort, CohortInputError
 from ..cohort.preprocess import TRANSFORMS, make_transform
 from ..slides.contract import check_features_folder
+from ..slides.feature_checks import check_feature_files
 from ..slides.features_io import is_complete
 from .feature_reader import FeatureReader
 
@@ -49,13 +51,15 @@ class CohortData:
             (None: 5 % of RAM up to 4 GiB; see :mod:`.feature_reader`).
         hidden: ``{modality: patient ids}`` treated as not measured (training-time missingness): they
             are left out of the preprocessing fit and their rows are invalid, as for a patient without it.
+        report_slides: print the slides left out because they cannot be used (``slide_problems`` has them
+            either way: zero patches, no features, another feature dim).
     """
 
     def __init__(self, cohort: Cohort, features_dir: str | Path | None, modalities: list[str],
                  train_ids: Sequence[str] | None = None,
                  preprocessing: dict | None = None, transform_options: dict | None = None,
                  rna_embeddings: pd.DataFrame | None = None, feature_cache_bytes: int | None = None,
-                 hidden: dict[str, set[str]] | None = None):
+                 hidden: dict[str, set[str]] | None = None, report_slides: bool = True):
         self.cohort = cohort
         man = cohort.manifest.reset_index(drop=True)
         self.ids = man.case_id.tolist()
@@ -87,9 +91,11 @@ class CohortData:
                 self.valid[m][[self.index[p] for p in rows]] = True
             self.arrays[m] = arr
         self.slides: list[list[str]] = [[] for _ in self.ids]
+        self.slide_problems: dict[str, str] = {}
         if "wsi" in self.modalities:
             for i, sids in enumerate(man.slide_ids):
                 self.slides[i] = [s for s in sids if is_complete(self.features_dir / f"{s}.h5")]
+            self._drop_unusable_slides(report_slides)
             check_features_folder(self.features_dir, [s for ss in self.slides for s in ss])
             self.valid["wsi"] = np.array([len(s) > 0 for s in self.slides])
             if not self.valid["wsi"].any():
@@ -132,6 +138,21 @@ class CohortData:
             self.preprocessing["rna"] = tr.state_dict()
         rows = [p for p in self.ids if p in mat.index]
         return tr, rows, tr.transform(mat.loc[rows]) if rows else None
+
+    def _drop_unusable_slides(self, report: bool) -> None:
+        """Check every slide a batch may draw before any step (shapes only); leave out and name the unusable ones.
+
+        Zero-patch slides, files without features or with another feature dim would otherwise stop
+        training at the first step that draws them.
+        """
+        check = check_feature_files(self.features_dir, [s for ss in self.slides for s in ss])
+        self.slide_problems = check.problems
+        if not check.problems:
+            return
+        self.slides = [[s for s in ss if s not in check.problems] for ss in self.slides]
+        if report:
+            print(f"warning: {len(check.problems)} slides left out, they cannot be used: {check.describe()}",
+                  file=sys.stderr)
 
     @cached_property
     def input_dims(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from collections.abc import Callable
@@ -27,10 +28,13 @@ from ..hiding import hidden_in_training
 from ..cohort import load_cohort
 from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ..io.stale_tmp import remove_stale_tmp
 from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import BatchSpec, CohortData, StepBatches, split_patients
+from .loader_workers import worker_init
+from .run_identity import ResumeMismatch, check_resume, run_identity, saved_modalities
 
 
 class TrainingError(PathalignError, RuntimeError):
@@ -152,6 +156,8 @@ class Trainer:
         self.rank, self.world, self.device = self.dist.rank, self.dist.world_size, self.dist.device
         self.cohort = load_cohort(cohort_path)
         self.run.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_tmp(self.run, self._ckpt_dir()):  # left by writes killed in earlier runs
+            print(f"train: removed {stale} (the temporary file of a killed write)", file=sys.stderr)
         self.state = self._latest_checkpoint() if resume else None
         if self.state is not None:
             # a key missing from an older checkpoint is a setting added since: it was trained at its default
@@ -168,6 +174,12 @@ class Trainer:
             preprocessing = None
         self.splits = splits
         modalities = cfg.modalities or self.cohort.modalities
+        if self.state is not None:
+            modalities = cfg.modalities or saved_modalities(self.state) or modalities  # a resume keeps its modalities
+            try:
+                check_resume(self.state, self.cohort, modalities, str(self._ckpt_dir()))
+            except ResumeMismatch as e:
+                raise TrainingError(str(e)) from None
         rna_fm_cfg = None
         if cfg.rna_fm and "rna" in modalities:
             from ..models.rna_fm import RNAFoundationModel
@@ -288,7 +300,8 @@ class Trainer:
                  "scheduler": self.sched.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
                  "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
                  "train_config": json.dumps(asdict(self.cfg)), "model_config": json.dumps(asdict(self.model_config)),
-                 "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits)}
+                 "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits),
+                 **run_identity(self.cohort.meta, self.data.modalities, self.data.preprocessing)}
         with atomic_path(d / name) as tmp:
             torch.save(state, tmp)
         atomic_write_text(name, d / "latest.txt")
@@ -305,7 +318,7 @@ class Trainer:
         self.data.reader.share(max(1, self.cfg.workers))
         return DataLoader(self.batches, sampler=list(steps), batch_size=None, num_workers=self.cfg.workers,
                           collate_fn=_identity, prefetch_factor=4 if self.cfg.workers else None,
-                          persistent_workers=False, generator=gen)
+                          persistent_workers=False, generator=gen, worker_init_fn=worker_init())
 
     def fit(self) -> dict:
         """Train to ``cfg.steps``; returns final metrics. Raises :class:`TrainingError` on a non-finite loss."""
