@@ -32,8 +32,8 @@ from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
-from ..slides.contract import check_features_folder
 from ..models.feature_names import FeatureOverlap
+from ..slides.contract import check_features_folder
 from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
 from .molecular_inputs import molecular_inputs
 from .pathobench_files import write_pathobench_files
