@@ -33,6 +33,28 @@ def split_patients(manifest: pd.DataFrame, val_fraction: float, seed: int, strat
     return {"train": [p for p in ids if p not in val_set], "val": [p for p in ids if p in val_set]}
 
 
+def split_notes(manifest: pd.DataFrame, splits: dict, stratify: str | None) -> list[str]:
+    """One-line notes on a :func:`split_patients` split: a ``stratify`` column that is absent, and the sizes.
+
+    Args:
+        manifest: the cohort manifest the split was drawn from.
+        splits: ``{"train": ids, "val": ids}``.
+        stratify: the requested stratification column (None: none asked for).
+    Returns:
+        The lines, in order (the missing-column note first when there is one).
+    """
+    notes = []
+    if stratify and stratify not in manifest:
+        notes.append(f"stratify column {stratify!r} is not in the cohort manifest; the split is unstratified "
+                     f"(choose one of its columns with --stratify)")
+        how = "unstratified"
+    else:
+        how = f"stratified by {stratify!r}" if stratify else "unstratified"
+    notes.append(f"split: {len(splits['train'])} train / {len(splits['val'])} val patients of {len(manifest)} "
+                 f"({how}; the val patients are the held-out ones, there is no separate test split)")
+    return notes
+
+
 class CohortData:
     """Model-ready view of a cohort for a set of modalities.
 
