@@ -181,6 +181,7 @@ class Trainer:
             from ..models.rna_fm import RNAFoundationModel
 
             fm, fm_prep = RNAFoundationModel.load(cfg.rna_fm)
+            self._warn_fm_leak(cfg.rna_fm, splits["val"])
             preprocessing = dict(preprocessing or {})
             preprocessing.setdefault("rna", fm_prep)
             rna_fm_cfg = asdict(fm.config)
@@ -246,6 +247,16 @@ class Trainer:
 
         for line in notes if self.rank == 0 else []:
             print(f"pathalign: {line}", file=sys.stderr, flush=True)
+
+    def _warn_fm_leak(self, fm_dir: str, val_ids: list[str]) -> None:
+        """Warn when the RNA foundation model was fitted on some of this run's validation patients."""
+        from .rna_pretrain import val_patients_seen
+
+        seen = val_patients_seen(fm_dir, val_ids)
+        if seen:
+            self._print_notes([f"warning: the RNA foundation model {fm_dir} was fitted on {len(seen)} of this run's "
+                               f"{len(val_ids)} validation patients (e.g. {', '.join(seen[:3])}): held-out figures "
+                               f"are optimistic; pretrain it with this run's --seed (pathalign pretrain-rna)"])
 
     def _check_hidden(self, train_ids: list[str]) -> None:
         """A modality that hiding leaves with fewer than 2 training patients cannot be fitted or aligned."""
