@@ -15,7 +15,7 @@ Thresholds (chosen, see ``docs/choices.md``):
   two groups (cancer type alone has three in the synthetic cohort), or mean pairwise cosine above
   :data:`COLLAPSE_COSINE` (= 0.95): every patient points the same way, so the contrastive logits
   cannot tell positives from negatives whatever the temperature.
-* **dominance**: with P >= 2 pairs, one pair's encoder gradient norm above :data:`DOMINANCE_RATIO`
+* **dominance**: with P >= 2 pairs, the largest pair's encoder gradient norm above :data:`DOMINANCE_RATIO`
   (= 3) times the median of the other pairs' norms. Relative to the others, not to a fixed share:
   shares sum to 1, so a share limit like ``max(0.5, 3 / P)`` can never be passed with P <= 3 pairs.
   With 2 pairs this is a share above 75 %; with the other pairs even, above ``3 / (P + 2)``
@@ -103,10 +103,11 @@ def warnings_for(health: dict[str, ModalityHealth], grad_share: dict[str, float]
             out.append(f"modality {h.modality!r} is collapsing: effective rank {h.effective_rank:.2f} "
                        f"(< {COLLAPSE_RANK:g}) / mean pairwise cosine {h.mean_cosine:.3f} "
                        f"(> {COLLAPSE_COSINE:g} is collapse) on {h.n} validation samples")
-    n_other = sum(1 for v in grad_share.values() if np.isfinite(v)) - 1
+    finite = [v for v in grad_share.values() if np.isfinite(v)]
+    n_other, top = len(finite) - 1, max(finite, default=float("nan"))
     for pair, share in grad_share.items():
         ratio = dominance_ratio(grad_share, pair)
-        if np.isfinite(share) and ratio > DOMINANCE_RATIO:
+        if np.isfinite(share) and share == top and ratio > DOMINANCE_RATIO:  # only the largest pair can dominate
             out.append(f"pair {pair} dominates: {share:.0%} of the gradient norm reaching the encoders, "
                        f"{ratio:.1f}x the median of the other {n_other} pair(s) (> {DOMINANCE_RATIO:g}x is dominance)")
     return out
