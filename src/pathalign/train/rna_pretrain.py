@@ -91,8 +91,8 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     rna = rna_all.loc[rna_all.index.isin(set(split["train"]))]
     if len(rna) < MIN_SAMPLES:
         raise RNAPretrainError(f"{cohort_path}: pretraining needs at least {MIN_SAMPLES} RNA samples of training "
-                               f"patients, the cohort has {len(rna)} (of {len(rna_all)} with RNA; the others are "
-                               f"the trainer's validation patients)")
+                               f"patients; the cohort has {len(rna_all)} RNA samples, {len(rna)} of them training "
+                               f"patients (the others are the trainer's validation patients, left out)")
     notes = split_notes(cohort.manifest, split, split["stratify"])
     notes.append(f"fitting on the RNA of {len(rna)} training patients; {len(rna_all) - len(rna)} validation "
                  f"patients with RNA left out")
