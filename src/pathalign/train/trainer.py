@@ -2,8 +2,9 @@
 
 A run folder holds ``checkpoints/step_*.pt`` (model, optimizer, scheduler, step, RNG states,
 sampler position, configs, preprocessing), ``log.csv`` and ``tb/`` (TensorBoard) with the
-loss, per-pair losses and the learned temperatures and biases, ``loss_curves.png``, and the
-final export ``model/`` (``load_model``). Batches are a pure function of (seed, step), so a
+loss, per-pair losses, the learned temperatures and biases and the validation scores,
+``loss_curves.png``, and the exports ``model/`` (``load_model``; the step selected on the
+validation patients, see :mod:`.validation`) and ``model-last/`` (the final step). Batches are a pure function of (seed, step), so a
 run killed at any moment and resumed ends with the same weights (bit-identical on CPU).
 """
 from __future__ import annotations

@@ -65,8 +65,6 @@ def check_settings(val_every: int | None, select_metric: str, patience: int) -> 
         raise ValueError(f"select_metric must be one of {list(SELECT_METRICS)}, got {select_metric!r}")
     if patience < 0:
         raise ValueError(f"early_stopping_patience must be >= 0 (0: off), got {patience}")
-    if val_every == 0 and select_metric != "last":
-        raise ValueError(f"val_every 0 turns validation off: select_metric must be 'last', got {select_metric!r}")
 
 
 def validation_columns(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -97,9 +95,10 @@ class ValidationScore:
         return float(np.mean(vals)) if vals else float("nan")
 
     def row(self) -> dict[str, float]:
-        """Its ``log.csv`` / TensorBoard columns."""
-        return {"val/loss": self.loss, "val/recall@5": self.recall_mean,
-                **{f"val/recall@5/{k}": v for k, v in self.recall.items()}}
+        """Its ``log.csv`` / TensorBoard columns (a non-finite value is left out: an empty cell)."""
+        row = {"val/loss": self.loss, "val/recall@5": self.recall_mean,
+               **{f"val/recall@5/{k}": v for k, v in self.recall.items()}}
+        return {k: v for k, v in row.items() if math.isfinite(v)}
 
 
 class _Chunks(StepBatches):
