@@ -4,8 +4,9 @@ A run folder holds ``checkpoints/step_*.pt`` (model, optimizer, scheduler, step,
 sampler position, configs, preprocessing), ``log.csv`` and ``tb/`` (TensorBoard) with the
 loss, per-pair losses, the learned temperatures and biases and the validation scores,
 ``loss_curves.png``, and the exports ``model/`` (``load_model``; the step selected on the
-validation patients, see :mod:`.validation`) and ``model-last/`` (the final step). Batches are a pure function of (seed, step), so a
-run killed at any moment and resumed ends with the same weights (bit-identical on CPU).
+validation patients, see :mod:`.validation`) and ``model-last/`` (the final step). Batches
+are a pure function of (seed, step), so a run killed at any moment and resumed ends with the
+same weights (bit-identical on CPU).
 """
 from __future__ import annotations
 
@@ -375,7 +376,9 @@ class Trainer:
             t_last = time.perf_counter()
             wait_total += wait
             step_total += t_last - t_data + wait
+            t_val = time.perf_counter()
             val = self.validation.maybe_score(step, self.model) if self.validation is not None else {}
+            t_last += time.perf_counter() - t_val  # validation is neither data wait nor step time
             stop = self.validation is not None and self.validation.should_stop
             if is_main:
                 row = {**self._log_row(step, loss, per_pair, gnorm, wait, t_last - t_data + wait), **val}
