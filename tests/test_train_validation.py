@@ -13,7 +13,7 @@ from helpers import seeded_rng
 from pathalign.cohort import load_cohort
 from pathalign.cohort.preprocess import make_transform
 from pathalign.train.data import split_patients
-from pathalign.train.trainer import TrainConfig, Trainer
+from pathalign.train.trainer import TrainConfig, Trainer, TrainingError
 
 MOLECULAR = ["rna", "snp", "cnv", "methylation"]
 
@@ -111,6 +111,23 @@ def test_early_stopping_stops_and_a_resume_does_not_train_on(small_cohort, tmp_p
     again = Trainer(small_cohort, run, cfg, resume=True).fit()
     assert again["steps"] == 8 and sorted(seen) == [2, 4, 6, 8]
     _assert_same(_weights(run / "model"), seen[4], "resumed model/ = step 4")
+    with pytest.raises(TrainingError, match="different select_metric.*'recall@5'.*'loss'"):
+        Trainer(small_cohort, run, _cfg(steps=40, early_stopping_patience=2, select_metric="loss"), resume=True)
+
+
+def test_train_cli_flags_reach_the_config(small_cohort, tmp_path, capsys, no_plot):
+    from pathalign.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--cohort", str(small_cohort), "--out", str(run), "--steps", "4", "--val-every", "2",
+                 "--select-metric", "loss", "--early-stopping-patience", "3", "--stratify", "none",
+                 "--modalities", "rna,snp", "--diagnostics-every", "0", "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    training = json.loads((run / "model" / "config.json").read_text())["training"]
+    cfg = training["config"]
+    assert (cfg["val_every"], cfg["select_metric"], cfg["early_stopping_patience"], cfg["stratify"]) == (2, "loss", 3, "")
+    assert "unstratified" in out.err and "not in the cohort manifest" not in out.err
+    assert f"step {training['selection']['step']}, val/loss" in out.out and "model-last" in out.out
 
 
 class _Killed(Exception):
