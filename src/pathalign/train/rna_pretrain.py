@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
-from .data import split_notes
+from .data import split_notes, training_split
 
 MIN_SAMPLES = 10  # fewer leaves no meaningful held-out set
 PATIENTS_FILE = "patients.json"
@@ -153,24 +154,7 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     return metrics
 
 
-def training_split(manifest, seed: int, val_fraction: float | None = None, stratify: str | None = None) -> dict:
-    """The trainer's train/val split of ``manifest`` for ``seed`` (its ``val_fraction``/``stratify`` by default).
-
-    Returns:
-        ``{"train": ids, "val": ids, "seed", "val_fraction", "stratify"}``.
-    """
-    from dataclasses import fields
-
-    from .data import split_patients
-    from .trainer import TrainConfig
-
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    vf = defaults["val_fraction"] if val_fraction is None else val_fraction
-    st = defaults["stratify"] if stratify is None else stratify
-    return {**split_patients(manifest, vf, seed, st), "seed": seed, "val_fraction": vf, "stratify": st}
-
-
-def val_patients_seen(fm_dir: str | Path, val_ids) -> list[str]:
+def val_patients_seen(fm_dir: str | Path, val_ids: Iterable[str]) -> list[str]:
     """The patients of ``val_ids`` whose RNA the foundation model in ``fm_dir`` was fitted on.
 
     A folder written before ``patients.json`` existed was fitted on every RNA sample: all of ``val_ids``

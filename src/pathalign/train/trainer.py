@@ -32,7 +32,7 @@ from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
-from .data import BatchSpec, CohortData, StepBatches, split_notes, split_patients
+from .data import DEFAULT_STRATIFY, DEFAULT_VAL_FRACTION, BatchSpec, CohortData, StepBatches, split_notes, split_patients
 from .validation import Validation, export_models, validation_columns
 from .validation import check_settings as check_validation_settings
 
@@ -57,8 +57,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grad_clip: float = 1.0
     seed: int = 0
-    val_fraction: float = 0.2
-    stratify: str | None = "cancer_type"
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    stratify: str | None = DEFAULT_STRATIFY
     workers: int = 0
     device: str = "cpu"
     modalities: list[str] | None = None
@@ -166,7 +166,7 @@ class Trainer:
             # a key missing from an older checkpoint is a setting added since: it was trained at its default
             saved = {**{f.name: f.default for f in fields(TrainConfig)}, **json.loads(self.state["train_config"])}
             for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities",
-                        "train_missing_rate"):
+                        "train_missing_rate", "select_metric"):
                 if saved.get(key) != asdict(cfg).get(key) and not (key == "modalities" and cfg.modalities is None):
                     raise TrainingError(f"--resume with a different {key}: checkpoint has {saved.get(key)!r}, "
                                         f"now {asdict(cfg).get(key)!r}")

@@ -42,6 +42,7 @@ from .data import BatchSpec, CohortData, StepBatches
 
 if TYPE_CHECKING:
     from ..models.pathalign_model import PathAlignModel
+    from .trainer import Trainer
 
 MIN_PAIR_PATIENTS = 10
 SELECT_METRICS = ("recall@5", "loss", "last")
@@ -236,17 +237,11 @@ class ModelSelector:
     def load_state_dict(self, state: dict) -> None:
         """Restore from a checkpoint (one written before selection existed leaves the selector fresh).
 
-        Raises:
-            TrainingError: the checkpoint selected on another metric.
+        The trainer refuses to resume with another ``select_metric`` before this is called.
         """
         if "selection" not in state:
             return
         info = json.loads(state["selection"])
-        if info["requested"] != self.requested:
-            from .trainer import TrainingError
-
-            raise TrainingError(f"--resume with a different select_metric: checkpoint has {info['requested']!r}, "
-                                f"now {self.requested!r}")
         self.metric, self.best, self.since_best = info["metric"], info["best"], info["since_best"]
         self.validations, self.stopped_at = info["validations"], info["stopped_at"]
         self.best_state = dict(state.get("best_model") or {}) or None
@@ -285,7 +280,7 @@ class Validation:
         self.scorer, self.selector, self.every, self.steps = scorer, selector, every, steps
 
     @classmethod
-    def for_trainer(cls, trainer) -> Validation | None:
+    def for_trainer(cls, trainer: Trainer) -> Validation | None:
         """The validation of a :class:`~pathalign.train.trainer.Trainer` (None when ``val_every`` is 0)."""
         cfg = trainer.cfg
         every = default_val_every(cfg.steps, cfg.checkpoint_every) if cfg.val_every is None else cfg.val_every
