@@ -81,6 +81,12 @@ def test_export_is_the_planted_best_validation_step(small_cohort, tmp_path, monk
     assert log.dropna(subset=["val/loss"]).step.tolist() == [2, 4, 6, 8, 10]
     assert log.loc[log.step == 4, "val/recall@5"].item() == pytest.approx(0.9)
     assert (run / "loss_curves.png").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tb"))
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("val/loss")] == [2, 4, 6, 8, 10]
+    assert [e.step for e in tb.Scalars("val/recall@5")] == [2, 4, 6, 10]  # step 8's NaN is left out
 
 
 def test_selection_on_loss_and_fallback_when_no_pair_has_enough_patients(small_cohort, tmp_path, monkeypatch, no_plot):

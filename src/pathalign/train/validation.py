@@ -23,6 +23,9 @@ A non-finite score never counts as an improvement. Early stopping (``early_stopp
 K > 0) stops after K validations in a row without improvement. The best weights are held in
 memory (a CPU copy) and saved in every checkpoint with the selector's state, so a resumed run
 selects exactly as an uninterrupted one. Scoring draws nothing from the global RNGs.
+
+The validation patients choose the step, so a figure measured on them afterwards (``bench`` on the
+split's ``val`` patients) is slightly optimistic; the selection is one choice among ~20 checkpoints.
 """
 from __future__ import annotations
 
