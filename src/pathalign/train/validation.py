@@ -127,10 +127,12 @@ class ValidationScorer:
         balance: the loss balance (the model's config).
         to_device: moves a batch to the model's device.
         autocast: a context manager factory for the forward (the trainer's).
+        pairs: the model's pairs ``(a, b)`` (default: every pair of ``data.modalities`` in order).
     """
 
     def __init__(self, data: CohortData, val_ids: Sequence[str], batch_size: int, max_tokens: int, seed: int,
-                 balance: str, to_device: Callable[[dict], dict], autocast: Callable[[], Any]):
+                 balance: str, to_device: Callable[[dict], dict], autocast: Callable[[], Any],
+                 pairs: Sequence[tuple[str, str]] | None = None):
         from ..models.siglip import MultimodalSigLIPLoss
 
         self.idx = data.eligible(list(val_ids))
@@ -142,8 +144,8 @@ class ValidationScorer:
             n = -(-len(self.idx) // bs)
             self.batches = _Chunks(data, self.idx, BatchSpec(seed, bs, max_tokens, 0.0), n)
         mods = data.modalities
-        both = {f"{a}-{b}": int((data.valid[a][self.idx] & data.valid[b][self.idx]).sum())
-                for i, a in enumerate(mods) for b in mods[i + 1:]}
+        pairs = pairs if pairs is not None else [(a, b) for i, a in enumerate(mods) for b in mods[i + 1:]]
+        both = {f"{a}-{b}": int((data.valid[a][self.idx] & data.valid[b][self.idx]).sum()) for a, b in pairs}
         self.pair_patients = both
         self.scored_pairs = [k for k, n in both.items() if n >= MIN_PAIR_PATIENTS]
 
@@ -290,7 +292,8 @@ class Validation:
         if every == 0:
             return None
         scorer = ValidationScorer(trainer.data, trainer.splits.get("val", []), cfg.batch_size, cfg.max_tokens,
-                                  cfg.seed, trainer.model_config.balance, trainer._to_device, trainer.autocast)
+                                  cfg.seed, trainer.model_config.balance, trainer._to_device, trainer.autocast,
+                                  trainer.model.pair_heads.pairs)
         metric, reason = cfg.select_metric, ""
         if not scorer.usable and metric != "last":
             metric = "last"
