@@ -34,10 +34,12 @@ def test_one_direction_is_collapse_even_when_cosines_spread():
 
 
 def test_dominance_rule():
-    assert dominance_threshold(10) == 0.5 and dominance_threshold(3) == 1.0
+    # 3x the median of the others; with the others even: s > 3 (1 - s) / (P - 1)  <=>  s > 3 / (P + 2)
+    assert dominance_threshold(10) == pytest.approx(3 / 12) and dominance_threshold(3) == pytest.approx(0.6)
+    assert dominance_threshold(1) == 1.0
     s = shares({"wsi-rna": 8.0, "wsi-snp": 1.0, "rna-snp": 1.0, "wsi-cnv": float("nan")})
     assert s["wsi-rna"] == pytest.approx(0.8) and np.isnan(s["wsi-cnv"])
-    msgs = warnings_for({}, {**s, **{f"p{i}": 0.0 for i in range(3)}})  # 7 pairs: limit 0.5
+    msgs = warnings_for({}, {**s, **{f"p{i}": 0.0 for i in range(3)}})  # 7 pairs: 0.8 vs a median of 0
     assert len(msgs) == 1 and "wsi-rna dominates" in msgs[0]
     assert warnings_for({}, shares({"a-b": 1.0, "a-c": 1.1, "b-c": 0.9})) == []
 

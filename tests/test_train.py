@@ -55,7 +55,9 @@ def test_exported_model_loads_offline_and_matches(trained, features_cohort):
     model = load_model(run / "model")
     assert not model.training and set(model.modalities) == {"wsi", "rna", "snp", "cnv", "methylation"}
     state = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
-    for k, v in model.state_dict().items():
+    for k, v in model.state_dict().items():  # model/ holds the validation-selected step
+        assert torch.equal(v, state["best_model"][k]), k
+    for k, v in load_model(run / "model-last").state_dict().items():  # model-last/ the final one
         assert torch.equal(v, state["model"][k]), k
     rng = seeded_rng()
     x = torch.from_numpy(rng.standard_normal((3, model.config.input_dims["snp"]), dtype=np.float32))

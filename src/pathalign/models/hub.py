@@ -93,6 +93,12 @@ def model_card(config: dict, name: str = "pathalign model") -> str:
     if tc:
         keys = ("preset", "steps", "batch_size", "lr", "max_tokens", "modality_dropout", "seed")
         lines += ["", "## Training", ""] + [f"- {k}: {tc[k]}" for k in keys if k in tc]
+    sel = training.get("selection")
+    if sel:
+        value = f" = {sel['value']:.4g}" if isinstance(sel.get("value"), float) else ""
+        lines += ["", "## Model selection", "",
+                  f"Weights of training step {sel.get('step')} of {sel.get('final_step')}, selected by "
+                  f"{sel.get('metric')}{value}: {sel.get('reason')}."]
     metrics = training.get("metrics")
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]

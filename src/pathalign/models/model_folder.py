@@ -8,7 +8,9 @@ else::
     architecture    what the folder holds: "pathalign" (PathAlignModel) or "pathalign-rna-fm"
     model_args      the model's config dataclass, field by field
     preprocessing   per-modality transform states (molecular preprocessing), or {}
-    training        {"config", "splits", "data", "metrics"} (each optional), or null
+    training        {"config", "splits", "data", "metrics", "selection"} (each optional), or null;
+                    selection: which training step the weights are from and why ({"step", "metric",
+                    "value", "final_step", "reason", ...}; see pathalign.train.validation)
     patch_encoder   {"name", "feature_dim"} the slide features were made with, or null
 
 Unknown keys are an error at every level, with a message naming them. Folders written before
@@ -29,7 +31,7 @@ from ..io.checkpoints import CheckpointError
 
 FORMAT_VERSION = 1
 SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "training", "patch_encoder")
-TRAINING_KEYS = ("config", "splits", "data", "metrics")
+TRAINING_KEYS = ("config", "splits", "data", "metrics", "selection")
 PATCH_ENCODER_KEYS = ("name", "feature_dim")
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 

@@ -46,6 +46,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="every N steps, effective rank / mean cosine per modality and loss / gradient share per pair "
                         "on a fixed validation batch (diagnostics.csv, TensorBoard, diagnostics.md; warnings on "
                         "collapse or a dominating pair); default 50, 0 turns it off")
+    p.add_argument("--val-every", type=int, default=None,
+                   help="score the validation patients every N steps (val/loss and held-out cross-modal val/recall@5 "
+                        "in log.csv, TensorBoard and loss_curves.png); default min(checkpoint_every, max(10, steps/20)), "
+                        "0 turns validation off")
+    p.add_argument("--select-metric", default=None, choices=["recall@5", "loss", "last"],
+                   help="which step RUN/model exports: recall@5 (default; the highest validation recall@5, mean over "
+                        "the pairs with >= 10 validation patients; ties to the lower val loss; falls back to loss when "
+                        "no pair has enough), loss (the lowest validation loss) or last (the final step). "
+                        "RUN/model-last always holds the final step")
+    p.add_argument("--early-stopping-patience", type=int, default=None,
+                   help="stop after K validations in a row without improvement of the selection metric (default 0: off)")
+    p.add_argument("--stratify", default=None,
+                   help="manifest column the train/val split is stratified on (default cancer_type; 'none': "
+                        "unstratified); a column the cohort lacks is said, and the split is then unstratified")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--quiet", action="store_true")
 
@@ -67,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
                  micro_batch=args.micro_batch, micro_batch_tokens=args.micro_batch_tokens,
                  feature_cache_mb=args.feature_cache_mb, checkpoint_activations=args.checkpoint_activations or None,
                  diagnostics_every=args.diagnostics_every, train_missing_rate=args.train_missing_rate,
+                 val_every=args.val_every, select_metric=args.select_metric,
+                 early_stopping_patience=args.early_stopping_patience,
+                 stratify=None if args.stratify is None else ("" if args.stratify.lower() == "none" else args.stratify),
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     from ..devices import resolve_device
@@ -81,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
     metrics = Trainer(args.cohort, args.out, cfg, resume=args.resume).fit()
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
+    sel = metrics["selection"]
+    chosen = (f"step {sel['step']}, {sel['metric']} {sel['value']:.4g}" if sel.get("value") is not None
+              else f"step {sel['step']}, the final one")
     print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
-          f"model exported to {Path(args.out) / 'model'}")
+          f"model exported to {Path(args.out) / 'model'} ({chosen}); final step in {Path(args.out) / 'model-last'}")
     return 0
 
 

@@ -21,6 +21,9 @@ from ..slides.feature_checks import check_feature_files
 from ..slides.features_io import is_complete
 from .feature_reader import FeatureReader
 
+DEFAULT_VAL_FRACTION = 0.2  # TrainConfig.val_fraction
+DEFAULT_STRATIFY = "cancer_type"  # TrainConfig.stratify
+
 
 def split_patients(manifest: pd.DataFrame, val_fraction: float, seed: int, stratify: str | None = None) -> dict:
     """Patient-level train/val split (stratified by ``stratify`` when given)."""
@@ -34,6 +37,40 @@ def split_patients(manifest: pd.DataFrame, val_fraction: float, seed: int, strat
         val += list(rng.choice(members, n_val, replace=False)) if n_val else []
     val_set = set(val)
     return {"train": [p for p in ids if p not in val_set], "val": [p for p in ids if p in val_set]}
+
+
+def training_split(manifest: pd.DataFrame, seed: int, val_fraction: float | None = None,
+                   stratify: str | None = None) -> dict:
+    """The split ``pathalign train --seed seed`` draws (its default ``val_fraction``/``stratify`` when None).
+
+    Returns:
+        ``{"train": ids, "val": ids, "seed", "val_fraction", "stratify"}``.
+    """
+    vf = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    st = DEFAULT_STRATIFY if stratify is None else stratify
+    return {**split_patients(manifest, vf, seed, st), "seed": seed, "val_fraction": vf, "stratify": st}
+
+
+def split_notes(manifest: pd.DataFrame, splits: dict, stratify: str | None) -> list[str]:
+    """One-line notes on a :func:`split_patients` split: a ``stratify`` column that is absent, and the sizes.
+
+    Args:
+        manifest: the cohort manifest the split was drawn from.
+        splits: ``{"train": ids, "val": ids}``.
+        stratify: the requested stratification column (None: none asked for).
+    Returns:
+        The lines, in order (the missing-column note first when there is one).
+    """
+    notes = []
+    if stratify and stratify not in manifest:
+        notes.append(f"stratify column {stratify!r} is not in the cohort manifest; the split is unstratified "
+                     f"(choose one of its columns with --stratify)")
+        how = "unstratified"
+    else:
+        how = f"stratified by {stratify!r}" if stratify else "unstratified"
+    notes.append(f"split: {len(splits['train'])} train / {len(splits['val'])} val patients of {len(manifest)} "
+                 f"({how}; the val patients are the held-out ones, there is no separate test split)")
+    return notes
 
 
 class CohortData:

@@ -15,8 +15,11 @@ Thresholds (chosen, see ``docs/choices.md``):
   two groups (cancer type alone has three in the synthetic cohort), or mean pairwise cosine above
   :data:`COLLAPSE_COSINE` (= 0.95): every patient points the same way, so the contrastive logits
   cannot tell positives from negatives whatever the temperature.
-* **dominance**: one pair's share of the encoder gradient norm above ``max(0.5, 3 / P)`` for P pairs
-  (three times its even share, and at least half of all the signal).
+* **dominance**: with P >= 2 pairs, the largest pair's encoder gradient norm above :data:`DOMINANCE_RATIO`
+  (= 3) times the median of the other pairs' norms. Relative to the others, not to a fixed share:
+  shares sum to 1, so a share limit like ``max(0.5, 3 / P)`` can never be passed with P <= 3 pairs.
+  With 2 pairs this is a share above 75 %; with the other pairs even, above ``3 / (P + 2)``
+  (:func:`dominance_threshold`); a single pair never dominates.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 
 COLLAPSE_RANK = 2.0
 COLLAPSE_COSINE = 0.95
+DOMINANCE_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,25 @@ def modality_health(embeddings: dict[str, np.ndarray]) -> dict[str, ModalityHeal
 
 
 def dominance_threshold(n_pairs: int) -> float:
-    """Share of the gradient norm above which one of ``n_pairs`` pairs is said to dominate."""
-    return max(0.5, 3.0 / max(n_pairs, 1))
+    """The share above which one of ``n_pairs`` pairs dominates when the other pairs are even.
+
+    A pair dominates when its norm exceeds ``DOMINANCE_RATIO`` x the median of the others'
+    (:func:`dominance_ratio`); with the others sharing ``1 - s`` evenly that is ``s > r / (P - 1 + r)``.
+    1.0 (never) for fewer than 2 pairs.
+    """
+    if n_pairs < 2:
+        return 1.0
+    return DOMINANCE_RATIO / (n_pairs - 1 + DOMINANCE_RATIO)
+
+
+def dominance_ratio(grad_share: dict[str, float], pair: str) -> float:
+    """``pair``'s share over the median share of the other finite pairs (inf when they are all 0, NaN when none)."""
+    others = [v for k, v in grad_share.items() if k != pair and np.isfinite(v)]
+    share = grad_share[pair]
+    if not others or not np.isfinite(share):
+        return float("nan")
+    med = float(np.median(others))
+    return share / med if med > 0 else (float("inf") if share > 0 else float("nan"))
 
 
 def shares(values: dict[str, float]) -> dict[str, float]:
@@ -82,12 +103,22 @@ def warnings_for(health: dict[str, ModalityHealth], grad_share: dict[str, float]
             out.append(f"modality {h.modality!r} is collapsing: effective rank {h.effective_rank:.2f} "
                        f"(< {COLLAPSE_RANK:g}) / mean pairwise cosine {h.mean_cosine:.3f} "
                        f"(> {COLLAPSE_COSINE:g} is collapse) on {h.n} validation samples")
-    limit = dominance_threshold(len(grad_share))
+    finite = [v for v in grad_share.values() if np.isfinite(v)]
+    n_other, top = len(finite) - 1, max(finite, default=float("nan"))
     for pair, share in grad_share.items():
-        if np.isfinite(share) and share > limit:
-            out.append(f"pair {pair} dominates: {share:.0%} of the gradient norm reaching the encoders "
-                       f"(> {limit:.0%} for {len(grad_share)} pairs)")
+        ratio = dominance_ratio(grad_share, pair)
+        if np.isfinite(share) and share == top and ratio > DOMINANCE_RATIO:  # only the largest pair can dominate
+            out.append(f"pair {pair} dominates: {share:.0%} of the gradient norm reaching the encoders, "
+                       f"{ratio:.1f}x the median of the other {n_other} pair(s) (> {DOMINANCE_RATIO:g}x is dominance)")
     return out
+
+
+def _dominance_rule(n_pairs: int) -> str:
+    """The dominance rule in words, for ``diagnostics.md``."""
+    if n_pairs < 2:
+        return f"dominance: needs at least 2 pairs (this run has {n_pairs})."
+    return (f"dominance: a pair's encoder gradient norm > {DOMINANCE_RATIO:g}x the median of the other pairs' "
+            f"(with {n_pairs} pairs and the others even, a share above {dominance_threshold(n_pairs):.0%}).")
 
 
 def pair_gradient_norms(per_pair_loss: dict, params: list) -> dict[str, float]:
@@ -226,8 +257,7 @@ class DiagnosticsLog:
         lines = ["# Training diagnostics", "",
                  f"Fixed validation batch, every {self.every} steps (`diagnostics.csv`); last at step {self.last['step']}.",
                  f"Collapse: effective rank < {COLLAPSE_RANK:g} or mean pairwise cosine > {COLLAPSE_COSINE:g}; "
-                 f"dominance: a pair's share of the encoder gradient norm > "
-                 f"{dominance_threshold(len(self.last['grad_share'])):.0%}.", "",
+                 + _dominance_rule(len(self.last["grad_share"])), "",
                  "| modality | n | effective rank | mean cosine | collapsed |", "|---|---|---|---|---|"]
         for m, h in health.items():
             lines.append(f"| {m} | {h.n} | {h.effective_rank:.2f} | {h.mean_cosine:.3f} | {'yes' if h.collapsed else 'no'} |")

@@ -1,13 +1,18 @@
 """``pathalign pretrain-rna``: pretrain pathalign's bulk-RNA foundation model on a cohort.
 
-Every RNA sample of the cohort is used (patients without slides too). A held-out fraction
-measures masked-reconstruction error against mean imputation; both are written to
+It fits on the RNA of the training patients only: the split ``pathalign train`` draws with
+the same seed (:func:`~pathalign.train.data.split_patients`, the trainer's ``val_fraction``
+and ``stratify``), so the trainer's validation patients, on which it scores and selects, never
+reach the foundation model (patients without slides count too). ``patients.json`` in the model
+folder records the split and the patients it saw. A held-out fraction of those training
+samples measures masked-reconstruction error against mean imputation; both are written to
 ``metrics.json`` and printed. The model is then used frozen by ``pathalign train``.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +25,10 @@ from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
+from .data import split_notes, training_split
 
 MIN_SAMPLES = 10  # fewer leaves no meaningful held-out set
+PATIENTS_FILE = "patients.json"
 
 
 class RNAPretrainError(PathalignError):
@@ -54,14 +61,18 @@ def _masked_mse(model, x, observed, hidden, baseline) -> tuple[float, float]:
 def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, dim: int = 128, depth: int = 1,
                  steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.3,
                  holdout: float = 0.1, seed: int = 0, progress: bool = True,
-                 device: str | torch.device = "cpu") -> dict:
-    """Pretrain and save the RNA foundation model.
+                 device: str | torch.device = "cpu", val_fraction: float | None = None,
+                 stratify: str | None = None) -> dict:
+    """Pretrain and save the RNA foundation model on the training split's RNA samples.
 
     Args:
         cohort_path: cohort folder (``pathalign cohort build``) with RNA for at least ``MIN_SAMPLES`` patients.
         out: folder for the model (written only when training has finished).
         n_genes, dim, depth, mask_ratio: model settings (see :class:`RNAFMConfig`).
-        steps, batch_size, lr, holdout, seed: training settings.
+        steps, batch_size, lr, holdout, seed: training settings; ``seed`` is also the split's seed (give
+            the ``--seed`` the alignment will be trained with).
+        val_fraction, stratify: the split's settings (None: the trainer's defaults, ``TrainConfig``'s);
+            ``stratify=""`` splits unstratified.
         progress: show a progress bar and print the result.
         device: where the model trains (random draws stay on the CPU generator, so runs match across devices).
 
@@ -76,10 +87,21 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     cohort = load_cohort(cohort_path)
     if "rna" not in cohort.modalities:
         raise RNAPretrainError(f"{cohort_path}: the cohort has no RNA data (build it with 'cohort build --rna ...')")
-    rna = cohort.matrix("rna")
+    split = training_split(cohort.manifest, seed, val_fraction, stratify)
+    rna_all = cohort.matrix("rna")
+    rna = rna_all.loc[rna_all.index.isin(set(split["train"]))]
     if len(rna) < MIN_SAMPLES:
-        raise RNAPretrainError(f"{cohort_path}: pretraining needs at least {MIN_SAMPLES} RNA samples, "
-                               f"the cohort has {len(rna)}")
+        raise RNAPretrainError(f"{cohort_path}: pretraining needs at least {MIN_SAMPLES} RNA samples of training "
+                               f"patients; the cohort has {len(rna_all)} RNA samples, {len(rna)} of them training "
+                               f"patients (the others are the trainer's validation patients, left out)")
+    notes = split_notes(cohort.manifest, split, split["stratify"])
+    notes.append(f"fitting on the RNA of {len(rna)} training patients; {len(rna_all) - len(rna)} validation "
+                 f"patients with RNA left out")
+    if n_genes > rna.shape[1]:
+        notes.append(f"--genes {n_genes}: the cohort has {rna.shape[1]} genes; using all {rna.shape[1]}")
+    if progress:
+        for line in notes:
+            print(f"pretrain-rna: {line}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     transform = make_transform("rna", cohort.meta, n_genes=min(n_genes, rna.shape[1])).fit(rna)
@@ -117,14 +139,34 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
     err, base = _masked_mse(model, x[hold], obs[hold], hidden_eval, baseline)
     metrics = {"heldout_masked_mse": err, "mean_imputation_mse": base, "ratio": err / base,
                "samples_train": int(len(train)), "samples_heldout": int(n_hold), "genes": int(x.shape[1]),
-               "steps": steps, "seconds": time.perf_counter() - t0, "final_train_loss": float(np.mean(losses[-50:]))}
+               "steps": steps, "seconds": time.perf_counter() - t0, "final_train_loss": float(np.mean(losses[-50:])),
+               "genes_requested": int(n_genes), "patients_excluded_val": int(len(rna_all) - len(rna))}
     model.cpu().save(out, transform.state_dict(), metrics=metrics)
     atomic_write_json(metrics, Path(out) / "metrics.json")
+    atomic_write_json({"split": {k: split[k] for k in ("seed", "val_fraction", "stratify")},
+                       "fitted_on": [str(p) for p in rna.index],
+                       "left_out_val": [str(p) for p in rna_all.index if p not in set(rna.index)],
+                       "notes": notes}, Path(out) / PATIENTS_FILE)
     _plot_loss(losses, Path(out) / "loss.png")
     if progress:
         print(f"pretrain-rna: held-out masked MSE {err:.3f} vs mean imputation {base:.3f} "
               f"({err / base:.0%}); saved to {out}")
     return metrics
+
+
+def val_patients_seen(fm_dir: str | Path, val_ids: Iterable[str]) -> list[str]:
+    """The patients of ``val_ids`` whose RNA the foundation model in ``fm_dir`` was fitted on.
+
+    A folder written before ``patients.json`` existed was fitted on every RNA sample: all of ``val_ids``
+    are returned then (the caller cannot tell which of them had RNA).
+    """
+    import json
+
+    f = Path(fm_dir) / PATIENTS_FILE
+    if not f.is_file():
+        return list(val_ids)
+    seen = set(json.loads(f.read_text()).get("fitted_on", []))
+    return [p for p in val_ids if p in seen]
 
 
 def _plot_loss(losses, path: Path) -> None:
@@ -153,12 +195,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mask-ratio", type=float, default=0.3, help="fraction of genes hidden per sample")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed, and the seed of the train/val split: give the --seed 'pathalign train' will "
+                        "use, so the foundation model never sees the trainer's validation patients")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="the trainer's val_fraction (default: TrainConfig's, 0.2); its val patients are left out")
+    p.add_argument("--stratify", default=None,
+                   help="the trainer's stratify column (default: TrainConfig's, cancer_type; 'none': unstratified)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     pretrain_rna(args.cohort, args.out, n_genes=args.genes, dim=args.dim, depth=args.depth, steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, mask_ratio=args.mask_ratio, seed=args.seed,
-                 device=resolve_device(args.device))
+                 device=resolve_device(args.device), val_fraction=args.val_fraction,
+                 stratify=None if args.stratify is None else ("" if args.stratify.lower() == "none" else args.stratify))
     return 0

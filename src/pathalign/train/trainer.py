@@ -2,9 +2,11 @@
 
 A run folder holds ``checkpoints/step_*.pt`` (model, optimizer, scheduler, step, RNG states,
 sampler position, configs, preprocessing), ``log.csv`` and ``tb/`` (TensorBoard) with the
-loss, per-pair losses and the learned temperatures and biases, ``loss_curves.png``, and the
-final export ``model/`` (``load_model``). Batches are a pure function of (seed, step), so a
-run killed at any moment and resumed ends with the same weights (bit-identical on CPU).
+loss, per-pair losses, the learned temperatures and biases and the validation scores,
+``loss_curves.png``, and the exports ``model/`` (``load_model``; the step selected on the
+validation patients, see :mod:`.validation`) and ``model-last/`` (the final step). Batches
+are a pure function of (seed, step), so a run killed at any moment and resumed ends with the
+same weights (bit-identical on CPU).
 """
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ from ..io.stale_tmp import remove_stale_tmp
 from ..models.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
-from .data import BatchSpec, CohortData, StepBatches, split_patients
+from .data import DEFAULT_STRATIFY, DEFAULT_VAL_FRACTION, BatchSpec, CohortData, StepBatches, split_notes, split_patients
 from .loader_workers import worker_init
 from .run_identity import ResumeMismatch, check_resume, run_identity, saved_modalities
+from .validation import Validation, export_models, validation_columns
+from .validation import check_settings as check_validation_settings
 
 
 class TrainingError(PathalignError, RuntimeError):
@@ -57,8 +61,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grad_clip: float = 1.0
     seed: int = 0
-    val_fraction: float = 0.2
-    stratify: str | None = "cancer_type"
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    stratify: str | None = DEFAULT_STRATIFY
     workers: int = 0
     device: str = "cpu"
     modalities: list[str] | None = None
@@ -77,6 +81,10 @@ class TrainConfig:
     checkpoint_activations: bool = False  # recompute slide-encoder blocks in the backward pass
     feature_cache_mb: float | None = None  # feature cache of all loader processes (None: 5 % of RAM, <= 4 GiB)
     diagnostics_every: int = 50  # collapse/imbalance diagnostics on a fixed validation batch (0: off)
+    # model selection on validation (see train/validation.py)
+    val_every: int | None = None  # score the validation patients every N steps (None: validation.default_val_every; 0: off)
+    select_metric: str = "recall@5"  # "recall@5" (val recall@5 mean over pairs), "loss" (val loss) or "last"
+    early_stopping_patience: int = 0  # stop after K validations without improvement (0: off)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 2:
@@ -91,6 +99,7 @@ class TrainConfig:
             raise ValueError("micro_batch_tokens needs micro_batch (gradient caching)")
         if self.feature_cache_mb is not None and self.feature_cache_mb < 0:
             raise ValueError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        check_validation_settings(self.val_every, self.select_metric, self.early_stopping_patience)
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
@@ -163,7 +172,7 @@ class Trainer:
             # a key missing from an older checkpoint is a setting added since: it was trained at its default
             saved = {**{f.name: f.default for f in fields(TrainConfig)}, **json.loads(self.state["train_config"])}
             for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities",
-                        "train_missing_rate"):
+                        "train_missing_rate", "select_metric"):
                 if saved.get(key) != asdict(cfg).get(key) and not (key == "modalities" and cfg.modalities is None):
                     raise TrainingError(f"--resume with a different {key}: checkpoint has {saved.get(key)!r}, "
                                         f"now {asdict(cfg).get(key)!r}")
@@ -173,6 +182,7 @@ class Trainer:
             splits = split_patients(self.cohort.manifest, cfg.val_fraction, cfg.seed, cfg.stratify)
             preprocessing = None
         self.splits = splits
+        self._print_notes(split_notes(self.cohort.manifest, splits, cfg.stratify))
         modalities = cfg.modalities or self.cohort.modalities
         if self.state is not None:
             modalities = cfg.modalities or saved_modalities(self.state) or modalities  # a resume keeps its modalities
@@ -185,6 +195,7 @@ class Trainer:
             from ..models.rna_fm import RNAFoundationModel
 
             fm, fm_prep = RNAFoundationModel.load(cfg.rna_fm)
+            self._warn_fm_leak(cfg.rna_fm, splits["val"])
             preprocessing = dict(preprocessing or {})
             preprocessing.setdefault("rna", fm_prep)
             rna_fm_cfg = asdict(fm.config)
@@ -236,12 +247,30 @@ class Trainer:
             self.train_idx = self.train_idx[self.data.n_valid[self.train_idx] == len(self.data.modalities)]
         spec = BatchSpec(cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.modality_dropout, self.rank, self.world)
         self.batches = StepBatches(self.data, self.train_idx, spec)
+        self.validation = Validation.for_trainer(self)
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            find_unused_parameters=True)
+
+    def _print_notes(self, notes: list[str]) -> None:
+        """One-line notes on stderr (rank 0 only)."""
+        import sys
+
+        for line in notes if self.rank == 0 else []:
+            print(f"pathalign: {line}", file=sys.stderr, flush=True)
+
+    def _warn_fm_leak(self, fm_dir: str, val_ids: list[str]) -> None:
+        """Warn when the RNA foundation model was fitted on some of this run's validation patients."""
+        from .rna_pretrain import val_patients_seen
+
+        seen = val_patients_seen(fm_dir, val_ids)
+        if seen:
+            self._print_notes([f"warning: the RNA foundation model {fm_dir} was fitted on {len(seen)} of this run's "
+                               f"{len(val_ids)} validation patients (e.g. {', '.join(seen[:3])}): held-out figures "
+                               f"are optimistic; pretrain it with this run's --seed (pathalign pretrain-rna)"])
 
     def _check_hidden(self, train_ids: list[str]) -> None:
         """A modality that hiding leaves with fewer than 2 training patients cannot be fitted or aligned."""
@@ -302,6 +331,8 @@ class Trainer:
                  "train_config": json.dumps(asdict(self.cfg)), "model_config": json.dumps(asdict(self.model_config)),
                  "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits),
                  **run_identity(self.cohort.meta, self.data.modalities, self.data.preprocessing)}
+        if self.validation is not None:  # the best-so-far step, its score and weights
+            state.update(self.validation.selector.state_dict())
         with atomic_path(d / name) as tmp:
             torch.save(state, tmp)
         atomic_write_text(name, d / "latest.txt")
@@ -311,7 +342,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _loader(self):
-        steps = range(self.start_step, self.cfg.steps)
+        stopped = self.validation is not None and self.validation.should_stop  # a resumed run that stopped early
+        steps = range(self.start_step, self.start_step if stopped else self.cfg.steps)
         # a private generator: creating the loader must not draw from the global RNG that dropout uses,
         # or a resumed run would diverge from an uninterrupted one
         gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -357,8 +389,12 @@ class Trainer:
             t_last = time.perf_counter()
             wait_total += wait
             step_total += t_last - t_data + wait
+            t_val = time.perf_counter()
+            val = self.validation.maybe_score(step, self.model) if self.validation is not None else {}
+            t_last += time.perf_counter() - t_val  # validation is neither data wait nor step time
+            stop = self.validation is not None and self.validation.should_stop
             if is_main:
-                row = self._log_row(step, loss, per_pair, gnorm, wait, t_last - t_data + wait)
+                row = {**self._log_row(step, loss, per_pair, gnorm, wait, t_last - t_data + wait), **val}
                 log.writerow(row)
                 if writer is not None:
                     for k, v in row.items():
@@ -366,11 +402,15 @@ class Trainer:
                             writer.add_scalar(k.replace("loss_", "loss/").replace("t_", "temperature/").replace("b_", "bias/"), v, step)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", steps_s=f"{1 / max(1e-9, row['step_seconds']):.1f}")
                 bar.update(1)
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     self._log_fh.flush()
                     self.save_checkpoint(step)
                 if diag is not None:
-                    diag.maybe_log(step, self.model, step == cfg.steps, writer)
+                    diag.maybe_log(step, self.model, step == cfg.steps or stop, writer)
+            if stop:
+                self._print_notes([f"early stopping at step {step}: {cfg.early_stopping_patience} validations "
+                                   f"without improvement since step {self.validation.best_step}"])
+                break
         bar.close()
         metrics = {"steps": step, "data_wait_fraction": wait_total / max(step_total, 1e-9)}
         if is_main:
@@ -379,10 +419,11 @@ class Trainer:
                 writer.close()
             if diag is not None:
                 metrics["diagnostics"] = diag.finish()
-            self.export()
+            self.export(step)
+            metrics["selection"] = self.model.training_info["selection"]
             from .plots import plot_loss_curves
 
-            plot_loss_curves(self.run / "log.csv", self.run / "loss_curves.png")
+            plot_loss_curves(self.run / "log.csv", self.run / "loss_curves.png", metrics["selection"]["step"])
             atomic_write_json(metrics, self.run / "train_metrics.json")
         return metrics
 
@@ -482,6 +523,7 @@ class Trainer:
         """
         path = self.run / "log.csv"
         fields = list(self._log_row(0, torch.tensor(0.0), {}, torch.tensor(0.0), 0.0, 1.0).keys())
+        fields += validation_columns(self.model.pair_heads.pairs)
         kept = []
         if path.is_file() and self.start_step > 0:  # drop rows logged after the checkpoint we resume from
             with open(path, newline="") as fh:
@@ -493,6 +535,11 @@ class Trainer:
         self._log_fh = open(path, "a", newline="")
         return csv.DictWriter(self._log_fh, fieldnames=fields)
 
-    def export(self) -> Path:
-        """Write ``RUN/model`` (``model.save_pretrained``: safetensors + config.json + model card)."""
-        return self.model.save_pretrained(self.run / "model")
+    def export(self, final_step: int | None = None) -> Path:
+        """Write ``RUN/model`` (the validation-selected weights) and ``RUN/model-last`` (the final step's).
+
+        Each is a ``model.save_pretrained`` folder (safetensors + config.json + model card); their
+        ``training.selection`` says which step they hold and why (see :mod:`.validation`).
+        """
+        return export_models(self.model, self.run, self.validation,
+                             self.cfg.steps if final_step is None else final_step)
