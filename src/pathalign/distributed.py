@@ -1,7 +1,19 @@
 """Distributed set-up shared by every verb that runs under ``torchrun`` (train, preprocess/extract).
 
-One rule for the backend: NCCL when this process computes on a CUDA device, gloo otherwise.
-Under torchrun each process uses ``cuda:<LOCAL_RANK>`` when the requested device is CUDA.
+One device rule, applied here once (:func:`process_device`), on top of
+:func:`pathalign.devices.resolve_device`:
+
+* ``auto`` / ``cuda``: under torchrun each process takes ``cuda:<LOCAL_RANK>``; alone, the current GPU.
+* ``cuda:N``: that GPU, as everywhere. Under torchrun it is accepted only when one process runs on the
+  node (``LOCAL_WORLD_SIZE`` 1, e.g. one process per node that should use GPU ``N``); with several
+  processes per node every one would land on the same GPU, so it is refused (:class:`DeviceError`)
+  instead of being rewritten silently: use ``--device cuda`` (or ``auto``), or choose the GPUs with
+  ``CUDA_VISIBLE_DEVICES``.
+* ``cpu``: the CPU.
+
+One rule for the backend: NCCL when this process computes on a CUDA device, gloo otherwise. For NCCL
+the process's GPU is made the current device (``torch.cuda.set_device``) *before* the process group
+starts, so that collectives and object collectives allocate on it rather than on ``cuda:0``.
 """
 from __future__ import annotations
 
@@ -9,6 +21,10 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from .devices import DeviceError, resolve_device
+
+__all__ = ["DistInfo", "env_ranks", "process_device", "setup_distributed"]
 
 
 @dataclass(frozen=True)
@@ -30,27 +46,55 @@ def env_ranks() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def setup_distributed(device: str | torch.device) -> DistInfo:
-    """Initialise the process group when launched by torchrun (once) and pick this process's device.
+def _local_world_size(world: int) -> int:
+    """Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``; the world size when it is not set)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def process_device(spec: str | torch.device | None) -> torch.device:
+    """This process's device under the rule of the module docstring; no side effect.
 
     Args:
-        device: the requested device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``); under torchrun a CUDA
-            request becomes ``cuda:<LOCAL_RANK>``.
+        spec: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a :class:`torch.device` is read as its string).
 
     Returns:
-        The :class:`DistInfo` of this process. Nothing is mutated: callers use ``info.device``.
+        The device (``cuda`` always with an index).
+
+    Raises:
+        DeviceError: ``spec`` is malformed, names a GPU this machine lacks, or is an explicit ``cuda:N`` under
+            torchrun with several processes on the node.
+    """
+    _, world, local = env_ranks()
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if world > 1 and ":" in text and text.startswith("cuda") and _local_world_size(world) > 1:
+        raise DeviceError(f"--device {spec} under torchrun with {_local_world_size(world)} processes on this node: "
+                          f"every process would use that one GPU; use --device cuda (process i takes cuda:i, its "
+                          f"LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    return resolve_device(text, local if world > 1 else None)
+
+
+def setup_distributed(device: str | torch.device | None) -> DistInfo:
+    """Pick this process's device (:func:`process_device`) and, under torchrun, start the process group once.
+
+    Args:
+        device: the requested device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
+
+    Returns:
+        The :class:`DistInfo` of this process; callers use ``info.device``. A CUDA device is made current
+        (``torch.cuda.set_device``), before ``init_process_group`` (NCCL) under torchrun.
+
+    Raises:
+        DeviceError: see :func:`process_device`.
 
     Example:
         >>> setup_distributed("cpu")  # outside torchrun
         DistInfo(rank=0, world_size=1, local_rank=0, device=device(type='cpu'))
     """
     rank, world, local = env_ranks()
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = process_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1:
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local)
         import torch.distributed as dist
 
         if not dist.is_initialized():

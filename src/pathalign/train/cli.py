@@ -69,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
                  diagnostics_every=args.diagnostics_every, train_missing_rate=args.train_missing_rate,
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    from ..devices import resolve_device
-
-    overrides["device"] = str(resolve_device(overrides.get("device", "auto"), int(os.environ.get("LOCAL_RANK", 0))))
+    overrides["device"] = str(overrides.get("device", "auto"))  # resolved per process by setup_distributed
     overrides["progress"] = not args.quiet
     try:
         cfg = TrainConfig.from_preset(args.preset, **overrides)
