@@ -348,6 +348,7 @@ def test_short_bf16_training_run_follows_the_fp32_loss_curve(features_cohort, tm
     fp32, bf16 = curve(torch.float32), curve(torch.bfloat16)
     assert fp32[-4:].mean() < 0.9 * fp32[:4].mean()  # the run does learn
     gap = np.abs(bf16 - fp32).mean() / fp32.mean()
+    print(f"bf16 vs fp32 loss curve: mean relative gap {gap:.4f}")
     assert gap < BF16_LOSS_RTOL, f"bf16 loss curve {gap:.3f} (relative) from fp32: {bf16.round(3)} vs {fp32.round(3)}"
 
 
@@ -404,3 +405,53 @@ def test_device_rope_keeps_parity_with_the_published_vectors():
             out = enc.encode(ref["input.features"][b][m], ref["input.coords"][b][m], ref["input.fragment"][b][m])
             worst = max(worst, rel_err(out["slide_embedding"], ref["output.slide_embedding"][b]))
     assert worst < 1e-6, f"relative error {worst:.1e} against the published outputs (was ~3e-7)"
+
+
+# ------------------------------------------------------------------ benchmarks/gpu_check.sh
+def test_gpu_check_dry_run_lists_every_stage_and_its_files():
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    names = ["cuda-tests", "official", "kernel", "extract", "train-step", "train-bf16", "nccl-2proc"]
+    assert [line.split("]")[0].strip("[") for line in lines] == [str(i) for i in range(1, 8)], proc.stdout
+    for name, line in zip(names, lines):
+        assert f" {name} " in line and "limit" in line, line
+        for word in line.split():
+            if word.startswith(("tests/", "benchmarks/")):
+                assert (ROOT / word).is_file(), f"{name}: {word} does not exist"
+    only = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--only", "3,5"],
+                          capture_output=True, text=True, timeout=60)
+    assert [line.split("]")[0] for line in only.stdout.splitlines()] == ["[3", "[5"]
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
+
+
+def test_gpu_stages_run_on_the_cpu_and_leave_json(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_stages
+
+    gpu_stages.main(["kernel", "--device", "cpu", "--preset", "tiny", "--tokens", "64,128", "--repeats", "1",
+                     "--json", str(tmp_path / "kernel.json")])
+    gpu_stages.main(["train-step", "--device", "cpu", "--preset", "tiny", "--tokens", "48", "--slides", "2",
+                     "--fragments", "3", "--repeats", "1", "--json", str(tmp_path / "step.json")])
+    kernel = json.loads((tmp_path / "kernel.json").read_text())
+    assert [r["tokens"] for r in kernel["rows"]] == [64, 128] and all(r["tflops"] > 0 for r in kernel["rows"])
+    step = json.loads((tmp_path / "step.json").read_text())["rows"][0]
+    assert step["outcome"] == "ok" and np.isfinite(step["loss"]) and step["checkpoint_activations"]
+
+
+@pytest.mark.skipif(not os.environ.get("EXAONE_PATH_CODE"),
+                    reason="needs a checkout of LG-AI-EXAONE/EXAONE-Path-2.5: set EXAONE_PATH_CODE=/path/to/it")
+def test_official_comparison_runs_on_the_cpu(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_stages
+
+    gpu_stages.main(["official", "--device", "cpu", "--dtype", "fp32", "--tokens", "200", "--fragments", "4",
+                     "--repeats", "1", "--json", str(tmp_path / "o.json")])
+    rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+    assert rows[-1]["rel_err"] < 1e-4, rows
