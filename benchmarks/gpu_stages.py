@@ -136,11 +136,11 @@ def run_official(args) -> None:
         fd, cd, gd = feats.to(device), coords.to(device), frag.to(device)
         outs = {}
 
-        def run_ours():
+        def run_ours(fd=fd, cd=cd, gd=gd):
             with torch.inference_mode(), _autocast(device, args.dtype):
                 return ours.encode(fd, cd, gd)["slide_embedding"].float()
 
-        def run_theirs():
+        def run_theirs(fd=fd, cd=cd, gd=gd, n=n):
             with torch.inference_mode(), _autocast(device, args.dtype):
                 return theirs(fd[None], torch.ones(1, n, dtype=torch.bool, device=device), cd[None],
                               gd[None])["slide_embedding"][0].float()
@@ -173,7 +173,8 @@ def run_kernel(args) -> None:
         t = n + cfg.n_prefix
         q, k, v = (torch.randn(t, cfg.num_heads, cfg.head_dim, device=device, dtype=dtype) for _ in range(3))
         seg = Segments([t])  # a NoPE block: the whole slide is one segment
-        res = _measure(lambda: ATTENTION_BACKENDS.get(backend)(q, k, v, seg), device, args.repeats)
+        res = _measure(lambda q=q, k=k, v=v, seg=seg: ATTENTION_BACKENDS.get(backend)(q, k, v, seg), device,
+                       args.repeats)
         res.pop("out", None)
         if res["outcome"] == "ok":
             flops = 4.0 * t * t * cfg.num_heads * cfg.head_dim  # QK^T and PV: 2 multiply-adds per entry each
@@ -200,8 +201,8 @@ def run_extract(args) -> None:
         coords = np.stack([rng.integers(0, max(1, w - size), args.patches),
                            rng.integers(0, max(1, h - size), args.patches)], 1)
         ds = PatchDataset(args.slide, coords, 0, size, size, "auto")
-        res = _measure(lambda: extract_features(enc, ds, args.batch_size, args.workers, device, progress=False),
-                       device, 1)
+        res = _measure(lambda enc=enc, ds=ds: extract_features(enc, ds, args.batch_size, args.workers, device,
+                                                               progress=False), device, 1)
         res.pop("out", None)
         if res["outcome"] == "ok":
             res["patches_per_s"] = args.patches / res["seconds"]

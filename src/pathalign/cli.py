@@ -110,7 +110,7 @@ def preflight(command: str, args: argparse.Namespace) -> None:
 
     ``--out`` must be writable (``OutputPathError``) and ``--device`` must exist on this machine
     (``DeviceError``); both are :class:`PathalignError`. The device is checked by the rule each process
-    applies when it starts (:func:`pathalign.distributed.process_device`, torchrun's ranks included).
+    applies when it starts (:func:`pathalign.devices.process_device`, torchrun's ranks included).
     """
     out, kind = getattr(args, "out", None), VERBS[command].out
     if out is not None and kind is not None:
@@ -118,7 +118,7 @@ def preflight(command: str, args: argparse.Namespace) -> None:
 
         (check_output_file if kind == "file" else check_output_dir)(out, "--out")
     if getattr(args, "device", None) is not None:
-        from .distributed import process_device
+        from .devices import process_device
 
         process_device(args.device)
 

@@ -1,7 +1,7 @@
 """Distributed set-up shared by every verb that runs under ``torchrun`` (train, preprocess/extract).
 
-One device rule, applied here once (:func:`process_device`), on top of
-:func:`pathalign.devices.resolve_device`:
+One device rule, applied here once (:func:`pathalign.devices.process_device`, which ``cli.preflight``
+also checks before any work), on top of :func:`pathalign.devices.resolve_device`:
 
 * ``auto`` / ``cuda``: under torchrun each process takes ``cuda:<LOCAL_RANK>``; alone, the current GPU.
 * ``cuda:N``: that GPU, as everywhere. Under torchrun it is accepted only when one process runs on the
@@ -17,12 +17,11 @@ starts, so that collectives and object collectives allocate on it rather than on
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-from .devices import DeviceError, resolve_device
+from .devices import env_ranks, process_device
 
 __all__ = ["DistInfo", "env_ranks", "process_device", "setup_distributed"]
 
@@ -39,38 +38,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def env_ranks() -> tuple[int, int, int]:
-    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from torchrun's environment (``(0, 1, 0)`` outside it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _local_world_size(world: int) -> int:
-    """Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``; the world size when it is not set)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
-
-
-def process_device(spec: str | torch.device | None) -> torch.device:
-    """This process's device under the rule of the module docstring; no side effect.
-
-    Args:
-        spec: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a :class:`torch.device` is read as its string).
-
-    Returns:
-        The device (``cuda`` always with an index).
-
-    Raises:
-        DeviceError: ``spec`` is malformed, names a GPU this machine lacks, or is an explicit ``cuda:N`` under
-            torchrun with several processes on the node.
-    """
-    _, world, local = env_ranks()
-    text = "auto" if spec is None else str(spec).strip().lower()
-    if world > 1 and ":" in text and text.startswith("cuda") and _local_world_size(world) > 1:
-        raise DeviceError(f"--device {spec} under torchrun with {_local_world_size(world)} processes on this node: "
-                          f"every process would use that one GPU; use --device cuda (process i takes cuda:i, its "
-                          f"LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES")
-    return resolve_device(text, local if world > 1 else None)
 
 
 def setup_distributed(device: str | torch.device | None) -> DistInfo:
