@@ -91,7 +91,7 @@ skip() {  # skip NUMBER NAME REASON
   if [ "$DRY" -eq 1 ]; then printf '[%s] %s: skipped (%s)\n' "$1" "$2" "$3"; else record "$1" "$2" "skipped: $3" 0; fi
 }
 
-stage 1 cuda-tests 120 env PATHALIGN_GPU_TESTS=1 "$PY" -m pytest -q -rs -p no:cacheprovider \
+stage 1 cuda-tests 150 env PATHALIGN_GPU_TESTS=1 "$PY" -m pytest -q -rs -p no:cacheprovider \
   tests/test_slide_encoder.py tests/test_patch_encoders.py tests/test_device_option.py tests/test_gpu_path.py -k cuda
 
 if [ "$DRY" -eq 1 ] || [ -f "$EXAONE_CODE/slide_encoder_config.yaml" ]; then
@@ -101,7 +101,7 @@ else
   skip 2 official "no checkout of LG-AI-EXAONE/EXAONE-Path-2.5 at $EXAONE_CODE (--exaone-code)"
 fi
 
-stage 3 kernel 45 "$PY" "$STAGE_PY" kernel --tokens 16384,50000,100000 --json "$OUT/kernel.json"
+stage 3 kernel 30 "$PY" "$STAGE_PY" kernel --tokens 16384,50000,100000 --json "$OUT/kernel.json"
 
 SLIDE="$SHARED/data/cmu_small_region.svs"
 if [ "$DRY" -eq 1 ] || [ -f "$SLIDE" ]; then
@@ -113,7 +113,7 @@ fi
 
 stage 5 train-step 60 "$PY" "$STAGE_PY" train-step --tokens 50000 --slides 4 --json "$OUT/train_step.json"
 
-stage 6 train-bf16 60 "$PY" benchmarks/train.py --device cuda --preset exaone-path-2.5 --patients 64 \
+stage 6 train-bf16 45 "$PY" benchmarks/train.py --device cuda --preset exaone-path-2.5 --patients 64 \
   --batch-size 32 --tokens 4096 --feature-dim 768 --steps 20 --workers 2
 
 # 7. 2-process NCCL training (needs two GPUs); NCCL_CHECK_DEVICE=cpu runs the same commands with gloo

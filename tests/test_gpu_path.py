@@ -226,6 +226,21 @@ def test_rank_seeds_and_state_round_trip():
     assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
 
 
+def test_checkpoint_from_before_per_rank_states_still_resumes():
+    from pathalign.train.rng_state import rank_seed, restore_from_checkpoint
+
+    torch.manual_seed(11)
+    old = {"rng_torch": torch.get_rng_state(), "step": 40}  # what checkpoints held: rank 0's CPU state only
+    expect = torch.rand(4)
+    torch.manual_seed(0)
+    restore_from_checkpoint(old, seed=3, rank=0, world_size=2)
+    assert torch.equal(torch.rand(4), expect)
+    restore_from_checkpoint(old, seed=3, rank=1, world_size=2)  # re-seeded from (seed, rank, step)
+    got = torch.rand(4)
+    torch.manual_seed(rank_seed(3, 1, 40))
+    assert torch.equal(got, torch.rand(4)) and not torch.equal(got, expect)
+
+
 def _saved(obj):
     import io
 
@@ -297,8 +312,8 @@ def test_training_step_reads_the_host_a_constant_number_of_times(features_cohort
 
 
 # ------------------------------------------------------------------ bf16 numerics on the CPU
-BF16_ENCODER_RTOL = 3e-2  # relative L2 error of bf16 autocast vs fp32 (bf16 keeps 8 bits: ~4e-3 per rounding)
-BF16_LOSS_RTOL = 0.05  # mean |loss_bf16 - loss_fp32| / mean loss_fp32 over a short run
+BF16_ENCODER_RTOL = 3e-2  # relative L2 error of bf16 autocast vs fp32 (measured 1.0e-2 to 1.2e-2; bf16 keeps 8 bits)
+BF16_LOSS_RTOL = 0.02  # mean |loss_bf16 - loss_fp32| / mean loss_fp32 over 16 steps (measured 0.0036)
 
 
 def test_slide_encoder_bf16_autocast_matches_fp32():
