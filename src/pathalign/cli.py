@@ -115,7 +115,8 @@ def preflight(command: str, args: argparse.Namespace) -> None:
     """Checks every verb gets before it starts, so that they fail at once and write nothing.
 
     ``--out`` must be writable (``OutputPathError``) and ``--device`` must exist on this machine
-    (``DeviceError``); both are :class:`PathalignError`.
+    (``DeviceError``); both are :class:`PathalignError`. The device is checked by the rule each process
+    applies when it starts (:func:`pathalign.devices.process_device`, torchrun's ranks included).
     """
     out, kind = getattr(args, "out", None), VERBS[command].out
     if out is not None and kind is not None:
@@ -123,9 +124,9 @@ def preflight(command: str, args: argparse.Namespace) -> None:
 
         (check_output_file if kind == "file" else check_output_dir)(out, "--out")
     if getattr(args, "device", None) is not None:
-        from .devices import resolve_device
+        from .devices import process_device
 
-        resolve_device(args.device)
+        process_device(args.device)
 
 
 def _one_line(message: str) -> str:

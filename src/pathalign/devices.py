@@ -1,18 +1,20 @@
 """One rule for turning a ``--device`` value into a :class:`torch.device`, checked before any work.
 
-Every verb with a ``--device`` option calls :func:`resolve_device` on it first, so that
+Every verb with a ``--device`` option has it checked first (:func:`process_device`: the rule of
+:func:`resolve_device` plus what a value means under torchrun), so that
 ``--device cuda`` on a machine without a GPU is one clear error (exit 2), not a traceback
 after minutes of reading slides.
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
 
 from .errors import PathalignError
 
-__all__ = ["DeviceError", "resolve_device", "DEVICE_HELP"]
+__all__ = ["DeviceError", "resolve_device", "process_device", "env_ranks", "DEVICE_HELP"]
 
 DEVICE_HELP = "auto (GPU if there is one), cpu, cuda or cuda:N"
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
@@ -67,3 +69,41 @@ def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> 
         raise DeviceError(f"--device {spec}: GPU index {i} does not exist (this machine has {count} GPU"
                           f"{'' if count == 1 else 's'}: cuda:0..cuda:{count - 1})")
     return torch.device("cuda", i)
+
+
+def env_ranks() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from torchrun's environment (``(0, 1, 0)`` outside it)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _local_world_size(world: int) -> int:
+    """Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``; the world size when it is not set)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def process_device(spec: str | torch.device | None) -> torch.device:
+    """This process's device, under torchrun too; no side effect (``setup_distributed`` applies it).
+
+    ``auto`` / ``cuda``: ``cuda:<LOCAL_RANK>`` under torchrun, else the current GPU. An explicit ``cuda:N``
+    is kept, but refused under torchrun when several processes run on the node (``LOCAL_WORLD_SIZE`` > 1):
+    they would all use GPU ``N``.
+
+    Args:
+        spec: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a :class:`torch.device` is read as its string).
+
+    Returns:
+        The device (``cuda`` always with an index).
+
+    Raises:
+        DeviceError: ``spec`` is malformed, names a GPU this machine lacks, or is an explicit ``cuda:N`` under
+            torchrun with several processes on the node.
+    """
+    _, world, local = env_ranks()
+    text = "auto" if spec is None else str(spec).strip().lower()
+    match = _SPEC.match(text)
+    explicit = match is not None and match.group(1) == "cuda" and match.group(2) is not None
+    if world > 1 and explicit and _local_world_size(world) > 1:
+        raise DeviceError(f"--device {spec} under torchrun with {_local_world_size(world)} processes on this node: "
+                          f"every process would use that one GPU; use --device cuda (process i takes cuda:i, its "
+                          f"LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    return resolve_device(text, local if world > 1 else None)

@@ -1,14 +1,29 @@
 """Distributed set-up shared by every verb that runs under ``torchrun`` (train, preprocess/extract).
 
-One rule for the backend: NCCL when this process computes on a CUDA device, gloo otherwise.
-Under torchrun each process uses ``cuda:<LOCAL_RANK>`` when the requested device is CUDA.
+One device rule, applied here once (:func:`pathalign.devices.process_device`, which ``cli.preflight``
+also checks before any work), on top of :func:`pathalign.devices.resolve_device`:
+
+* ``auto`` / ``cuda``: under torchrun each process takes ``cuda:<LOCAL_RANK>``; alone, the current GPU.
+* ``cuda:N``: that GPU, as everywhere. Under torchrun it is accepted only when one process runs on the
+  node (``LOCAL_WORLD_SIZE`` 1, e.g. one process per node that should use GPU ``N``); with several
+  processes per node every one would land on the same GPU, so it is refused (:class:`DeviceError`)
+  instead of being rewritten silently: use ``--device cuda`` (or ``auto``), or choose the GPUs with
+  ``CUDA_VISIBLE_DEVICES``.
+* ``cpu``: the CPU.
+
+One rule for the backend: NCCL when this process computes on a CUDA device, gloo otherwise. For NCCL
+the process's GPU is made the current device (``torch.cuda.set_device``) *before* the process group
+starts, so that collectives and object collectives allocate on it rather than on ``cuda:0``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from .devices import env_ranks, process_device
+
+__all__ = ["DistInfo", "env_ranks", "process_device", "setup_distributed"]
 
 
 @dataclass(frozen=True)
@@ -25,32 +40,28 @@ class DistInfo:
         return self.rank == 0
 
 
-def env_ranks() -> tuple[int, int, int]:
-    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from torchrun's environment (``(0, 1, 0)`` outside it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def setup_distributed(device: str | torch.device) -> DistInfo:
-    """Initialise the process group when launched by torchrun (once) and pick this process's device.
+def setup_distributed(device: str | torch.device | None) -> DistInfo:
+    """Pick this process's device (:func:`process_device`) and, under torchrun, start the process group once.
 
     Args:
-        device: the requested device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``); under torchrun a CUDA
-            request becomes ``cuda:<LOCAL_RANK>``.
+        device: the requested device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
 
     Returns:
-        The :class:`DistInfo` of this process. Nothing is mutated: callers use ``info.device``.
+        The :class:`DistInfo` of this process; callers use ``info.device``. A CUDA device is made current
+        (``torch.cuda.set_device``), before ``init_process_group`` (NCCL) under torchrun.
+
+    Raises:
+        DeviceError: see :func:`process_device`.
 
     Example:
         >>> setup_distributed("cpu")  # outside torchrun
         DistInfo(rank=0, world_size=1, local_rank=0, device=device(type='cpu'))
     """
     rank, world, local = env_ranks()
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = process_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1:
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local)
         import torch.distributed as dist
 
         if not dist.is_initialized():

@@ -24,13 +24,14 @@ import functools
 import os
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..registry import Registry
-from .packing import Segments
+from .packing import Segments, to_device
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor, Segments], Tensor]
 ATTENTION_BACKENDS: Registry[AttentionFn] = Registry("attention backend")
@@ -64,7 +65,7 @@ def _segment_plan(segments: Segments) -> list[tuple[int, int, list[int]]]:
     """Calls of the segment backend: ``(length, group size, starts)`` per group of equal-length segments (cached)."""
     key = "segment_plan"
     if key not in segments._cache:
-        offsets = segments.offsets("cpu").tolist()
+        offsets = np.concatenate([[0], np.cumsum(segments.lengths)]).tolist()  # host numbers
         segments._cache[key] = [(length, len(members), [offsets[m] for m in members])
                                 for length, members in _length_groups(segments)]
     return segments._cache[key]
@@ -79,31 +80,38 @@ def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments) -> Te
     """
     if len(segments.lengths) == 1:
         return F.scaled_dot_product_attention(_heads_first(q), _heads_first(k), _heads_first(v))[0].transpose(0, 1)
-    outs, order = [], []
-    for length, g, starts in _segment_plan(segments):
+    indices, inverse = _segment_indices(segments, q.device)
+    outs = []
+    for (length, g, starts), idx in zip(_segment_plan(segments), indices):
         if g == 1:
             sl = slice(starts[0], starts[0] + length)
             o = F.scaled_dot_product_attention(_heads_first(q[sl]), _heads_first(k[sl]), _heads_first(v[sl]))
             outs.append(o[0].transpose(0, 1))  # [L,H,Dh]
-            order.append(torch.arange(starts[0], starts[0] + length))
             continue
-        index = (torch.tensor(starts)[:, None] + torch.arange(length)[None, :]).reshape(-1)  # [G*L]
-        idx = index.to(q.device)
 
         def gather(x: Tensor) -> Tensor:
             return x.index_select(0, idx).view(g, length, *x.shape[1:]).transpose(1, 2)  # [G*L,H,Dh] -> [G,H,L,Dh]
 
         o = F.scaled_dot_product_attention(gather(q), gather(k), gather(v))  # [G,H,L,Dh]
         outs.append(o.transpose(1, 2).reshape(g * length, *q.shape[1:]))
-        order.append(index)
-    key = "segment_inverse"
+    return torch.cat(outs).index_select(0, inverse)
+
+
+def _segment_indices(segments: Segments, device: torch.device) -> tuple[list[Tensor | None], Tensor]:
+    """Per call of the segment backend, the gathered rows (``None`` for a lone segment, a slice), and the
+    inverse permutation back to sequence order; built on the host once, copied once per device (cached)."""
+    key = ("segment_indices", str(device))
     if key not in segments._cache:
+        indices, order = [], []
+        for length, g, starts in _segment_plan(segments):
+            index = (torch.tensor(starts)[:, None] + torch.arange(length)[None, :]).reshape(-1)  # [G*L]
+            indices.append(None if g == 1 else to_device(index, device))
+            order.append(index)
         perm = torch.cat(order)  # sequence position of each row of cat(outs)
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(len(perm))
-        segments._cache[key] = inverse
-    inverse = segments._cache[key].to(q.device)
-    return torch.cat(outs).index_select(0, inverse)
+        segments._cache[key] = (indices, to_device(inverse, device))
+    return segments._cache[key]
 
 
 @ATTENTION_BACKENDS.register("nested")

@@ -8,7 +8,9 @@ Two segmentations of that sequence drive attention (DESIGN §4):
   segment per tissue fragment; a slide given without fragment ids is a single segment that
   holds its prefix too, as the published code does.
 
-Nothing here is of size T x T: segments are lengths and offsets.
+Nothing here is of size T x T: segments are lengths and offsets. Everything is built on the host
+(lengths are host numbers that the attention loop needs) and moved to the device once per batch,
+without waiting (:meth:`PackedSlides.to`); nothing is read back from the device.
 """
 from __future__ import annotations
 
@@ -38,20 +40,28 @@ class Segments:
         return max(self.lengths)
 
     def offsets(self, device: torch.device | str = "cpu") -> Tensor:
-        """``cu_seqlens``: int32 ``[S+1]`` start offsets plus the total."""
+        """``cu_seqlens``: int32 ``[S+1]`` start offsets plus the total (built on the host, copied once per device)."""
         key = ("offsets", str(device))
         if key not in self._cache:
             off = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int32)
-            self._cache[key] = torch.from_numpy(off).to(device)
+            self._cache[key] = to_device(torch.from_numpy(off), device)
         return self._cache[key]
 
     def ids(self, device: torch.device | str = "cpu") -> Tensor:
-        """Segment id of every token, int32 ``[T]``."""
+        """Segment id of every token, int32 ``[T]`` (built on the host, copied once per device)."""
         key = ("ids", str(device))
         if key not in self._cache:
             ids = np.repeat(np.arange(len(self.lengths), dtype=np.int32), self.lengths)
-            self._cache[key] = torch.from_numpy(ids).to(device)
+            self._cache[key] = to_device(torch.from_numpy(ids), device)
         return self._cache[key]
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t`` on ``device``; a host-to-device copy is issued without waiting for it (``non_blocking``).
+
+    Safe for pageable host memory too: the driver stages such a copy before the call returns.
+    """
+    return t.to(device, non_blocking=True)
 
 
 @dataclass
@@ -67,6 +77,8 @@ class PackedSlides:
         n_patches: patches per slide.
         global_segments / fragment_segments: attention segments of the two block kinds.
         rope_units: per slide, the RoPE unit in level-0 px.
+        slide_of: long ``[P]``: the slide of each packed patch.
+        patch_units: float64 ``[P]``: the RoPE unit of each packed patch's slide.
     """
 
     features: Tensor
@@ -78,21 +90,28 @@ class PackedSlides:
     global_segments: Segments
     fragment_segments: Segments
     rope_units: list[float]
+    slide_of: Tensor | None = None
+    patch_units: Tensor | None = None
+
+    def __post_init__(self):
+        if self.slide_of is None:
+            self.slide_of = torch.repeat_interleave(torch.arange(len(self.n_patches)), torch.tensor(self.n_patches))
+        if self.patch_units is None:
+            self.patch_units = torch.repeat_interleave(torch.tensor(self.rope_units, dtype=torch.float64),
+                                                       torch.tensor(self.n_patches))
 
     @property
     def total(self) -> int:
         return self.global_segments.total
 
     def patch_unit_per_token(self) -> Tensor:
-        """float64 ``[P]``: the RoPE unit of each packed patch's slide."""
-        return torch.repeat_interleave(
-            torch.tensor(self.rope_units, dtype=torch.float64), torch.tensor(self.n_patches)
-        )
+        """float64 ``[P]``: the RoPE unit of each packed patch's slide (on the packed batch's device)."""
+        return self.patch_units
 
     def to(self, device: torch.device | str) -> "PackedSlides":
-        self.features = self.features.to(device)
-        self.patch_slots = self.patch_slots.to(device)
-        self.prefix_slots = self.prefix_slots.to(device)
+        """Move the packed tensors to ``device`` (copies issued without waiting); returns ``self``."""
+        for name in ("features", "coords", "patch_slots", "prefix_slots", "slide_of", "patch_units"):
+            setattr(self, name, to_device(getattr(self, name), device))
         return self
 
 
@@ -102,7 +121,9 @@ class SlideInputError(PathalignError, ValueError):
 
 def _as_numpy(x, name: str, where: str) -> np.ndarray:
     if isinstance(x, Tensor):
-        x = x.detach().cpu()
+        x = x.detach()
+        if x.device.type != "cpu":  # a device tensor given by the caller: one copy to the host
+            x = x.cpu()
         if x.dtype == torch.bfloat16:
             x = x.float()
         return x.numpy()
@@ -110,6 +131,19 @@ def _as_numpy(x, name: str, where: str) -> np.ndarray:
         return np.asarray(x)
     except Exception as e:  # noqa: BLE001 - any conversion failure is a bad input
         raise SlideInputError(f"{where}: {name} cannot be read as an array ({e})") from None
+
+
+def _finite_rows(feats: Tensor) -> np.ndarray | Tensor | None:
+    """``None`` when every value of ``feats`` ``[N, C]`` is finite, else a bool ``[N]``: which rows are.
+
+    Host tensors are checked through NumPy (no tensor is read back); a device tensor costs one read.
+    """
+    if feats.device.type == "cpu":
+        arr = (feats.float() if feats.dtype == torch.bfloat16 else feats).detach().numpy()
+        ok = np.isfinite(arr)
+        return None if ok.all() else ok.all(axis=1)
+    ok = torch.isfinite(feats)
+    return None if bool(ok.all()) else ok.all(dim=1).cpu().numpy()
 
 
 def validate_slide(features: Tensor | np.ndarray, coords: Tensor | np.ndarray, fragment: Tensor | np.ndarray | None,
@@ -129,8 +163,9 @@ def validate_slide(features: Tensor | np.ndarray, coords: Tensor | np.ndarray, f
         raise SlideInputError(f"{where}: features have {c} dims per patch, the encoder expects {input_dim}")
     if not feats.is_floating_point():
         raise SlideInputError(f"{where}: features must be floating point, got {feats.dtype}")
-    if not bool(torch.isfinite(feats).all()):
-        bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+    finite = _finite_rows(feats)
+    if finite is not None:
+        bad = int((~finite).sum())
         raise SlideInputError(f"{where}: features contain NaN or Inf in {bad} of {n} patches")
     xy = _as_numpy(coords, "coords", where)
     if xy.ndim != 2 or xy.shape[1] != 2:

@@ -275,11 +275,11 @@ class PathAlignModel(nn.Module):
                 out = torch.zeros(b, self.output_dim(WSI), device=self._device())
                 rows = batch["slide_rows"]
                 if len(rows):
-                    out = out.index_copy(0, rows.to(out.device), self.encode_slide(batch["slides"], names=batch.get("slide_ids")).to(out.dtype))
+                    out = out.index_copy(0, rows.to(out.device, non_blocking=True), self.encode_slide(batch["slides"], names=batch.get("slide_ids")).to(out.dtype))
                 emb[m] = out
             else:
                 emb[m] = self.encode_molecular(m, batch[m].to(self._device()))
-        return emb, {m: v.to(self._device()) for m, v in valid.items()}
+        return emb, {m: v.to(self._device(), non_blocking=True) for m, v in valid.items()}  # no host wait
 
     def forward(self, batch: dict | None = None, *, embeddings: dict[str, Tensor] | None = None,
                 valid: dict[str, Tensor] | None = None,

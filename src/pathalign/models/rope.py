@@ -10,7 +10,9 @@ Conventions pinned down by the published EXAONE Path 2.5 slide encoder
 
 Angles are formed in float64 and reduced before the cosine, so that a shift of a fragment by
 a whole number of units changes the attention scores only by float32 rounding of the rotated
-vectors, whatever the absolute coordinate.
+vectors, whatever the absolute coordinate. The tables are built on the device of the positions
+(the packed batch's); float64 is used only for the ``[N, 2, K]`` angles and their cosines, the
+``[N, D_h]`` tables are float32.
 """
 from __future__ import annotations
 
@@ -46,11 +48,12 @@ def rope_cos_sin(positions: Tensor, periods: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``cos, sin``: float32 ``[N, 4K]`` = ``[x-angles, y-angles]`` tiled twice.
     """
-    turns = positions.to(torch.float64)[:, :, None] / periods.to(torch.float64)[None, None, :]  # [N,2,K]
+    periods = periods.to(device=positions.device, dtype=torch.float64)
+    turns = positions.to(torch.float64)[:, :, None] / periods[None, None, :]  # [N,2,K]
     turns = turns - torch.floor(turns)  # exact range reduction: angle mod 2*pi
     angles = (2.0 * math.pi * turns).flatten(1)  # [N, 2K]: x-angles then y-angles
-    angles = angles.repeat(1, 2)  # [N, 4K] = [N, D_h]
-    return angles.cos().to(torch.float32), angles.sin().to(torch.float32)
+    cos, sin = angles.cos().to(torch.float32), angles.sin().to(torch.float32)
+    return cos.repeat(1, 2), sin.repeat(1, 2)  # [N, 4K] = [N, D_h]: tiled twice
 
 
 def rotate_half(x: Tensor) -> Tensor:

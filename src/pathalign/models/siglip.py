@@ -19,7 +19,6 @@ gradient equals the single-process gradient on the concatenated global batch. Th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +29,30 @@ from .pair_heads import PairHeads, PairProjection, pair_key  # noqa: F401  (Pair
 BALANCES = ("siglip", "pos_neg")
 
 
-@dataclass
 class LossOutput:
-    """``loss``: scalar to backpropagate (its value is the global loss); ``per_pair``: detached values."""
+    """The loss of a batch, computed without reading anything back from the device.
 
-    loss: Tensor
-    per_pair: dict[str, Tensor] = field(default_factory=dict)
+    Attributes:
+        loss: scalar to backpropagate (its value is the global loss).
+        values: every pair's detached (global) value, NaN for a pair with no valid entry in the batch.
+        active: bool ``[n_pairs]`` (order of ``values``): which pairs had a valid entry.
+        per_pair: detached values of the active pairs only; the first read of it reads ``active``
+            from the device (one host read), so a training step that logs ``values`` never does.
+    """
+
+    def __init__(self, loss: Tensor, per_pair: dict[str, Tensor] | None = None, *,
+                 values: dict[str, Tensor] | None = None, active: Tensor | None = None):
+        self.loss = loss
+        self.values = dict(values if values is not None else (per_pair or {}))
+        self.active = active
+        self._per_pair = per_pair if per_pair is not None else (None if active is not None else {})
+
+    @property
+    def per_pair(self) -> dict[str, Tensor]:
+        if self._per_pair is None:
+            flags = self.active.tolist() if len(self.values) else []
+            self._per_pair = {k: v for (k, v), a in zip(self.values.items(), flags) if a}
+        return self._per_pair
 
 
 def pair_terms(u: Tensor, w: Tensor, v_rows: Tensor, v_cols: Tensor, row_offset: int, t: Tensor, b: Tensor) -> dict:
@@ -145,7 +162,7 @@ class MultimodalSigLIPLoss(nn.Module):
         ``per_pair``.
         """
         ex = self.exchange
-        total, n_active, per_pair = None, 0, {}
+        total, n_active, values, active = None, None, {}, []
         for p in pairs:
             local_b = p.u.shape[0]
             vb_all = ex.gather_nograd(p.valid_b)
@@ -157,15 +174,17 @@ class MultimodalSigLIPLoss(nn.Module):
             else:
                 local = s["pos_sum"] / n_pos.clamp(min=1) + s["neg_sum"] / n_neg.clamp(min=1)
             total = local if total is None else total + local
-            if int(n_pos + n_neg) > 0:
-                per_pair[p.key] = ex.sum(local).detach()
-                n_active += 1
+            is_active = (n_pos + n_neg) > 0  # on the device: the counts are never read back
+            active.append(is_active)
+            values[p.key] = torch.where(is_active, ex.sum(local).detach(), float("nan"))
+            n_active = is_active.long() if n_active is None else n_active + is_active.long()
         if total is None:  # no pair at all: a zero loss that still has a graph
-            return LossOutput(torch.zeros((), requires_grad=True), per_pair)
-        local_loss = total / max(1, n_active)
+            return LossOutput(torch.zeros((), requires_grad=True), {})
+        flags = torch.stack(active)
+        local_loss = total / n_active.clamp(min=1)
         if ex.world_size == 1:
-            return LossOutput(local_loss, per_pair)
+            return LossOutput(local_loss, values=values, active=flags)
         # value = the global loss; gradient = world_size x the local term (undone by DDP's averaging)
         global_value = ex.sum(local_loss)
         scaled = local_loss * ex.world_size
-        return LossOutput(scaled - scaled.detach() + global_value, per_pair)
+        return LossOutput(scaled - scaled.detach() + global_value, values=values, active=flags)

@@ -167,16 +167,16 @@ class SlideEncoder(nn.Module):
         return pack_slides(slides, self.config.n_prefix, self.config.input_dim, self._rope_units(mpps), names)
 
     def _rope_tables(self, packed: PackedSlides, device) -> tuple[Tensor, Tensor]:
-        """cos/sin ``[T, D_h]`` over the whole sequence; prefix rows are the identity rotation."""
+        """cos/sin ``[T, D_h]`` over the whole sequence, built on ``device``; prefix rows are the identity rotation."""
         t, dh = packed.total, self.config.head_dim
+        packed.to(device)
         pos = rope_positions(packed.coords, packed.patch_unit_per_token()[:, None])  # [P, 2] float64
-        cos_p, sin_p = rope_cos_sin(pos, self.rope_periods.detach().cpu())  # [P, Dh]
-        cos = torch.ones(t, dh)
-        sin = torch.zeros(t, dh)
-        slots = packed.patch_slots.cpu()
-        cos[slots] = cos_p
-        sin[slots] = sin_p
-        return cos.to(device), sin.to(device)
+        cos_p, sin_p = rope_cos_sin(pos, self.rope_periods.detach())  # [P, Dh] float32
+        cos = torch.ones(t, dh, device=device)
+        sin = torch.zeros(t, dh, device=device)
+        cos[packed.patch_slots] = cos_p
+        sin[packed.patch_slots] = sin_p
+        return cos, sin
 
     # ------------------------------------------------------------------ forward
     def run_blocks(self, packed: PackedSlides,
@@ -226,11 +226,11 @@ class SlideEncoder(nn.Module):
         if cfg.pooling == "cls":
             slide = cls
         else:
-            counts = torch.tensor(packed.n_patches, device=device)
-            slide_of = torch.repeat_interleave(torch.arange(s, device=device), counts)  # [Np]
+            slide_of = packed.slide_of  # [Np], on the device (PackedSlides.to)
+            counts = torch.zeros(s, device=device).index_add_(0, slide_of, torch.ones_like(slide_of, dtype=torch.float32))
             mean_tok = torch.zeros(s, cfg.dim, device=device, dtype=tokens.dtype).index_add_(0, slide_of, tokens)
             mean_feat = torch.zeros(s, cfg.input_dim, device=device, dtype=torch.float32).index_add_(0, slide_of, packed.features.float())
-            slide = torch.cat([mean_feat, mean_tok.float()], dim=1) / counts[:, None].float()
+            slide = torch.cat([mean_feat, mean_tok.float()], dim=1) / counts[:, None]
         return {"tokens": tokens, "cls": cls, "slide_embedding": slide}
 
     def forward(self, slides: Sequence[SlideInput], mpps: Sequence[float | None] | None = None,

@@ -49,13 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder, _dist_info
     from .segment import SegmentConfig
 
-    import os
-
-    from ..devices import resolve_device
-
-    device = args.device
-    if args.stage == "extract":  # segment / patch never use it
-        device = str(resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0))))
+    device = args.device  # resolved per process by run_pipeline (pathalign.distributed.setup_distributed)
     if args.stage == "extract":
         validate_encoder(args.encoder)  # PatchEncoderError (a PathalignError): one line from pathalign.cli.main
     try:

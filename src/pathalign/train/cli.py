@@ -86,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
                  stratify=None if args.stratify is None else ("" if args.stratify.lower() == "none" else args.stratify),
                  modalities=args.modalities.split(",") if args.modalities else None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    from ..devices import resolve_device
-
-    overrides["device"] = str(resolve_device(overrides.get("device", "auto"), int(os.environ.get("LOCAL_RANK", 0))))
+    overrides["device"] = str(overrides.get("device", "auto"))  # resolved per process by setup_distributed
     overrides["progress"] = not args.quiet
     try:
         cfg = TrainConfig.from_preset(args.preset, **overrides)

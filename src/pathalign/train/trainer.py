@@ -39,6 +39,7 @@ from .loader_workers import worker_init
 from .run_identity import ResumeMismatch, check_resume, run_identity, saved_modalities
 from .validation import Validation, export_models, validation_columns
 from .validation import check_settings as check_validation_settings
+from .rng_state import gather_states, restore_from_checkpoint, seed_rank_stream
 
 
 class TrainingError(PathalignError, RuntimeError):
@@ -232,6 +233,7 @@ class Trainer:
             self.model.encoders["rna"].foundation.load_state_dict(fm.state_dict())
         if self.model.slide_encoder is not None:
             self.model.slide_encoder.checkpoint_activations = cfg.checkpoint_activations
+        seed_rank_stream(cfg.seed, self.rank)  # same initial weights on every rank, then a stream of its own
         self.loss_fn = MultimodalSigLIPLoss(self.model_config.balance, self.rank, self.world)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps, cfg.steps))
@@ -240,7 +242,7 @@ class Trainer:
             self.model.load_state_dict(upgrade_state_dict(self.state["model"]))
             self.opt.load_state_dict(self.state["optimizer"])
             self.sched.load_state_dict(self.state["scheduler"])
-            torch.set_rng_state(self.state["rng_torch"])
+            restore_from_checkpoint(self.state, cfg.seed, self.rank, self.world)  # each rank its own state
             self.start_step = int(self.state["step"])
         self.train_idx = self.data.eligible(splits["train"])
         if cfg.complete_cases:
@@ -321,12 +323,18 @@ class Trainer:
             raise TrainingError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
     def save_checkpoint(self, step: int) -> Path:
-        """Write the full training state after ``step`` steps (rank 0 only), atomically."""
+        """Write the full training state after ``step`` steps, atomically.
+
+        Called on every rank: each hands its random states to rank 0 (a collective under DDP), which writes.
+        """
+        rng = gather_states(self.rank, self.world, self.device)
         d = self._ckpt_dir()
-        d.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:07d}.pt"
+        if self.rank != 0:
+            return d / name
+        d.mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "scheduler": self.sched.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
+                 "scheduler": self.sched.state_dict(), "step": step, "rng_torch": rng[0]["cpu"], "rng_states": rng,
                  "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
                  "train_config": json.dumps(asdict(self.cfg)), "model_config": json.dumps(asdict(self.model_config)),
                  "preprocessing": json.dumps(self.data.preprocessing), "splits": json.dumps(self.splits),
@@ -381,7 +389,7 @@ class Trainer:
                 self.check_finite(out.loss, step + 1, batch)
             else:
                 out = self.forward_backward(self._to_device(batch), step + 1)
-            loss, per_pair = out.loss, out.per_pair
+            loss, per_pair = out.loss, out.values  # NaN for a pair with nothing valid; read with the log row
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.sched.step()
@@ -404,7 +412,9 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     self._log_fh.flush()
-                    self.save_checkpoint(step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                self.save_checkpoint(step)  # on every rank: each one's random state goes into the checkpoint
+            if is_main:
                 if diag is not None:
                     diag.maybe_log(step, self.model, step == cfg.steps or stop, writer)
             if stop:
@@ -494,24 +504,34 @@ class Trainer:
                                 f"{self._ckpt_dir() / 'latest.txt'}")
 
     def _to_device(self, batch: dict) -> dict:
+        """The batch's tensors on the device, copied without waiting; the slides stay on the host.
+
+        The slide encoder validates and packs the slides on the host (segment lengths are host numbers)
+        and then moves the packed batch in one go, so no slide tensor goes to the device and back.
+        """
         if self.device.type == "cpu":
             return batch
         out = dict(batch)
         for m in self.data.arrays:
             out[m] = batch[m].to(self.device, non_blocking=True)
-        if "slides" in batch:
-            out["slides"] = [tuple(t.to(self.device, non_blocking=True) for t in s) for s in batch["slides"]]
         return out
 
     def _log_row(self, step, loss, per_pair, gnorm, wait, seconds) -> dict:
-        row = {"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm),
+        """The step's log row; its tensors are read from the device together, in one host read."""
+        names, values = ["loss", "grad_norm"], [loss.detach(), torch.as_tensor(gnorm)]
+        for a, b in self.model.pair_heads.pairs:
+            key = f"{a}-{b}"
+            t, bias = self.model.pair_heads.temperature_bias(a, b)
+            names += [f"loss_{key}", f"t_{key}", f"b_{key}"]
+            values += [per_pair[key].detach() if key in per_pair else torch.full((), float("nan"), device=loss.device),
+                       t.detach().exp(),
+                       bias.detach()]
+        read = dict(zip(names, torch.stack([v.float().reshape(()).to(loss.device) for v in values]).tolist()))
+        row = {"step": step, "loss": read["loss"], "lr": self.sched.get_last_lr()[0], "grad_norm": read["grad_norm"],
                "data_wait": wait, "step_seconds": seconds}
         for a, b in self.model.pair_heads.pairs:
             key = f"{a}-{b}"
-            row[f"loss_{key}"] = float(per_pair[key]) if key in per_pair else float("nan")
-            t, bias = self.model.pair_heads.temperature_bias(a, b)
-            row[f"t_{key}"] = float(t.detach().exp())
-            row[f"b_{key}"] = float(bias.detach())
+            row.update({f"loss_{key}": read[f"loss_{key}"], f"t_{key}": read[f"t_{key}"], f"b_{key}": read[f"b_{key}"]})
         return row
 
     def _open_log(self):
