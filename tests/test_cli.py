@@ -28,10 +28,49 @@ def test_every_verb_has_help(verb, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: pathalign {verb}"), out
-    options = [s for a in _verb_parser(verb)._actions for s in a.option_strings if s.startswith("--")]
-    assert "--help" in options
-    missing = [o for o in options if o not in out]
-    assert not missing, f"{verb} --help does not list {missing}"
+
+
+def _option_entries(parser: argparse.ArgumentParser) -> list[tuple[argparse.Action, str]]:
+    """Each option of ``parser`` with its entry in ``--help`` as the parser's own formatter writes it."""
+    formatter = parser._get_formatter()
+    return [(a, formatter._format_action(a)) for a in parser._actions
+            if not isinstance(a, (argparse._SubParsersAction, argparse._HelpAction))]
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_option_of_every_verb_nested_ones_too_is_explained_with_its_default(verb):
+    from pathalign.cli import _parsers
+
+    for parser in _parsers(_verb_parser(verb)):
+        for action, entry in _option_entries(parser):
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help and action.help.strip(), f"{parser.prog}: {name} has no help text"
+            shows = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+            assert shows or "default" in entry.lower(), f"{parser.prog}: {name} does not show its default: {entry!r}"
+        assert any("--debug" in a.option_strings for a in parser._actions), f"{parser.prog} has no --debug"
+
+
+def test_the_help_check_finds_an_option_without_help():
+    """The check above on a parser with a planted option that has no help (and one hiding its default)."""
+    from pathalign.cli import _HelpFormatter
+
+    p = argparse.ArgumentParser(prog="x", formatter_class=_HelpFormatter)
+    p.add_argument("--silent", type=int, default=3)
+    p.add_argument("--told", type=int, default=4, help="how many")
+    entries = {a.dest: (a, e) for a, e in _option_entries(p)}
+    assert not entries["silent"][0].help
+    assert "(default: 4)" in entries["told"][1]
+
+
+def test_nested_verbs_take_debug_and_report_errors_as_pathalign(tmp_path, capsys):
+    rc = main(["cohort", "build", "--out", str(tmp_path / "c"), "--clinical", str(tmp_path / "none.tsv"),
+               "--rna-units", "bogus"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("pathalign: error: ") and "--rna-units" in err, err
+    with pytest.raises(Exception) as e:  # --debug after the nested verb: the traceback, not an unknown argument
+        main(["cohort", "build", "--out", str(tmp_path / "c"), "--clinical", str(tmp_path / "none.tsv"),
+              "--rna-units", "bogus", "--debug"])
+    assert "--rna-units" in str(e.value)
 
 
 def test_no_verb_prints_help(capsys):

@@ -70,6 +70,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The verbs' help layout: descriptions as written, and each option's default after its help unless the help
+    already says it (or there is none to show: a flag, an option whose default is 'not given')."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, argparse._VersionAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``p`` and every parser nested under it (``cohort build``, ``analyze adapters``)."""
+    out = [p]
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for q in a.choices.values():
+                out += _parsers(q)
+    return out
+
+
 def _verb_of(argv: list[str]) -> str | None:
     """The command word: the first argument that is not an option (top-level options take no value)."""
     for arg in argv:
@@ -103,10 +125,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(spec.module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or spec.help).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=_HelpFormatter)
         mod.add_arguments(p)
-        if not any("--debug" in a.option_strings for a in p._actions):
-            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+        for q in _parsers(p):  # nested verbs too: 'pathalign cohort build ... --debug'
+            q.formatter_class = _HelpFormatter
+            if not any("--debug" in a.option_strings for a in q._actions):
+                q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
         p.set_defaults(_module=mod, **spec.defaults)
     return parser
 

@@ -42,20 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the cohort; an input error is one line on stderr and exit code 2."""
-    import sys
-
-    from ..errors import PathalignError
+    """Build the cohort; an input error (:class:`~pathalign.errors.PathalignError`) reaches ``pathalign``'s
+    ``main``, which prints it as one line ``pathalign: error: ...`` with exit code 2 (its traceback with
+    ``--debug``)."""
     from .build import CohortSources, build_cohort
 
-    try:
-        src = CohortSources(clinical=args.clinical, slides=args.slides, features=args.features, rna=args.rna,
-                            rna_units=args.rna_units, rna_pseudocount=args.rna_pseudocount, gene_lengths=args.gene_lengths, maf=args.maf, cnv=args.cnv,
-                            cnv_kind=args.cnv_kind, methylation=args.methylation,
-                            methylation_units=args.methylation_units, orientation=args.orientation,
-                            id_rule=args.id_rule, id_map=args.id_map, case_col=args.case_col, decimal=args.decimal)
-        build_cohort(src, args.out)
-    except PathalignError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    src = CohortSources(clinical=args.clinical, slides=args.slides, features=args.features, rna=args.rna,
+                        rna_units=args.rna_units, rna_pseudocount=args.rna_pseudocount, gene_lengths=args.gene_lengths,
+                        maf=args.maf, cnv=args.cnv, cnv_kind=args.cnv_kind, methylation=args.methylation,
+                        methylation_units=args.methylation_units, orientation=args.orientation,
+                        id_rule=args.id_rule, id_map=args.id_map, case_col=args.case_col, decimal=args.decimal)
+    build_cohort(src, args.out)
     return 0

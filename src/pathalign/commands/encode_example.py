@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patches", type=int, default=4000, help="patches in the random slide")
     p.add_argument("--fragments", type=int, default=6, help="tissue fragments in the random slide")
     p.add_argument("--weights", default=None, help="published EXAONE Path 2.5 slide-encoder checkpoint to load instead")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the random slide")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -405,7 +405,7 @@ def run_ablations(cohort: str | Path, out: str | Path, preset: str = "tiny", ste
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder with slide features")
     p.add_argument("--out", required=True, help="folder for the runs and the table")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", help="model preset of every arm")
     p.add_argument("--steps", type=int, default=300, help="training steps per arm and seed (default 300)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="patients per batch (default: the preset's, 32 for tiny); an arm with fewer training "

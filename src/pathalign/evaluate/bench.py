@@ -569,7 +569,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of stopping with an error")
     p.add_argument("--folds", type=int, default=5, help="folds for cohort-derived tasks")
     p.add_argument("--labels", default=None, help="comma-separated label columns (default: every categorical one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds derived from a cohort")
     p.add_argument("--missing-rates", default=None,
                    help="comma-separated fractions (e.g. 0,0.25,0.5,0.75,1): also hide that fraction of each non-slide "
                         "modality at inference and report every task and cross-modal pair as a curve")

@@ -374,7 +374,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "written beside --out (default: pathalign, the --slide-encoder name, or mean-pool)")
     p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def features_option(features: str | None, cohort: str | None, option: str) -> str | None:

@@ -15,15 +15,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model export)")
     p.add_argument("--preset", default="tiny", help="model preset: tiny, small, exaone-path-2.5")
     p.add_argument("--config", default=None, help="YAML with TrainConfig fields (and a 'model:' section)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step)")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (random subset)")
-    p.add_argument("--modality-dropout", type=float, default=None)
+    p.add_argument("--modality-dropout", type=float, default=None,
+                   help="probability of hiding each available modality of a patient in a step (default: the preset's)")
     p.add_argument("--train-missing-rate", type=float, default=None,
                    help="hide this fraction (0-1) of the training patients' molecular data, per modality, seeded "
                         "and patient-level: how the method fares with more missing data (validation patients keep theirs)")
-    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints in RUN/checkpoints (default: the preset's)")
     p.add_argument("--modalities", default=None, help="comma-separated subset of wsi,rna,snp,cnv,methylation")
     p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder (pathalign pretrain-rna)")
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default: the --config's device, else auto")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the split, the initialisation and the batches (default: 0)")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="gradient caching: encode the global batch this many patients at a time, with the full-batch "
                         "gradients (the contrastive batch is then not bound by accelerator memory)")
@@ -61,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="manifest column the train/val split is stratified on (default cancer_type; 'none': "
                         "unstratified); a column the cohort lacks is said, and the split is then unstratified")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -191,9 +191,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--genes", type=int, default=2000, help="top-variance genes modelled (default 2000)")
     p.add_argument("--dim", type=int, default=128, help="embedding dim (small cohorts: 32-64)")
     p.add_argument("--depth", type=int, default=1, help="residual SwiGLU blocks")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
+    p.add_argument("--batch-size", type=int, default=64, help="RNA samples per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--mask-ratio", type=float, default=0.3, help="fraction of genes hidden per sample")
     p.add_argument("--seed", type=int, default=0,
                    help="training seed, and the seed of the train/val split: give the --seed 'pathalign train' will "
