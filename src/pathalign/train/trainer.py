@@ -412,7 +412,7 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     self._log_fh.flush()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:  # an early stop is checkpointed too
                 self.save_checkpoint(step)  # on every rank: each one's random state goes into the checkpoint
             if is_main:
                 if diag is not None:
