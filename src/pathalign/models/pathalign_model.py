@@ -434,7 +434,7 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['exaone-path-2.5', 'small', 'tiny']
+        ['exaone-path-2.5', 'molecular', 'small', 'tiny']
     """
     return MODEL_PRESETS.names()
 
