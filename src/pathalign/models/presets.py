@@ -14,9 +14,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..registry import Registry
 from .slide_encoder_config import SLIDE_ENCODER_PRESETS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def choose_preset(modalities: list[str], n_patients: int) -> str:
     return "tiny"
 
 
-def preset_for_cohort(manifest, modalities: list[str]) -> str:
+def preset_for_cohort(manifest: pd.DataFrame, modalities: list[str]) -> str:
     """:func:`choose_preset` for a cohort's ``manifest`` (``has_<modality>`` columns) and the modalities to train."""
     cols = [f"has_{m}" for m in modalities if f"has_{m}" in manifest]
     n = int((manifest[cols].sum(axis=1) >= 2).sum()) if cols else 0
