@@ -133,3 +133,17 @@ def test_input_noise_travels_from_the_config_and_survives_save_and_load(tmp_path
     model.save_pretrained(tmp_path / "m")
     assert load_model(tmp_path / "m").encoders["rna"].input_noise == 0.2
     assert create_model("tiny", modalities=["rna", "snp"], input_dims={"rna": 5, "snp": 4}).encoders["rna"].input_noise == 0
+
+
+def test_benchmark_cca_slices_equal_separate_fits_of_fewer_components():
+    from sklearn.cross_decomposition import CCA
+
+    bench = _bench_module()
+    rng = seeded_rng()
+    z = rng.normal(size=(80, 3))
+    xa = np.hstack([z, rng.normal(size=(80, 5))]) + 0.3 * rng.normal(size=(80, 8))
+    xb = np.hstack([z @ rng.normal(size=(3, 3)), rng.normal(size=(80, 4))])
+    fit, ev = np.arange(60), np.arange(60, 80)
+    sliced = bench.cca_recalls(xa, xb, fit, ev, pca=None, ks=[2, 4])
+    u, v = CCA(n_components=2, max_iter=500).fit(xa[fit], xb[fit]).transform(xa[ev], xb[ev])
+    assert sliced[2] == bench.recall_at_k(u, v)
