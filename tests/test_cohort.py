@@ -175,7 +175,7 @@ def test_synth_is_deterministic_for_a_seed(tmp_path):
     assert other.case_id.tolist() != pd.read_parquet(tmp_path / "a" / "truth.parquet").case_id.tolist()
 
 
-# ---- issue 13 item 3: each silent wrong answer is an error or a named warning (docs/cohort.md) ----
+# ---- each silent wrong answer is an error or a named warning (docs/cohort.md) ----
 
 P = [f"TCGA-AA-000{i}" for i in range(1, 5)]
 
@@ -357,7 +357,7 @@ def test_features_folder_of_preprocess_output_is_found_and_missing_slides_report
                      progress=False)
 
 
-# ---- issue 13 item 4: a cohort folder is complete or absent ----
+# ---- a cohort folder is complete or absent ----
 
 def _two_builds(tmp_path):
     clin = _clinical(tmp_path / "clin.tsv", P)

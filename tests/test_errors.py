@@ -1,5 +1,5 @@
 """Expected failures of the commands are one line on stderr naming the file or option, exit 2,
-no traceback, nothing half-written (issue 13 item 10; issue 12 item 5).
+no traceback, nothing half-written.
 
 Each case runs the real command in a fresh interpreter (``python -m pathalign ...``).
 Unwritable outputs use a path under a regular FILE (``--out somefile/sub``): tests may run as

@@ -123,7 +123,7 @@ def test_verdict_tells_a_cliff_from_a_slope():
 
 
 def test_curves_of_a_model_trained_with_modality_dropout_are_monotone_within_ci(small_cohort, tmp_path):
-    """Issue 14: on a model trained with modality dropout, hiding more never helps beyond the seeds' interval."""
+    """On a model trained with modality dropout, hiding more never helps beyond the seeds' interval."""
     from pathalign.cohort import load_cohort
     from pathalign.evaluate.embed import embed_with_model, read_embeddings
     from pathalign.evaluate.tasks import derive_tasks

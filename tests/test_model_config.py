@@ -293,7 +293,7 @@ def test_create_model_list_models_and_preprocess(tmp_path):
 
     import pathalign
 
-    assert pathalign.list_models() == ["exaone-path-2.5", "small", "tiny"]
+    assert pathalign.list_models() == ["exaone-path-2.5", "molecular", "small", "tiny"]
     m = pathalign.create_model("tiny", modalities=["wsi", "rna"], input_dims={"wsi": 10, "rna": 4})
     assert m.slide_encoder.config.input_dim == 10 and m.output_dim("rna") == 64
     with pytest.raises(ValueError, match="give modalities and input_dims"):

@@ -1,5 +1,5 @@
 """The test suite's own rules: random tests are seeded and say their seed; tests needing ../shared skip
-with a message when it is absent (issue 12 item 6)."""
+with a message when it is absent."""
 from __future__ import annotations
 
 import os

@@ -96,7 +96,7 @@ def test_resume_after_kill_ends_with_identical_weights(features_cohort, tmp_path
 
 
 def test_log_csv_keeps_earlier_rows_when_a_resumed_run_dies(features_cohort, tmp_path, monkeypatch):
-    """Issue 13 item 9: a kill during a resumed run must never lose the rows logged before it."""
+    """A kill during a resumed run must never lose the rows logged before it."""
     cohort, _, _ = features_cohort
     cfg = dict(steps=8, checkpoint_every=4, max_tokens=32)
     original = Trainer.save_checkpoint

@@ -1,4 +1,4 @@
-"""Collapse and imbalance diagnostics logged during training (issue 14)."""
+"""Collapse and imbalance diagnostics logged during training."""
 from __future__ import annotations
 
 import json
@@ -29,7 +29,10 @@ def test_healthy_run_logs_diagnostics_and_stays_quiet(small_cohort, tmp_path, ca
     assert len(shares.columns) == 6 and (shares.sum(axis=1) - 1).abs().max() < 1e-9
     assert metrics["diagnostics"]["warnings"] == []
     assert json.loads((run / "train_metrics.json").read_text())["diagnostics"]["step"] == 40
-    assert "collapsed" in (run / "diagnostics.md").read_text()
+    md = (run / "diagnostics.md").read_text()
+    last = log.iloc[-1]
+    for m in MOLECULAR:  # one row per modality with the last logged figures and the verdict of a healthy run
+        assert f"| {m} | " in md and f"| {last[f'erank/{m}']:.2f} | {last[f'cos/{m}']:.3f} | no |" in md, (m, md)
     assert "collapsing" not in capsys.readouterr().err
 
 

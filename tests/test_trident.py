@@ -1,4 +1,4 @@
-"""Trident job folders: fragment ids from the tissue GeoJSON Trident writes beside its patches (issue 11, defect 6).
+"""Trident job folders: fragment ids from the tissue GeoJSON Trident writes beside its patches.
 
 The files are written the way Trident's own code writes them (mahmoodlab/TRIDENT):
 ``IO.save_h5`` (chunks of one row, unlimited first axis, attributes per dataset),

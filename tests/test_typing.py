@@ -1,4 +1,4 @@
-"""Every public function and method of the package has type annotations (issue 12, item 7).
+"""Every public function and method of the package has type annotations.
 
 Public: a ``def`` whose name does not start with ``_`` (``__init__`` counts as public), at module level
 or in a class body, not nested inside another function. Each of its arguments except ``self``/``cls``

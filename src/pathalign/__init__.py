@@ -3,7 +3,7 @@
 Example:
     >>> import pathalign
     >>> pathalign.list_models()
-    ['exaone-path-2.5', 'small', 'tiny']
+    ['exaone-path-2.5', 'molecular', 'small', 'tiny']
     >>> model = pathalign.load_model("runs/tcga/model")  # or "hf-hub:ORG/NAME"  # doctest: +SKIP
 """
 from __future__ import annotations

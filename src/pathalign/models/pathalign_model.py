@@ -69,6 +69,7 @@ class PathAlignConfig:
         input_dims: input dim per modality (patch-feature dim for ``wsi``; preprocessed columns otherwise).
         slide_encoder: ``{"preset": name, **overrides}`` of ``SLIDE_ENCODER_PRESETS`` fields.
         embed_dim, mol_depth, dropout: molecular encoders.
+        input_noise: SD of the Gaussian noise on the molecular encoders' (standardised) inputs in training.
         proj_dim, pair_adapters, shared_temperature, pairs: pair heads (:class:`PairHeads`).
         balance: loss balance (``"siglip"`` or ``"pos_neg"``), recorded for training.
         rna_encoder: ``MOLECULAR_ENCODERS`` entry for RNA (``"mlp"`` or ``"frozen_fm"``).
@@ -82,6 +83,7 @@ class PathAlignConfig:
     proj_dim: int = 256
     mol_depth: int = 1
     dropout: float = 0.1
+    input_noise: float = 0.0
     pair_adapters: bool = True
     balance: str = "siglip"
     shared_temperature: bool = False
@@ -172,6 +174,8 @@ class PathAlignModel(nn.Module):
                 continue
             kind = config.encoder_kind(m)
             options = {"fm_config": config.rna_fm} if kind == "frozen_fm" else {}
+            if config.input_noise:
+                options["input_noise"] = config.input_noise
             self.encoders[m] = MOLECULAR_ENCODERS.get(kind).build(config.input_dims[m], config.embed_dim,
                                                                   config.mol_depth, config.dropout, **options)
         dims = {m: (self.slide_encoder.config.output_dim if m == WSI else config.embed_dim) for m in config.modalities}
@@ -434,7 +438,7 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['exaone-path-2.5', 'small', 'tiny']
+        ['exaone-path-2.5', 'molecular', 'small', 'tiny']
     """
     return MODEL_PRESETS.names()
 

@@ -13,7 +13,9 @@ from ..devices import DEVICE_HELP
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder (pathalign cohort build)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model export)")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny, small, exaone-path-2.5")
+    p.add_argument("--preset", default="auto",
+                   help="model preset: tiny, small, molecular, exaone-path-2.5, or auto (default): molecular for a "
+                        "cohort without slides with at least 200 trainable patients, else tiny")
     p.add_argument("--config", default=None, help="YAML with TrainConfig fields (and a 'model:' section)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step)")
@@ -90,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in flags.items() if v is not None})
     overrides["device"] = str(overrides.get("device", "auto"))  # resolved per process by setup_distributed
     overrides["progress"] = not args.quiet
+    preset = resolve_preset(args.preset, args.cohort, overrides.get("modalities"))
     try:
-        cfg = TrainConfig.from_preset(args.preset, **overrides)
+        cfg = TrainConfig.from_preset(preset, **overrides)
     except (ValueError, KeyError, TypeError) as e:
         where = f"{args.config} / flags" if args.config else "train settings"
         raise ConfigError(f"{where}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
@@ -104,6 +107,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
           f"model exported to {Path(args.out) / 'model'} ({chosen}); final step in {Path(args.out) / 'model-last'}")
     return 0
+
+
+def resolve_preset(preset: str, cohort: str, modalities: list[str] | None) -> str:
+    """``preset``, or for ``auto`` the one :func:`~pathalign.models.presets.preset_for_cohort` picks (printed)."""
+    from ..models.presets import AUTO, preset_for_cohort
+
+    if preset != AUTO:
+        return preset
+    from ..cohort import load_cohort
+
+    co = load_cohort(cohort)
+    chosen = preset_for_cohort(co.manifest, modalities or co.modalities)
+    print(f"--preset auto: {chosen} ({', '.join(modalities or co.modalities)}; {len(co.manifest)} patients)")
+    return chosen
 
 
 def _read_yaml(path: str) -> dict:
