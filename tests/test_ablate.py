@@ -18,6 +18,8 @@ from pathalign.evaluate.ablate import (
     select_arms,
 )
 
+pytestmark = pytest.mark.slow  # trains several models (about a minute on 2 cores)
+
 
 @pytest.mark.parametrize("n", [2, 3, 5, 11])
 def test_mean_ci_is_the_student_t_interval(n):

@@ -12,6 +12,8 @@ import pytest
 from pathalign.cohort import CohortSources, build_cohort
 from pathalign.train.trainer import TrainConfig, Trainer
 
+pytestmark = pytest.mark.slow  # trains several models (about a minute on 2 cores)
+
 MOLECULAR = ["rna", "snp", "cnv", "methylation"]
 
 

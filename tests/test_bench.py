@@ -136,6 +136,7 @@ def test_pathobench_split_folder(tmp_path):
     assert [t.name for t in tasks] == ["cancer_type"] and tasks[0].folds == ["fold_0", "fold_1", "fold_2"]
 
 
+@pytest.mark.slow
 def test_reduced_demo_end_to_end(tmp_path):
     from pathalign.demo import DemoConfig, run_demo
 

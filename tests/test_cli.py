@@ -62,7 +62,8 @@ def test_the_help_check_finds_an_option_without_help():
     assert "(default: 4)" in entries["told"][1]
 
 
-def test_nested_verbs_take_debug_and_report_errors_as_pathalign(tmp_path, capsys):
+def test_nested_verbs_take_debug_and_report_errors_as_pathalign(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATHALIGN_DEBUG", "")  # --debug sets it for the process; monkeypatch restores it after the test
     rc = main(["cohort", "build", "--out", str(tmp_path / "c"), "--clinical", str(tmp_path / "none.tsv"),
                "--rna-units", "bogus"])
     err = capsys.readouterr().err

@@ -173,6 +173,7 @@ def test_pretrain_rna_expected_errors(tmp_path, tiny_cohorts, cohort, extra, nam
 
 @pytest.mark.parametrize("extra, names", [(["--patients", "30"], ["--patients 30", "at least"]),
                                          (["--steps", "0"], ["--steps 0"])])
+@pytest.mark.slow
 def test_demo_rejects_settings_it_cannot_run(tmp_path, extra, names):
     out = tmp_path / "demo"
     assert_clean_error(run_cli("demo", "--out", out, *extra, cwd=tmp_path), *names)

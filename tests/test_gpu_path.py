@@ -178,6 +178,7 @@ def ddp_runs(features_cohort, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_ranks_draw_different_dropout_masks(ddp_runs):
     a, b = (torch.load(ddp_runs / f"masks.{r}", weights_only=True) for r in (0, 1))
     assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))

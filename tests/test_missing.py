@@ -122,6 +122,7 @@ def test_verdict_tells_a_cliff_from_a_slope():
     assert v.loc["slope", "drop"] == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_curves_of_a_model_trained_with_modality_dropout_are_monotone_within_ci(small_cohort, tmp_path):
     """On a model trained with modality dropout, hiding more never helps beyond the seeds' interval."""
     from pathalign.cohort import load_cohort

@@ -431,6 +431,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_path: str) -> None:
     close_gloo()
 
 
+@pytest.mark.slow
 def test_model_output_through_ddp_trains_with_the_separate_loss(tmp_path):
     """The pair heads' outputs (t, b included) reach the loss outside DDP's forward without breaking its reducer:
     every rank ends each step with the same (all-reduced) gradients, the pair heads' t and b among them."""

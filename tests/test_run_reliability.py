@@ -155,6 +155,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc (Linux)")
 def test_loader_workers_end_when_the_trainer_is_killed(tmp_path):
     import os
@@ -231,6 +232,7 @@ def test_a_worker_ends_with_its_parent_by_prctl_or_by_the_watchdog_thread(prctl)
         _kill_all(_children(proc.pid) + child + [proc.pid])
 
 
+@pytest.mark.slow
 def test_temporary_files_of_killed_checkpoint_writes_are_removed_on_start(checkpointed, tmp_path):
     import os
     import subprocess

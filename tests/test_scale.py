@@ -286,6 +286,7 @@ def quick_cohort(tmp_path_factory):
     return root / "cohort"
 
 
+@pytest.mark.slow
 def test_resume_after_kill_with_gradient_caching_is_bit_identical(quick_cohort, tmp_path, monkeypatch):
     from pathalign import load_model
     from pathalign.train.trainer import TrainConfig, Trainer

@@ -183,6 +183,7 @@ def test_unknown_encoder_is_a_clear_error(tmp_path, blobs, capsys):
     assert "unknown patch encoder 'nonesuch'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_killed_preprocess_resumes_without_losing_or_half_writing(tmp_path, small_synth):
     syn, truth = small_synth
     slides = sorted((syn / "slides").glob("*.tiff"))[:10]
@@ -208,6 +209,7 @@ def test_killed_preprocess_resumes_without_losing_or_half_writing(tmp_path, smal
     assert "skipped" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_shards_slides_and_gathers_the_summary(tmp_path, small_synth):
     syn, _ = small_synth
     slides = sorted((syn / "slides").glob("*.tiff"))[:6]

@@ -24,6 +24,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_only_the_slides_whose_write_fails(tmp_path):
     d = tmp_path / "in"
     d.mkdir()

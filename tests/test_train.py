@@ -71,6 +71,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_kill_ends_with_identical_weights(features_cohort, tmp_path, monkeypatch):
     cohort, _, _ = features_cohort
     cfg = dict(steps=24, checkpoint_every=8, modality_dropout=0.2, max_tokens=32)
@@ -189,6 +190,7 @@ def test_recall_at_k_on_a_constructed_case():
     assert recall_at_k(s, ks=(1, 2)) == {"recall@1": 1 / 3, "recall@2": 1.0}
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_matches_single_process(features_cohort, tmp_path):
     cohort, _, _ = features_cohort
     (tmp_path / "cfg.yaml").write_text("model:\n  dropout: 0.0\n")  # per-rank dropout masks differ by design
