@@ -64,3 +64,24 @@ def close_gloo() -> None:
 
     dist.barrier()
     dist.destroy_process_group()
+
+
+class Killed(Exception):
+    """A simulated kill of a training run (raised right after a checkpoint was written)."""
+
+
+def killed_after_checkpoint(at_step: int):
+    """A replacement for ``Trainer.save_checkpoint`` that writes the checkpoint as usual and then "kills" the run
+    (raises :class:`Killed`) after the checkpoint of step ``at_step``. Patch it in with ``monkeypatch.setattr``
+    (or by assignment in a spawned worker); the original is ``Trainer.save_checkpoint``."""
+    from pathalign.train.trainer import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def save_then_die(self, step):
+        path = original(self, step)
+        if step == at_step:
+            raise Killed
+        return path
+
+    return save_then_die

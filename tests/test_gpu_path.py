@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REFERENCE, rel_err
-from helpers import random_slide, seeded_rng
+from helpers import Killed, killed_after_checkpoint, random_slide, seeded_rng
 from pathalign.devices import DeviceError
 from pathalign.distributed import setup_distributed
 
@@ -92,8 +92,6 @@ def test_preflight_applies_the_same_rule(fake_cuda, monkeypatch):
 
 
 # ------------------------------------------------------------------ per-rank random streams (2-process gloo)
-class _Killed(Exception):
-    pass
 
 
 def _train_cfg(preset="tiny", **kw):
@@ -138,17 +136,10 @@ def _ddp_worker(rank: int, world: int, port: int, cohort: str, out: str) -> None
         full.fit()
         torch.save(_dropout_masks(full), out / f"masks.{rank}")
         original = Trainer.save_checkpoint
-
-        def kill_after_4(self, step):
-            path = original(self, step)
-            if step == 4:
-                raise _Killed
-            return path
-
-        Trainer.save_checkpoint = kill_after_4
+        Trainer.save_checkpoint = killed_after_checkpoint(4)
         try:
             Trainer(cohort, out / "resumed", _train_cfg()).fit()
-        except _Killed:
+        except Killed:
             pass
         finally:
             Trainer.save_checkpoint = original

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import init_gloo
+from helpers import Killed, init_gloo, killed_after_checkpoint
 from pathalign.slides.features_io import read_patch_features, write_patch_file
 from pathalign.train.feature_reader import FeatureReader
 
@@ -257,8 +257,6 @@ def test_gradcache_under_two_process_gloo_equals_single_process_full_batch(tmp_p
         _assert_same_grads(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), ref, f"seed {seed}, rank {rank}")
 
 
-class _Killed(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -296,15 +294,8 @@ def test_resume_after_kill_with_gradient_caching_is_bit_identical(quick_cohort, 
               val_fraction=0.1, micro_batch=5, micro_batch_tokens=90, checkpoint_activations=True, feature_cache_mb=0)
     Trainer(cohort, tmp_path / "full", TrainConfig.from_preset("tiny", **kw)).fit()
     original = Trainer.save_checkpoint
-
-    def kill_after_8(self, step):
-        path = original(self, step)
-        if step == 8:
-            raise _Killed
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_8)
-    with pytest.raises(_Killed):
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_after_checkpoint(8))
+    with pytest.raises(Killed):
         Trainer(cohort, tmp_path / "resumed", TrainConfig.from_preset("tiny", **kw)).fit()
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     Trainer(cohort, tmp_path / "resumed", TrainConfig.from_preset("tiny", **kw), resume=True).fit()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REFERENCE
-from helpers import seeded_rng
+from helpers import Killed, killed_after_checkpoint, seeded_rng
 from pathalign import load_model
 from pathalign.cohort import CohortInputError
 from pathalign.evaluate.embed import embed_with_model, read_embeddings
@@ -67,8 +67,6 @@ def test_exported_model_loads_offline_and_matches(trained, features_cohort):
     assert s.shape == (3, 3) and torch.allclose(model.similarity("snp", -2.5 * es, "rna", er), -s, atol=1e-5)
 
 
-class _Killed(Exception):
-    pass
 
 
 @pytest.mark.slow
@@ -77,15 +75,8 @@ def test_resume_after_kill_ends_with_identical_weights(features_cohort, tmp_path
     cfg = dict(steps=24, checkpoint_every=8, modality_dropout=0.2, max_tokens=32)
     Trainer(cohort, tmp_path / "full", _cfg(**cfg)).fit()
     original = Trainer.save_checkpoint
-
-    def kill_after_16(self, step):
-        path = original(self, step)
-        if step == 16:
-            raise _Killed
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_16)
-    with pytest.raises(_Killed):
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_after_checkpoint(16))
+    with pytest.raises(Killed):
         Trainer(cohort, tmp_path / "resumed", _cfg(**cfg)).fit()
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     Trainer(cohort, tmp_path / "resumed", _cfg(**cfg), resume=True).fit()
@@ -101,25 +92,18 @@ def test_log_csv_keeps_earlier_rows_when_a_resumed_run_dies(features_cohort, tmp
     cohort, _, _ = features_cohort
     cfg = dict(steps=8, checkpoint_every=4, max_tokens=32)
     original = Trainer.save_checkpoint
-
-    def kill_after_4(self, step):
-        path = original(self, step)
-        if step == 4:
-            raise _Killed
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_4)
-    with pytest.raises(_Killed):
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_after_checkpoint(4))
+    with pytest.raises(Killed):
         Trainer(cohort, tmp_path, _cfg(**cfg)).fit()
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     assert list(pd.read_csv(tmp_path / "log.csv").step) == [1, 2, 3, 4]
 
     def killed_before_first_step(self):
-        raise _Killed
+        raise Killed
 
     monkeypatch.setattr(Trainer, "_loader", killed_before_first_step)
     resumed = Trainer(cohort, tmp_path, _cfg(**cfg), resume=True)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         resumed.fit()
     # the process is "killed" here: whatever the open log handle still buffers is lost; the file must hold rows 1-4
     assert list(pd.read_csv(tmp_path / "log.csv").step) == [1, 2, 3, 4]

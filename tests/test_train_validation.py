@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import seeded_rng
+from helpers import Killed, killed_after_checkpoint, seeded_rng
 from pathalign.cohort import load_cohort
 from pathalign.cohort.preprocess import make_transform
 from pathalign.train.data import split_patients
@@ -136,23 +136,14 @@ def test_train_cli_flags_reach_the_config(small_cohort, tmp_path, capsys, no_plo
     assert f"step {training['selection']['step']}, val/loss" in out.out and "model-last" in out.out
 
 
-class _Killed(Exception):
-    pass
 
 
 def test_selection_is_the_same_after_a_kill_and_resume(small_cohort, tmp_path, monkeypatch, no_plot):
     cfg = _cfg(steps=12, checkpoint_every=6, val_every=3, modality_dropout=0.2)
     full = Trainer(small_cohort, tmp_path / "full", cfg).fit()
     original = Trainer.save_checkpoint
-
-    def kill_after_6(self, step):
-        path = original(self, step)
-        if step == 6:
-            raise _Killed
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", kill_after_6)
-    with pytest.raises(_Killed):
+    monkeypatch.setattr(Trainer, "save_checkpoint", killed_after_checkpoint(6))
+    with pytest.raises(Killed):
         Trainer(small_cohort, tmp_path / "resumed", cfg).fit()
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     resumed = Trainer(small_cohort, tmp_path / "resumed", cfg, resume=True).fit()
