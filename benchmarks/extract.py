@@ -72,8 +72,8 @@ def main(argv=None):
 
     import torch
 
-    from pathalign.slides.encoders import build_patch_encoder
     from pathalign.slides.extract import PatchDataset, extract_features
+    from pathalign.slides.patch_encoders import build_patch_encoder
     from pathalign.slides.reader import open_slide
 
     tmp = Path(tempfile.mkdtemp())

@@ -17,7 +17,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pathalign.slides.encoders import build_patch_encoder
+from pathalign.slides.patch_encoders import build_patch_encoder
 from pathalign.synth.slides import render_slide, texture_bank
 from pathalign.synth.state import INSTABILITY, PATTERNS, SynthConfig
 

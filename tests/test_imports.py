@@ -185,3 +185,18 @@ def test_fresh_interpreter_imports():
         if p.returncode:
             errors[m] = err
     assert not errors, errors
+
+
+def test_the_deprecated_encoders_module_warns_and_still_works():
+    import importlib
+    import sys
+    import warnings
+
+    sys.modules.pop("pathalign.slides.encoders", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("pathalign.slides.encoders")
+    from pathalign.slides.patch_encoders import build_patch_encoder
+
+    assert any(issubclass(w.category, DeprecationWarning) and "patch_encoders" in str(w.message) for w in caught)
+    assert old.build_patch_encoder is build_patch_encoder

@@ -22,7 +22,7 @@ from pathalign.models.molecular import MOLECULAR_ENCODERS
 from pathalign.models.packing import Segments
 from pathalign.models.presets import MODEL_PRESETS
 from pathalign.models.slide_encoder import SLIDE_ENCODER_PRESETS, SlideEncoder
-from pathalign.slides.encoders import PATCH_ENCODERS, build_patch_encoder
+from pathalign.slides.patch_encoders import PATCH_ENCODERS, build_patch_encoder
 from pathalign.slides.reader import SLIDE_BACKENDS
 from pathalign.slides.segment import SEGMENTERS, SegmentConfig
 

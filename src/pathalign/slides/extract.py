@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .encoders import PatchEncoder
+from .patch_encoders import PatchEncoder
 from .reader import SlideReader, open_slide
 
 

@@ -48,11 +48,11 @@ from ..distributed import env_ranks as _dist_info  # noqa: F401  (slides/cli.py 
 from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
-from .encoders import PatchEncoder, PatchEncoderError, build_patch_encoder
 from .extract import PatchDataset, extract_features
 from .features_io import is_complete, read_patch_features, write_patch_file
 from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
+from .patch_encoders import PatchEncoder, PatchEncoderError, build_patch_encoder
 from .reader import SlideError, is_dicom_folder, open_slide
 from .segment import SegmentConfig, read_geojson, segment_slide, write_segmentation
 from .slide_ids import slide_id_collisions
@@ -348,7 +348,7 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 def validate_encoder(name: str) -> None:
     """Fail early, before any slide, on an unknown encoder name."""
-    from .encoders import PATCH_ENCODERS
+    from .patch_encoders import PATCH_ENCODERS
 
     if name not in PATCH_ENCODERS:
         raise PatchEncoderError(f"unknown patch encoder {name!r}; known: {', '.join(PATCH_ENCODERS.names())}")
