@@ -41,7 +41,7 @@ def test_training_lowers_loss_and_aligns_held_out_wsi_and_rna(trained, tmp_path)
     for col in ("loss_wsi-rna", "t_wsi-rna", "b_wsi-rna", "data_wait"):
         assert col in log
     assert (run / "loss_curves.png").is_file() and any((run / "tb").iterdir())
-    embed_with_model(run / "model", cohort, tmp_path / "emb.h5", progress=False, trident_name="tiny")
+    embed_with_model(run / "model", cohort, tmp_path / "emb.h5", progress=False, name="tiny")
     emb = read_embeddings(tmp_path / "emb.h5")
     val = set(json.loads((run / "model" / "config.json").read_text())["training"]["splits"]["val"])
     res = cross_modal_retrieval(emb, "wsi", "rna", patients=val)

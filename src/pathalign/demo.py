@@ -129,7 +129,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
     _stage(cfg, "train", lambda: "data wait {:.0%}".format(Trainer(cohort, run, train_cfg).fit()["data_wait_fraction"]), log)
 
     def embed():
-        embed_with_model(run / "model", cohort, out / "embeddings.h5", progress=False, trident_name="pathalign-tiny",
+        embed_with_model(run / "model", cohort, out / "embeddings.h5", progress=False, name="pathalign-tiny",
                          device=cfg.device)
         embed_mean_pool(pipe.features_dir, out / "mean_pool.h5", cohort)
 

@@ -93,12 +93,6 @@ def arms(preset: str, modalities: list[str], wsi_dim: int | None = None) -> dict
     return out
 
 
-def variants(preset: str, modalities: list[str]) -> dict[str, dict]:
-    """Training overrides per trained arm (``model_overrides`` and ``modalities``), as older callers used them."""
-    return {k: {"model_overrides": a.model_overrides, **({"modalities": a.modalities} if a.modalities else {})}
-            for k, a in arms(preset, modalities).items() if a.trained}
-
-
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` → ``[0, 1, 2]``; a clear error for anything else."""
     try:

@@ -162,12 +162,16 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         batch_size: slides per packed pass.
         progress: show a progress bar.
         name: model name of the Patho-Bench folder ``pathobench_<name>`` beside ``out_path`` (None: none written).
-        trident_name: former name of ``name`` (kept for callers of the old API).
+        trident_name: deprecated former name of ``name`` (warns).
         device: where the model runs (fp32).
 
     Returns:
         Counts per modality, the slides skipped with their reason, the Patho-Bench folder.
     """
+    if trident_name is not None:
+        import warnings
+
+        warnings.warn("embed_with_model(trident_name=...) is deprecated: pass name=...", DeprecationWarning, stacklevel=2)
     name = name or trident_name
     from ..cohort import load_cohort
     from ..models.pathalign_model import load_model

@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .patch import PatchConfig
-    from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder, _dist_info
+    from ..distributed import env_ranks
+    from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder
     from .segment import SegmentConfig
 
     device = args.device  # resolved per process by run_pipeline (pathalign.distributed.setup_distributed)
@@ -66,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
     if not slides:
         raise SlideSettingsError("no slides found in " + " ".join(args.slides))
     summary = run_pipeline(slides, cfg)
-    if _dist_info()[0] == 0:
+    if env_ranks()[0] == 0:
         print(format_summary(summary))
     return 0 if (summary.status != "failed").all() else 3

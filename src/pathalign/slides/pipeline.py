@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..distributed import env_ranks as _dist_info  # noqa: F401  (slides/cli.py reads the rank through this name)
 from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
