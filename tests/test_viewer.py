@@ -101,24 +101,8 @@ def _screenshot(url: str, out, proxy_port: int) -> np.ndarray:
     return cv2.imread(str(out))[:, :, ::-1]  # RGB [H, W, 3]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
-                    reason="needs Chromium from the system packages: apt-get install -y chromium (.ci/run does)")
-def test_the_overlay_appears_where_the_patches_are_in_a_real_browser(viewer, tmp_path):
-    port, log = viewer
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{port}/"
-        shown = _screenshot(base + "?overlay=align/rna&opacity=1", tmp_path / "shown.png", proxy.server_address[1])
-        dom = _chromium(base + "?overlay=align/rna&debug=resources", tmp_path / "dom.html", proxy.server_address[1],
-                        "--dump-dom")
-    finally:
-        proxy.shutdown()
-    fetched = json.loads(dom.split('<pre id="resources" hidden="">', 1)[1].split("</pre>", 1)[0])
-    assert any("/overlay/0.png" in u for u in fetched) and any("/slide_files/" in u for u in fetched), fetched
-    assert all(u.startswith(base) for u in fetched), [u for u in fetched if not u.startswith(base)]
-    assert any(p.startswith("/slide_files/") for p in log) and "/overlay/0.png" in log, log
+def _overlay_on_screen(shown: np.ndarray) -> tuple[np.ndarray, tuple, float, float]:
+    """The overlay's pixels in a screenshot, where the patches should be on screen, and the slide's scale."""
     import cv2
 
     # where the slide is drawn: the part of the screenshot that is not the page's dark background
@@ -139,7 +123,34 @@ def test_the_overlay_appears_where_the_patches_are_in_a_real_browser(viewer, tmp
     # an opening removes the one- or two-pixel blends at tissue and slide edges; the patch squares are ~60 px
     overlay = cv2.morphologyEx((bright & ~tissue & ~paper).astype(np.uint8), cv2.MORPH_OPEN,
                                np.ones((7, 7), np.uint8)).astype(bool)
-    rows, cols = np.nonzero(overlay)
+    return overlay, expected, sx, sy
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="needs Chromium from the system packages: apt-get install -y chromium (.ci/run does)")
+def test_the_overlay_appears_where_the_patches_are_in_a_real_browser(viewer, tmp_path):
+    port, log = viewer
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        # a busy machine can take the screenshot before the overlay image is drawn: up to three tries
+        for attempt in range(3):
+            shown = _screenshot(base + "?overlay=align/rna&opacity=1", tmp_path / f"shown{attempt}.png",
+                                proxy.server_address[1])
+            overlay, expected, sx, sy = _overlay_on_screen(shown)
+            if overlay.sum() > 0.8 * len(PATCHES) * 256 * sx * 256 * sy:
+                break
+        dom = _chromium(base + "?overlay=align/rna&debug=resources", tmp_path / "dom.html", proxy.server_address[1],
+                        "--dump-dom")
+    finally:
+        proxy.shutdown()
+    fetched = json.loads(dom.split('<pre id="resources" hidden="">', 1)[1].split("</pre>", 1)[0])
+    assert any("/overlay/0.png" in u for u in fetched) and any("/slide_files/" in u for u in fetched), fetched
+    assert all(u.startswith(base) for u in fetched), [u for u in fetched if not u.startswith(base)]
+    assert any(p.startswith("/slide_files/") for p in log) and "/overlay/0.png" in log, log
     assert overlay.sum() > 0.8 * len(PATCHES) * 256 * sx * 256 * sy, overlay.sum()
+    rows, cols = np.nonzero(overlay)
     got = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
     assert np.allclose(got, expected, atol=4), (got, expected)

@@ -67,3 +67,17 @@ def setup_distributed(device: str | torch.device | None) -> DistInfo:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world, local, dev)
+
+
+def teardown_distributed() -> None:
+    """End the process group started by :func:`setup_distributed`, all ranks together (a no-op outside torchrun).
+
+    Every rank waits at a barrier first: a rank that exits while another still talks to it (rank 0 exporting
+    the model, writing the summary) tears the transport down under it, and gloo then aborts that process
+    ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

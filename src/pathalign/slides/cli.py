@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .patch import PatchConfig
-    from ..distributed import env_ranks
+    from ..distributed import env_ranks, teardown_distributed
     from .pipeline import PipelineConfig, find_slides, format_summary, run_pipeline, validate_encoder
     from .segment import SegmentConfig
 
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not slides:
         raise SlideSettingsError("no slides found in " + " ".join(args.slides))
     summary = run_pipeline(slides, cfg)
+    teardown_distributed()  # all ranks leave together (a no-op outside torchrun)
     if env_ranks()[0] == 0:
         print(format_summary(summary))
     return 0 if (summary.status != "failed").all() else 3

@@ -98,7 +98,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError) as e:
         where = f"{args.config} / flags" if args.config else "train settings"
         raise ConfigError(f"{where}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
+    from ..distributed import teardown_distributed
+
     metrics = Trainer(args.cohort, args.out, cfg, resume=args.resume).fit()
+    # every rank leaves together after a finished run (after an error torchrun ends the others: no barrier
+    # that a rank stuck in another collective would never reach)
+    teardown_distributed()
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
     sel = metrics["selection"]
