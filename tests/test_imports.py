@@ -200,3 +200,12 @@ def test_the_deprecated_encoders_module_warns_and_still_works():
 
     assert any(issubclass(w.category, DeprecationWarning) and "patch_encoders" in str(w.message) for w in caught)
     assert old.build_patch_encoder is build_patch_encoder
+
+
+def test_the_package_version_is_the_one_pyproject_declares():
+    import tomllib
+
+    import pathalign
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert pathalign.__version__ == declared

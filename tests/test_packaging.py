@@ -66,3 +66,4 @@ def test_pip_install_keeps_the_environments_torch(tmp_path):
     _run(pip + ["-q", "-e", str(ROOT), "--dry-run", "--report", str(report)])
     to_install = [i["metadata"]["name"] for i in json.loads(report.read_text())["install"]]
     assert to_install == ["pathalign"], f"pip would also install {to_install} over the environment's packages"
+
