@@ -81,3 +81,15 @@ def slides_cohort(tmp_path, empty=(), features=None, features_option=None):
                                         features=str(features_option or feats)), tmp_path / "cohort",
                           progress=False)
     return cohort, sids, feats
+
+
+def trained_run(tmp):
+    """A small molecular cohort built from :func:`write_tables` under ``tmp`` and a 3-step run on it (checkpointed
+    every step): ``(cohort folder, run folder)``."""
+    from pathalign.train.trainer import Trainer
+
+    cohort = tmp / "cohort"
+    build(write_tables(tmp / "in"), cohort)
+    run = tmp / "run"
+    Trainer(cohort, run, train_cfg()).fit()
+    return cohort, run

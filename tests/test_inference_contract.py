@@ -8,21 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohort_tables import N_GENES, N_PATIENTS, N_PROBES, build, train_cfg, write_tables
+from cohort_tables import N_GENES, N_PATIENTS, N_PROBES, build, trained_run, write_tables
 from helpers import seeded_rng
 from pathalign.errors import PathalignError
 from pathalign.evaluate.embed import embed_with_model, read_embeddings
-from pathalign.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def molecular_model(tmp_path_factory):
     """A model trained (3 steps) on a cohort with Ensembl-versioned RNA, SYMBOL|ENTREZ CNV and probe ids."""
     tmp = tmp_path_factory.mktemp("contract")
-    cohort = tmp / "cohort"
-    build(write_tables(tmp / "in"), cohort)
-    run = tmp / "run"
-    Trainer(cohort, run, train_cfg()).fit()
+    cohort, run = trained_run(tmp)
     return cohort, run / "model", tmp
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cohort_tables import build, patients, slides_cohort, train_cfg, write_features, write_tables
+from cohort_tables import build, patients, slides_cohort, train_cfg, trained_run, write_features, write_tables
 from pathalign.train.trainer import Trainer, TrainingError
 
 
@@ -14,10 +14,7 @@ from pathalign.train.trainer import Trainer, TrainingError
 def checkpointed(tmp_path_factory):
     """A 3-step run on a small molecular cohort, checkpointed every step."""
     tmp = tmp_path_factory.mktemp("resume")
-    cohort = tmp / "cohort"
-    build(write_tables(tmp / "in"), cohort)
-    run = tmp / "run"
-    Trainer(cohort, run, train_cfg()).fit()
+    cohort, run = trained_run(tmp)
     return cohort, run, tmp
 
 

@@ -363,6 +363,13 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
     return out
 
 
+def slide_case_id(embeddings: dict, slide_id: str) -> str | None:
+    """The patient of ``slide_id`` in a :func:`read_embeddings` result (its ``wsi`` group), or None."""
+    wsi = embeddings.get("wsi") or {}
+    ids, cases = list(wsi.get("ids", [])), list(wsi.get("case_ids", []))
+    return cases[ids.index(slide_id)] if slide_id in ids and cases else None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="trained model folder (RUN/model)")
     p.add_argument("--cohort", help="cohort folder (with --slide-encoder/--mean-pool: gives each slide's patient)")

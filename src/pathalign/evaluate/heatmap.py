@@ -65,6 +65,11 @@ def _to_input_order(packed: PackedSlides, packed_values: Tensor) -> np.ndarray:
     return out
 
 
+def _check_block(encoder: SlideEncoder, block: int) -> None:
+    if not 0 <= block < len(encoder.blocks):
+        raise HeatmapError(f"block {block} does not exist: the encoder has blocks 0..{len(encoder.blocks) - 1}")
+
+
 def attention_received(encoder: SlideEncoder, packed: PackedSlides, block: int, query_chunk: int = 1024) -> Tensor:
     """Attention each token receives in ``block``, head-averaged and summed over its segment's queries.
 
@@ -77,8 +82,7 @@ def attention_received(encoder: SlideEncoder, packed: PackedSlides, block: int, 
     Returns:
         ``[T]`` over the whole packed sequence (prefix tokens included).
     """
-    if not 0 <= block < len(encoder.blocks):
-        raise HeatmapError(f"block {block} does not exist: the encoder has blocks 0..{len(encoder.blocks) - 1}")
+    _check_block(encoder, block)
     blk = encoder.blocks[block]
     with torch.no_grad():
         x, rope, rope_segments = encoder.run_blocks(packed, stop=block)
@@ -160,9 +164,8 @@ def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: l
     hm = SlideHeatmaps(Path(features_file).stem, pf.coords, pf.fragment, float(pf.attrs["patch_size_level0"]))
     patch_of_slot = packed.patch_slots.to(encoder.cls_token.device)
     blocks = list(range(len(encoder.blocks))) if blocks is None else list(blocks)
-    for b in blocks:
-        if not 0 <= b < len(encoder.blocks):
-            raise HeatmapError(f"block {b} does not exist: the encoder has blocks 0..{len(encoder.blocks) - 1}")
+    for b in blocks:  # every block checked before any work
+        _check_block(encoder, b)
     for b in blocks:
         kind = "rope" if encoder.blocks[b].rope_block else "nope"
         received = attention_received(encoder, packed, b)

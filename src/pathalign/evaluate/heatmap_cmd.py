@@ -46,16 +46,14 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
     """The patient's molecular embeddings in ``embeddings_path``: ``({modality: [d]}, case id, notes)``."""
-    from .embed import read_embeddings
+    from .embed import read_embeddings, slide_case_id
 
     emb = read_embeddings(embeddings_path)
     notes = []
     if case_id is None:
-        wsi = emb.get("wsi", {})
-        ids, cases = list(wsi.get("ids", [])), list(wsi.get("case_ids", []))
-        if slide_id not in ids or not cases:
+        case_id = slide_case_id(emb, slide_id)
+        if case_id is None:
             raise HeatmapError(f"{embeddings_path}: slide {slide_id!r} is not in its wsi group; give --case-id")
-        case_id = cases[ids.index(slide_id)]
     targets = {}
     for modality, group in emb.items():
         if modality in ("wsi", "pairs", "_attrs") or "ids" not in group:

@@ -125,23 +125,21 @@ class MatrixStore:
         """``(n_patients, n_features)``."""
         return tuple(self._values.shape)
 
+    def _positions(self, names: Sequence[str] | None, index: dict[str, int], what: str) -> np.ndarray:
+        if names is None:
+            return np.arange(len(index))
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise KeyError(f"{self.path}: no {what} {missing[:5]}")
+        return np.array([index[n] for n in names], dtype=np.int64)
+
     def row_index(self, patients: Sequence[str] | None) -> np.ndarray:
         """Row positions of ``patients`` (None: all, in file order); an unknown patient is a KeyError."""
-        if patients is None:
-            return np.arange(len(self.patients))
-        missing = [p for p in patients if p not in self._row]
-        if missing:
-            raise KeyError(f"{self.path}: no row for patient(s) {missing[:5]}")
-        return np.array([self._row[p] for p in patients], dtype=np.int64)
+        return self._positions(patients, self._row, "row for patient(s)")
 
     def column_index(self, features: Sequence[str] | None) -> np.ndarray:
         """Column positions of ``features`` (None: all); an unknown feature is a KeyError."""
-        if features is None:
-            return np.arange(len(self.features))
-        missing = [f for f in features if f not in self._col]
-        if missing:
-            raise KeyError(f"{self.path}: no column for feature(s) {missing[:5]}")
-        return np.array([self._col[f] for f in features], dtype=np.int64)
+        return self._positions(features, self._col, "column for feature(s)")
 
     def block_width(self, n_rows: int) -> int:
         """Columns per block of :meth:`column_blocks` for ``n_rows`` rows: a multiple of the chunk width
