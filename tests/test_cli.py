@@ -87,7 +87,7 @@ def test_help_text_with_a_percent_sign(monkeypatch, capsys):
     """argparse %-formats help strings: a verb's help with a literal '%' must still print."""
     from pathalign import cli
 
-    monkeypatch.setitem(cli.VERBS, "pct", cli.Verb("pathalign.commands.encode_example", "mean ± 95 % CI (100%)"))
+    monkeypatch.setitem(cli.VERBS, "pct", cli.Verb("pathalign.cli.encode_example", "mean ± 95 % CI (100%)"))
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
