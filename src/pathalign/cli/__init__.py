@@ -23,7 +23,7 @@ import sys
 from typing import NamedTuple
 
 from ..errors import PathalignError
-from .options import DEBUG_HELP, debug_option, include
+from .options import debug_option, include
 
 
 class Verb(NamedTuple):
@@ -114,7 +114,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
     parser = _Parser(prog="pathalign", description="Align whole-slide images with molecular profiles.",
                      epilog="Run 'pathalign COMMAND --help' for a command's options.")
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    include(parser, debug_option(default=False))
     parser.add_argument("--version", action="version", version=f"pathalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in VERBS.items():

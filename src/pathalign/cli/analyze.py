@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-from .options import debug_option, out_option
+from .options import out_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     a = sub.add_parser("adapters", help="subspaces, CKA and input attribution of the pair adapters W_ij",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       parents=[out_option("output folder"), debug_option()])
+                       parents=[out_option("output folder")])
     a.add_argument("--model", required=True, help="a trained model folder (RUN/model)")
     a.add_argument("--cohort", help="cohort folder: adds CKA of projected embeddings and input attribution")
     a.add_argument("--embeddings", help="embeddings.h5 from `pathalign embed` with the same model: adds the slide "

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from .options import LIST_SYNTAX, ListOption, debug_option, out_option
+from .options import LIST_SYNTAX, ListOption, out_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="cohort_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build a cohort folder", description=__doc__,
-                       parents=[out_option("cohort folder to write"), debug_option()])
+                       parents=[out_option("cohort folder to write")])
     b.add_argument("--clinical", help="clinical table (TSV/CSV/Parquet) with a case_id column and labels; GDC Biotab "
                    "header rows are dropped, missing-value markers ([Not Available], --, NA, not reported, ...) read "
                    "as missing, numeric columns as numbers (see docs/cohort.md)")

@@ -87,19 +87,24 @@ class ListOption(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102 - argparse's interface
         option = option_string or "/".join(self.option_strings)
         try:
-            if self.parse is not None:
-                out = self.parse(values, option)
-            else:
-                items = split_list(values)
-                if not items:
-                    raise ValueError(f"{option} needs at least one value")
-                out = [self.item(v) for v in items]
-        except ValueError as e:
+            out = self.parse(values, option) if self.parse is not None else self._items(values, option)
+        except ValueError as e:  # argparse names the option first: "argument --seeds: ..."
             message = str(e)
-            if option not in message:
-                message = f"{LIST_SYNTAX} values: {message}"
-            raise argparse.ArgumentError(self, message) from None
+            raise argparse.ArgumentError(self, message.removeprefix(f"{option} ")) from None
         setattr(namespace, self.dest, out)
+
+    def _items(self, values: list[str], option: str) -> list:
+        items = split_list(values)
+        if not items:
+            raise ValueError(f"{option} needs at least one value ({LIST_SYNTAX})")
+        out = []
+        for item in items:
+            try:
+                out.append(self.item(item))
+            except ValueError:
+                kind = {int: "integers", float: "numbers"}.get(self.item, "values")
+                raise ValueError(f"{option} takes {LIST_SYNTAX} {kind}, got {item!r}") from None
+        return out
 
 
 def _parent() -> argparse.ArgumentParser:
