@@ -283,7 +283,7 @@ def test_no_validation_part_is_not_tuned_on_training_data_and_the_recipe_is_reco
     assert "**patho-bench**" in (tmp_path / "out2" / "results.md").read_text()
 
 
-def test_compare_without_names_keeps_both_and_a_name_clash_is_an_error(tmp_path):
+def test_compare_without_names_keeps_both_and_a_name_clash_is_an_error(tmp_path, capsys):
     from pathalign.cli import main
 
     table = _slides_split()
@@ -293,10 +293,17 @@ def test_compare_without_names_keeps_both_and_a_name_clash_is_an_error(tmp_path)
     _emb_for(tmp_path / "b" / "base.h5", table, seed=2)
     _emb_for(tmp_path / "b" / "ours.h5", table, seed=3)
     _write_task(tmp_path / "t", "lab", table, {"task_col": "label", "sample_col": "case_id"})
-    assert main(["bench", "--embeddings", str(tmp_path / "a" / "ours.h5"), "--compare", str(tmp_path / "b" / "base.h5"),
+    assert main(["bench", "--embeddings", str(tmp_path / "a" / "ours.h5"), str(tmp_path / "b" / "base.h5"),
                  "--tasks", str(tmp_path / "t"), "--out", str(tmp_path / "out")]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted(results["models"]) == ["base", "ours"]
+    assert "--compare" not in capsys.readouterr().err
+    # --compare is a deprecated alias of more --embeddings: the same models, and a warning
+    assert main(["bench", "--embeddings", str(tmp_path / "a" / "ours.h5"), "--compare", str(tmp_path / "b" / "base.h5"),
+                 "--tasks", str(tmp_path / "t"), "--out", str(tmp_path / "out-compare")]) == 0
+    assert "--compare is deprecated" in capsys.readouterr().err
+    again = json.loads((tmp_path / "out-compare" / "results.json").read_text())
+    assert sorted(again["models"]) == ["base", "ours"]
     assert results["models"]["ours"]["embeddings"] == str(tmp_path / "a" / "ours.h5")
     from pathalign.evaluate.bench import named_embeddings
 

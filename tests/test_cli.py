@@ -87,7 +87,7 @@ def test_help_text_with_a_percent_sign(monkeypatch, capsys):
     """argparse %-formats help strings: a verb's help with a literal '%' must still print."""
     from pathalign import cli
 
-    monkeypatch.setitem(cli.VERBS, "pct", cli.Verb("pathalign.commands.encode_example", "mean ± 95 % CI (100%)"))
+    monkeypatch.setitem(cli.VERBS, "pct", cli.Verb("pathalign.cli.encode_example", "mean ± 95 % CI (100%)"))
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
@@ -133,3 +133,115 @@ def test_verb_help_imports_only_that_verb():
 def test_encode_example_runs(capsys):
     assert main(["encode-example", "--patches", "200", "--fragments", "3"]) == 0
     assert "slide_embedding (832,)" in capsys.readouterr().out
+
+
+# --- one option set per verb: shared builders, one list syntax, one seeds parser -------------------------------
+
+EXTRACTOR_OPTIONS = [["--encoder", "uni"], ["--weights", "w.pt"], ["--workers", "2"], ["--batch-size", "8"],
+                     ["--device", "cpu"], ["--float32"]]
+#: every list-valued option today; the walk below must find each of them as a list option
+LIST_OPTIONS = {"--maf", "--modalities", "--embeddings", "--compare", "--modality", "--labels", "--missing-rates",
+                "--missing-seeds", "--seeds", "--only", "--blocks", "--query"}
+
+
+def _all_parsers() -> list[argparse.ArgumentParser]:
+    from pathalign.cli import _parsers
+
+    return [q for verb in sorted(VERBS) for q in _parsers(_verb_parser(verb))]
+
+
+def _required_args(parser: argparse.ArgumentParser, skip: argparse.Action | None = None) -> list[str]:
+    """Values for ``parser``'s positionals and required options (everything but ``skip``), so that it parses."""
+    positionals = [a for a in parser._actions if not a.option_strings and a is not skip
+                   and not isinstance(a, argparse._SubParsersAction)]
+    options = [a for a in parser._actions if a.option_strings and a.required and a is not skip]
+    return ["x" for _ in positionals] + [v for a in options for v in (a.option_strings[0], "x")]
+
+
+@pytest.mark.parametrize("verb", ["segment", "patch"])
+@pytest.mark.parametrize("option", EXTRACTOR_OPTIONS, ids=lambda o: o[0])
+def test_segment_and_patch_refuse_extractor_options(verb, option, capsys):
+    parser = build_parser(verb)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([verb, "slide.svs", "--out", "o", *option])
+    assert exit_.value.code == 2
+    assert f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+    for stage in ("extract", "preprocess"):  # the verbs that run the patch encoder take them
+        build_parser(stage).parse_args([stage, "slide.svs", "--out", "o", *option])
+
+
+def _list_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.nargs in ("+", "*")]
+
+
+def _two_items(action: argparse.Action) -> tuple[str, str]:
+    item = getattr(action, "item", str)
+    if "seed" in action.dest or item is int:
+        return "3", "1"
+    return ("0.25", "1") if item is float else ("rna", "cnv")
+
+
+def test_every_list_option_of_every_verb_takes_the_same_syntax():
+    """Comma-separated, space-separated and both mixed parse to the same list, in every verb, nested ones too."""
+    found = set()
+    for parser in _all_parsers():
+        for action in _list_actions(parser):
+            opt = action.option_strings[0]
+            found.add(opt)
+            a, b = _two_items(action)
+            base = _required_args(parser, skip=action)
+            forms = [[opt, f"{a},{b}"], [opt, a, b], [opt, f"{a},", b], [opt, f" {a} , {b} "]]
+            values = [getattr(parser.parse_args(base + form), action.dest) for form in forms]
+            expected = values[0]
+            assert len(expected) == 2 and all(v == expected for v in values), (parser.prog, opt, values)
+    assert found >= LIST_OPTIONS, f"not parsed as list options: {sorted(LIST_OPTIONS - found)}"
+
+
+def test_an_empty_list_or_a_bad_item_is_a_usage_error(capsys):
+    parser = _verb_parser("heatmap")
+    base = _required_args(parser)
+    for bad in (["--query", ","], ["--blocks", "1,x"]):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(base + bad)
+        assert exit_.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_every_seed_option_refuses_a_non_integer(capsys):
+    """'1.5' as a seed is refused when parsed (never truncated to 1), for every option that takes seeds."""
+    seen = []
+    for parser in _all_parsers():
+        for action in parser._actions:
+            if not action.option_strings or "seed" not in action.dest:
+                continue
+            opt = action.option_strings[0]
+            seen.append(f"{parser.prog} {opt}")
+            base = _required_args(parser, skip=action)
+            for bad in ("1.5", "0,1.5", "x"):
+                with pytest.raises(SystemExit) as exit_:
+                    parser.parse_args(base + [opt, bad])
+                assert exit_.value.code == 2, (parser.prog, opt, bad)
+                assert opt in capsys.readouterr().err
+            assert parser.parse_args(base + [opt, "2"]).__dict__[action.dest] in (2, [2])
+    assert {"pathalign bench --missing-seeds", "pathalign ablate --seeds", "pathalign train --seed"} <= set(seen), seen
+
+
+def test_seed_lists_refuse_repeats():
+    parser = _verb_parser("ablate")
+    with pytest.raises(SystemExit):
+        parser.parse_args(_required_args(parser) + ["--seeds", "0,1,1"])
+
+
+def test_every_verb_help_imports_no_torch():
+    """'pathalign VERB --help' answers without importing torch, for every verb (one interpreter, verbs in turn)."""
+    probe = ("import contextlib, io, json, sys\nfrom pathalign.cli import main\nwith_torch = []\n"
+             f"for verb in {sorted(VERBS)!r}:\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+             "        main([verb, '--help'])\n"
+             "    if 'torch' in sys.modules:\n"
+             "        with_torch.append(verb)\n"
+             "print(json.dumps(with_torch))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(SRC)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with_torch = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not with_torch, f"torch imported by the --help of {with_torch[0]} (and kept for {with_torch[1:]})"

@@ -91,6 +91,18 @@ def test_preflight_applies_the_same_rule(fake_cuda, monkeypatch):
     assert fake_cuda == []  # a check only: nothing is set up
 
 
+def test_a_verb_resolves_its_device_by_the_same_rule_as_setup_distributed(fake_cuda, monkeypatch):
+    """embed, ablate, demo, pretrain-rna and heatmap call resolve_device in their run: under torchrun a plain
+    cuda is this process's GPU there too, as setup_distributed and the preflight make it (not the current GPU)."""
+    from pathalign.devices import resolve_device
+
+    _torchrun_env(monkeypatch, rank=3, world=4, local_rank=1, local_world=2)
+    assert resolve_device("cuda") == resolve_device("auto") == setup_distributed("cuda").device == torch.device("cuda", 1)
+    with pytest.raises(DeviceError, match="under torchrun"):
+        resolve_device("cuda:0")
+    assert resolve_device("cuda", local_rank=2) == torch.device("cuda", 2)  # an explicit local rank wins
+
+
 # ------------------------------------------------------------------ per-rank random streams (2-process gloo)
 
 

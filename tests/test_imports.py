@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pathalign.cli import VERBS
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "pathalign"
 SKIP = {"pathalign.__main__"}  # running it is what importing it does
@@ -121,12 +123,38 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_graph_sees_function_level_imports():
     graph = import_graph()
+    verbs = {f"pathalign.cli.{v.replace('-', '_')}" for v in VERBS}
     # pathalign.cli imports the verb modules only through importlib, never by statement
-    assert not {m for m in graph["pathalign.cli"] if m.startswith("pathalign.") and "commands" not in m
-                and m not in ("pathalign.errors", "pathalign.devices")}, graph["pathalign.cli"]
+    assert not graph["pathalign.cli"] & verbs, graph["pathalign.cli"]
+    assert not {m for m in graph["pathalign.cli"] if m.startswith("pathalign.") and not m.startswith("pathalign.cli.")
+                and m not in ("pathalign", "pathalign.errors", "pathalign.devices")}, graph["pathalign.cli"]
     # a function-level import (``from .outputs import ...`` inside preflight) is an edge
-    assert "pathalign.commands.outputs" in graph["pathalign.cli"]
+    assert "pathalign.cli.outputs" in graph["pathalign.cli"]
     assert "pathalign.devices" in graph["pathalign.cli"]
+
+
+def _imports_argparse(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):  # anywhere: module level, functions, TYPE_CHECKING blocks
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "argparse":
+            return True
+    return False
+
+
+def test_argparse_only_in_the_cli_package():
+    """The command line is pathalign.cli's alone: library modules take typed parameters, never a Namespace."""
+    outside = [name for name, (path, _) in package_modules().items()
+               if name != "pathalign.cli" and not name.startswith("pathalign.cli.")
+               and _imports_argparse(ast.parse(path.read_text(), str(path)))]
+    assert not outside, f"modules outside pathalign.cli that import argparse: {outside}"
+
+
+def test_the_argparse_check_finds_a_planted_import():
+    for code in ("import argparse", "def f():\n    from argparse import Namespace",
+                 "if TYPE_CHECKING:\n    import argparse as ap"):
+        assert _imports_argparse(ast.parse(code)), code
+    assert not _imports_argparse(ast.parse("import argparser\nfrom .argparse import x"))
 
 
 def test_known_cycles_are_real():

@@ -62,7 +62,7 @@ def _molecular_cohort(tmp_path: Path, n: int) -> Path:
 
 
 def test_train_preset_auto_resolves_from_the_cohort(tmp_path, capsys):
-    from pathalign.train.cli import add_arguments, resolve_preset
+    from pathalign.cli.train import add_arguments, resolve_preset
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -7,7 +7,6 @@ finished stages; ``--fresh`` starts over.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .devices import DEVICE_HELP, resolve_device
 from .errors import PathalignError
 
 if TYPE_CHECKING:
@@ -212,24 +210,3 @@ Slide embeddings coloured by cancer type, aligned vs mean pooling:
 """
     (out / "report.md").write_text(text)
     return True
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")
-    p.add_argument("--patients", type=int, default=200, help="patients in the synthetic cohort")
-    p.add_argument("--slide-size", type=int, default=2048, help="side of each synthetic slide in level-0 px")
-    p.add_argument("--patch-size", type=int, default=128, help="patch side at 20x (128 keeps the demo fast)")
-    p.add_argument("--genes", type=int, default=1000, help="genes in the synthetic RNA table")
-    p.add_argument("--steps", type=int, default=300, help="training steps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cohort and of the training")
-    p.add_argument("--ablations", action="store_true", help="also train and bench the ablations (slower)")
-    p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(out=Path(args.out), patients=args.patients, slide_size=args.slide_size, patch_size=args.patch_size,
-                     genes=args.genes, steps=args.steps, seed=args.seed, ablations=args.ablations,
-                     device=str(resolve_device(args.device)))
-    run_demo(cfg, fresh=args.fresh)
-    return 0

@@ -1,7 +1,7 @@
 """Distributed set-up shared by every verb that runs under ``torchrun`` (train, preprocess/extract).
 
-One device rule, applied here once (:func:`pathalign.devices.process_device`, which ``cli.preflight``
-also checks before any work), on top of :func:`pathalign.devices.resolve_device`:
+One device rule, :func:`pathalign.devices.resolve_device` (which ``pathalign``'s preflight also checks
+before any work), applied here per process:
 
 * ``auto`` / ``cuda``: under torchrun each process takes ``cuda:<LOCAL_RANK>``; alone, the current GPU.
 * ``cuda:N``: that GPU, as everywhere. Under torchrun it is accepted only when one process runs on the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .devices import env_ranks, process_device
+from .devices import env_ranks, process_device, resolve_device
 
 __all__ = ["DistInfo", "env_ranks", "process_device", "setup_distributed"]
 
@@ -41,7 +41,8 @@ class DistInfo:
 
 
 def setup_distributed(device: str | torch.device | None) -> DistInfo:
-    """Pick this process's device (:func:`process_device`) and, under torchrun, start the process group once.
+    """Pick this process's device (:func:`~pathalign.devices.resolve_device`) and, under torchrun, start the
+    process group once.
 
     Args:
         device: the requested device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
@@ -51,14 +52,14 @@ def setup_distributed(device: str | torch.device | None) -> DistInfo:
         (``torch.cuda.set_device``), before ``init_process_group`` (NCCL) under torchrun.
 
     Raises:
-        DeviceError: see :func:`process_device`.
+        DeviceError: see :func:`~pathalign.devices.resolve_device`.
 
     Example:
         >>> setup_distributed("cpu")  # outside torchrun
         DistInfo(rank=0, world_size=1, local_rank=0, device=device(type='cpu'))
     """
     rank, world, local = env_ranks()
-    dev = process_device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1:

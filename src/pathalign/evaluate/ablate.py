@@ -25,7 +25,6 @@ arms, ``<out>/training_missing.{csv,png}``.
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path, atomic_write_df, atomic_write_json, atomic_write_text
 from ..modalities import MOLECULAR
@@ -91,17 +89,6 @@ def arms(preset: str, modalities: list[str], wsi_dim: int | None = None) -> dict
             out[f"without-{m}"] = Arm(modalities=[x for x in modalities if x != m])
     out[BASELINE] = Arm(trained=False)
     return out
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` → ``[0, 1, 2]``; a clear error for anything else."""
-    try:
-        seeds = [int(s) for s in str(text).split(",") if s.strip() != ""]
-    except ValueError:
-        raise AblationError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise AblationError(f"--seeds must name distinct seeds, got {text!r}")
-    return seeds
 
 
 def select_arms(available: dict[str, Arm], only: list[str] | None) -> list[str]:
@@ -394,33 +381,3 @@ def run_ablations(cohort: str | Path, out: str | Path, preset: str = "tiny", ste
         md += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     atomic_write_text(md, out / "ablation.md")
     return table
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cohort", required=True, help="cohort folder with slide features")
-    p.add_argument("--out", required=True, help="folder for the runs and the table")
-    p.add_argument("--preset", default="tiny", help="model preset of every arm")
-    p.add_argument("--steps", type=int, default=300, help="training steps per arm and seed (default 300)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="patients per batch (default: the preset's, 32 for tiny); an arm with fewer training "
-                        "patients uses them all, with a note")
-    p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
-    p.add_argument("--seeds", default=None,
-                   help="comma-separated seeds (e.g. 0,1,2): every arm runs once per seed; the table gives mean ± 95 %% CI "
-                        "and the paired difference to full")
-    p.add_argument("--folds", type=int, default=5, help="folds of the benchmark tasks")
-    p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder")
-    p.add_argument("--only", default=None, help="comma-separated arm names (full is always run); see the list above")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-
-
-def run(args: argparse.Namespace) -> int:
-    device = str(resolve_device(args.device))  # before any work
-    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    run_ablations(args.cohort, args.out, args.preset, args.steps, args.seed, args.rna_fm, only=only, seeds=seeds,
-                  batch_size=args.batch_size, max_tokens=args.max_tokens, folds=args.folds,
-                  device=device)
-    print((Path(args.out) / "ablation.md").read_text())
-    return 0

@@ -11,7 +11,6 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,32 +28,6 @@ if TYPE_CHECKING:
 
 class AnalysisError(PathalignError, ValueError):
     """A model and a cohort that cannot be analysed together; the message says why."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
-    a = sub.add_parser("adapters", help="subspaces, CKA and input attribution of the pair adapters W_ij",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("--model", required=True, help="a trained model folder (RUN/model)")
-    a.add_argument("--cohort", help="cohort folder: adds CKA of projected embeddings and input attribution")
-    a.add_argument("--embeddings", help="embeddings.h5 from `pathalign embed` with the same model: adds the slide "
-                                        "modality to CKA and attribution (slides are not re-encoded here)")
-    a.add_argument("--patients", choices=("all", "heldout"), default="all",
-                   help="patients used for CKA and attribution: all, or the model's held-out patients")
-    a.add_argument("--k", type=int, default=8, help="dominant input directions compared per adapter (default 8)")
-    a.add_argument("--top", type=int, default=20, help="input features listed per adapter (default 20)")
-    a.add_argument("--null-draws", type=int, default=200, help="random matrices in each null (default 200)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the nulls")
-    a.add_argument("--out", required=True, help="output folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    result = analyze_adapters(args.model, args.out, cohort_path=args.cohort, embeddings_path=args.embeddings,
-                              heldout_only=args.patients == "heldout", k=args.k, top=args.top, draws=args.null_draws,
-                              seed=args.seed)
-    print(f"adapters: {len(result['adapters'])} adapters, {len(result['same_source'])} same-source and "
-          f"{len(result['same_target'])} same-target comparisons -> {args.out}")
-    return 0
 
 
 def adapter_weights(model: PathAlignModel) -> dict[tuple[str, str], np.ndarray]:

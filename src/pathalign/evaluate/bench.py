@@ -20,9 +20,7 @@ on both sides of a fold are warned about (:mod:`.tasks`).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
@@ -33,12 +31,12 @@ from ..cohort.build import Cohort
 from ..cohort.ids import IdRule
 from .embed import read_embeddings
 from ..io.atomic import atomic_write_json, atomic_write_text
-from .probes import DEFAULT_ALPHA, RECIPES, Recipe, cox_probe, linear_probe, pathobench_cox_probe, pathobench_linear_probe
+from .probes import Recipe, cox_probe, linear_probe, pathobench_cox_probe, pathobench_linear_probe
 from .baselines import PCA_COMPONENTS
-from .representations import MODALITY_CHOICES, Representation, choose_modalities, model_representations
+from .representations import Representation, choose_modalities, model_representations
 from .retrieval import (cross_modal_retrieval, label_hits, label_retrieval, patient_pair_space, recall_at_k,
                         retrieval_scores)
-from .tasks import Task, TaskError, derive_tasks, load_pathobench_tasks, match_ids, patient_table
+from .tasks import Task, TaskError, match_ids, patient_table
 from .bench_report import AGGREGATION, render_markdown
 
 
@@ -533,50 +531,6 @@ def _missing_curves(name: str, emb: dict, tasks: list[Task], rates: list[float],
             "verdict": v.to_dict(orient="records")}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embeddings", nargs="+", required=True,
-                   help="embeddings.h5 files, optionally NAME=PATH (default name: the file stem; several = compared "
-                        "in one table)")
-    p.add_argument("--tasks", help="Patho-Bench split folder (TSV + YAML per task: task_col, sample_col, "
-                                   "task_type, metrics; survival columns <task_col>_days/<task_col>_event)")
-    p.add_argument("--cohort", help="cohort folder: without --tasks, tasks are derived from its clinical labels; "
-                                    "with or without, its matrices give the raw/PCA/CCA baselines and its id rule "
-                                    "the matching of split ids")
-    p.add_argument("--modality", default="all",
-                   help="comma-separated representations to score: " + ", ".join(MODALITY_CHOICES) +
-                        " or all (default: every modality the embeddings hold, plus fused = the concatenated "
-                        "standardised per-modality embeddings of a patient)")
-    p.add_argument("--no-baselines", action="store_true",
-                   help="skip the baselines scored by default with --cohort (raw:<m> and pca:<m> on every task, "
-                        "cca:<a>-<b> beside every cross-modal pair)")
-    p.add_argument("--pca-components", type=int, default=PCA_COMPONENTS,
-                   help=f"components of the PCA baseline and of the CCA's inputs (default {PCA_COMPONENTS}; "
-                        "fewer when a training fold has fewer patients)")
-    p.add_argument("--cca-components", type=int, default=None,
-                   help="components of the CCA baseline (default: chosen by recall@5 on a fifth of the training "
-                        "patients, never on the test ones)")
-    p.add_argument("--compare", nargs="*", default=[],
-                   help="more embeddings to compare (baselines, ablations), NAME=PATH or PATH (name: the file stem)")
-    p.add_argument("--recipe", choices=RECIPES, default="pathalign",
-                   help="probe recipe: 'pathalign' (standardised features, balanced weights, C and Cox penalty "
-                        "picked on the validation part) or 'patho-bench' (Patho-Bench's own: raw features, "
-                        "LogisticRegression C=1, Coxnet alpha=0.07, l1_ratio=0.5; comparable with its tables)")
-    p.add_argument("--cost", type=float, default=1.0, help="C of the patho-bench recipe's logistic regression")
-    p.add_argument("--balanced", action="store_true", help="balanced class weights in the patho-bench recipe")
-    p.add_argument("--cox-alpha", type=float, default=DEFAULT_ALPHA, help="Cox penalty of the patho-bench recipe")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="drop samples the split names but the embeddings lack (counted in the results) instead "
-                        "of stopping with an error")
-    p.add_argument("--folds", type=int, default=5, help="folds for cohort-derived tasks")
-    p.add_argument("--labels", default=None, help="comma-separated label columns (default: every categorical one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds derived from a cohort")
-    p.add_argument("--missing-rates", default=None,
-                   help="comma-separated fractions (e.g. 0,0.25,0.5,0.75,1): also hide that fraction of each non-slide "
-                        "modality at inference and report every task and cross-modal pair as a curve")
-    p.add_argument("--missing-seeds", default="0,1,2", help="hiding plans per rate (default 0,1,2): the CI is over these")
-    p.add_argument("--out", required=True, help="results folder")
-
-
 def named_embeddings(items: list[str]) -> dict[str, str]:
     """``NAME=PATH`` or ``PATH`` (named by the file stem) → ``{name: path}``; two items with one name are an error.
 
@@ -595,50 +549,3 @@ def named_embeddings(items: list[str]) -> dict[str, str]:
             raise TaskError(f"two embeddings are named {name!r} ({out[name]} and {path}); name them NAME=PATH")
         out[name] = path
     return out
-
-
-def _floats(option: str, text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise TaskError(f"{option} takes comma-separated numbers, got {text!r}") from None
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cohort import load_cohort
-
-    models = named_embeddings(list(args.embeddings) + list(args.compare))
-    try:
-        recipe = Recipe(args.recipe, cost=args.cost, balanced=args.balanced, alpha=args.cox_alpha)
-    except ValueError as e:
-        raise TaskError(f"--recipe/--cost/--cox-alpha: {e}") from None
-    if not args.tasks and not args.cohort:
-        raise TaskError("give --tasks (a Patho-Bench split folder) or --cohort (tasks from its labels), or both")
-    mods = [m.strip() for m in args.modality.split(",") if m.strip()]
-    bad = [m for m in mods if m not in (*MODALITY_CHOICES, "all")]
-    if bad or not mods:
-        raise TaskError(f"--modality: unknown {bad or args.modality!r}; choose from {', '.join(MODALITY_CHOICES)}, all")
-    if args.pca_components < 1 or (args.cca_components is not None and args.cca_components < 1):
-        raise TaskError("--pca-components and --cca-components must be at least 1")
-    cohort = load_cohort(args.cohort) if args.cohort else None
-    manifest = cohort.manifest if cohort is not None else None
-    if args.tasks:
-        tasks = load_pathobench_tasks(args.tasks)
-    else:
-        tasks = derive_tasks(manifest, args.folds, args.seed, labels=args.labels.split(",") if args.labels else None)
-    for t in tasks:
-        if t.error:
-            print(f"bench: task {t.name} skipped: {t.error}", file=sys.stderr)
-        for w in t.warnings:
-            print(f"bench: warning: {w}", file=sys.stderr)
-    if cohort is None and not args.no_baselines:
-        print("bench: no --cohort: the raw/PCA/CCA baselines need its matrices and are left out", file=sys.stderr)
-    rates = _floats("--missing-rates", args.missing_rates) if args.missing_rates else None
-    if rates and any(not 0 <= r <= 1 for r in rates):
-        raise TaskError(f"--missing-rates must lie in [0, 1], got {args.missing_rates}")
-    seeds = [int(x) for x in _floats("--missing-seeds", args.missing_seeds)] if rates else None
-    run_bench(models, tasks, args.out, manifest, args.seed, recipe=recipe, allow_missing=args.allow_missing,
-              missing_rates=rates, missing_seeds=seeds, cohort=cohort, modalities=mods,
-              baselines=not args.no_baselines, pca_components=args.pca_components, cca_components=args.cca_components)
-    print((Path(args.out) / "results.md").read_text().split("## All metrics")[0])
-    return 0

@@ -16,9 +16,7 @@ Fewer than half of them found is refused before any work (:mod:`pathalign.models
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
 from ..io.hdf5 import open_hdf5
@@ -368,84 +365,3 @@ def slide_case_id(embeddings: dict, slide_id: str) -> str | None:
     wsi = embeddings.get("wsi") or {}
     ids, cases = list(wsi.get("ids", [])), list(wsi.get("case_ids", []))
     return cases[ids.index(slide_id)] if slide_id in ids and cases else None
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="trained model folder (RUN/model)")
-    p.add_argument("--cohort", help="cohort folder (with --slide-encoder/--mean-pool: gives each slide's patient)")
-    p.add_argument("--features", help="patch-features folder, or a preprocess output with one features_<encoder>/ "
-                                       "subfolder, as cohort build takes it (default: the --cohort's)")
-    p.add_argument("--slide-encoder", help="instead of --model: a bare slide encoder, e.g. exaone-path-2.5")
-    p.add_argument("--mean-pool", action="store_true",
-                   help="instead of --model: the mean-pooling baseline of --features (or of the --cohort's)")
-    p.add_argument("--weights", help="weights of --slide-encoder (published checkpoint)")
-    p.add_argument("--out", required=True, help="embeddings.h5 to write (its folder is created)")
-    p.add_argument("--name", default=None,
-                   help="model name of the Patho-Bench sample folder pathobench_<name>/ (by_slide_id/, by_case_id/) "
-                        "written beside --out (default: pathalign, the --slide-encoder name, or mean-pool)")
-    p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def features_option(features: str | None, cohort: str | None, option: str) -> str | None:
-    """The features folder of ``--features`` as ``cohort build`` reads it, else the cohort's.
-
-    Args:
-        features: ``--features``: the folder of ``<slide_id>.h5``, or a ``preprocess`` output holding one
-            ``features_<encoder>/`` subfolder (:func:`pathalign.cohort.build.resolve_features_dir`).
-        cohort: ``--cohort``, whose recorded features folder is used when ``features`` is not given.
-        option: the mode (``--mean-pool``, ...) for the error message.
-
-    Returns:
-        The folder, or None with neither (``--model`` then uses the cohort's).
-
-    Raises:
-        EmbedError: neither given where one is needed; CohortInputError: a folder without features files.
-    """
-    from ..cohort.build import resolve_features_dir
-
-    if features:
-        path, note = resolve_features_dir(features)
-        if note:
-            print(f"embed: {note}", file=sys.stderr)
-        return str(path)
-    if cohort:
-        from ..cohort import load_cohort
-
-        recorded = load_cohort(cohort).meta.get("slides_dir")
-        if recorded:
-            return str(recorded)
-        if option != "--model":
-            raise EmbedError(f"{option}: the cohort {cohort} records no features folder (built without --features); "
-                             "give --features DIR")
-    elif option != "--model":
-        raise EmbedError(f"{option} needs --features DIR (or --cohort, whose features folder is used)")
-    return None
-
-
-def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)  # before any work
-    if args.model:
-        if not args.cohort:
-            raise EmbedError("--model needs --cohort")
-        features = features_option(args.features, None, "--model")
-        summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
-                                   not args.quiet, args.name or "pathalign", device=device)
-    elif args.mean_pool:
-        features = features_option(args.features, args.cohort, "--mean-pool")
-        summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")
-    elif args.slide_encoder:
-        features = features_option(args.features, args.cohort, "--slide-encoder")
-        summary = embed_with_slide_encoder(args.slide_encoder, args.weights, features, args.out,
-                                           args.batch_size, not args.quiet, args.cohort, args.name, device=device)
-    else:
-        raise EmbedError("give --model (with --cohort), --slide-encoder or --mean-pool (with --features)")
-    for w in summary.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    for sid, why in summary.skipped.items():
-        print(f"embed: skipped slide {sid}: {why}", file=sys.stderr)
-    print("embedded: " + ", ".join(f"{m} {n}" for m, n in summary.counts.items()) + f" -> {args.out}"
-          + (f"; Patho-Bench files in {summary.pathobench_dir}" if summary.pathobench_dir else "")
-          + (f"; {len(summary.skipped)} slides skipped (named above)" if summary.skipped else ""))
-    return 0

@@ -8,14 +8,11 @@ what is wrong. Printed as a table; ``--json FILE`` writes the same rows as JSON.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from ..io.atomic import atomic_write_text
 from .patch import PatchConfig, patch_geometry
 from .reader import SlideError, open_slide
-from .scale import SCALES, nominal_magnification
+from .scale import nominal_magnification
 
 #: objective power and mpp-binned magnification differing by more than this ratio are reported
 POWER_MISMATCH = 1.25
@@ -96,31 +93,3 @@ def format_table(rows: list[dict]) -> str:
                      f"{f(r['level0_magnification'])} | {r['scale']} | {f(r['patch_size_level0'], '{}')} | "
                      f"{f(r['read_level'], '{}')} | {notes[:200]} |")
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slides", nargs="+", metavar="SLIDES", help="slide files, folders or glob patterns")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON to FILE")
-    p.add_argument("--magnification", type=float, default=20.0, help="target magnification (default 20)")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the target magnification")
-    p.add_argument("--scale", choices=SCALES, default="nominal", help="as preprocess --scale")
-    p.add_argument("--mpp", type=float, default=None, help="as preprocess --mpp")
-    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide or tiffslide")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .cli import SlideSettingsError
-    from .pipeline import find_slides
-
-    try:
-        cfg = PatchConfig(args.magnification, args.patch_size, scale=args.scale)
-    except ValueError as e:
-        raise SlideSettingsError(f"doctor settings: {e}") from None
-    slides = find_slides(args.slides)
-    if not slides:
-        raise SlideSettingsError("no slides found in " + " ".join(args.slides))
-    rows = [check_slide(p, cfg, args.backend, args.mpp) for p in slides]
-    print(format_table(rows))
-    if args.json:
-        atomic_write_text(json.dumps(rows, indent=1), args.json)
-    return 0 if all(r["ok"] for r in rows) else 3

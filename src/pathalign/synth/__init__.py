@@ -17,7 +17,6 @@ Deterministic for a seed. ``difficulty`` scales every noise level (signal to noi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -117,23 +116,3 @@ Patients with all five modalities: {int(has.all(axis=1).sum())} ({has.all(axis=1
 |---|---|---|
 {rates}
 """)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (the cohort is deterministic for a seed)")
-    p.add_argument("--slide-size", type=int, default=2048, help="slide side in level-0 px (default 2048)")
-    p.add_argument("--mpp", type=float, default=0.5, help="µm per level-0 px (default 0.5 = 20x)")
-    p.add_argument("--genes", type=int, default=1000, help="RNA genes")
-    p.add_argument("--difficulty", type=float, default=1.0,
-                   help="multiplies every noise level and weakens the slide cues (default 1.0; 0.5 easier, 2 harder); "
-                        "see truth.md in the output for what it scales")
-    p.add_argument("--workers", type=int, default=None, help="processes rendering slides (default: all cores)")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = SynthConfig(patients=args.patients, seed=args.seed, slide_size=args.slide_size, mpp=args.mpp, genes=args.genes,
-                      difficulty=args.difficulty)
-    generate_cohort(args.out, cfg, workers=args.workers)
-    return 0

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 
 from ..devices import DEVICE_HELP
+from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, quiet_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder (pathalign cohort build)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model export)")
+    include(p, out_option("run folder (checkpoints, logs, model export)"))
     p.add_argument("--preset", default="auto",
                    help="model preset: tiny, small, molecular, exaone-path-2.5, or auto (default): molecular for a "
                         "cohort without slides with at least 200 trainable patients, else tiny")
@@ -28,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and patient-level: how the method fares with more missing data (validation patients keep theirs)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints in RUN/checkpoints (default: the preset's)")
-    p.add_argument("--modalities", default=None, help="comma-separated subset of wsi,rna,snp,cnv,methylation")
+    p.add_argument("--modalities", action=ListOption, default=None, metavar="MODALITY",
+                   help=f"subset of wsi,rna,snp,cnv,methylation ({LIST_SYNTAX})")
     p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder (pathalign pretrain-rna)")
     p.add_argument("--rna-embeddings", default=None, help="table of precomputed RNA embeddings (rows = patients)")
     p.add_argument("--slide-encoder-weights", default=None,
                    help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
-    p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default: the --config's device, else auto")
+    include(p, device_option(None, f"{DEVICE_HELP}; default: the --config's device, else auto"))
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
     p.add_argument("--seed", type=int, default=None, help="seed of the split, the initialisation and the batches (default: 0)")
     p.add_argument("--micro-batch", type=int, default=None,
@@ -65,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="manifest column the train/val split is stratified on (default cancer_type; 'none': "
                         "unstratified); a column the cohort lacks is said, and the split is then unstratified")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-step lines")
+    include(p, quiet_option("no progress bar or per-step lines"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..models.model_folder import ConfigError
-    from .trainer import TrainConfig, Trainer
+    from ..train.trainer import TrainConfig, Trainer
 
     overrides = _read_yaml(args.config) if args.config else {}
     if "model" in overrides:
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                  val_every=args.val_every, select_metric=args.select_metric,
                  early_stopping_patience=args.early_stopping_patience,
                  stratify=None if args.stratify is None else ("" if args.stratify.lower() == "none" else args.stratify),
-                 modalities=args.modalities.split(",") if args.modalities else None)
+                 modalities=args.modalities or None)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     overrides["device"] = str(overrides.get("device", "auto"))  # resolved per process by setup_distributed
     overrides["progress"] = not args.quiet

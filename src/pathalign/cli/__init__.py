@@ -1,10 +1,12 @@
 """``pathalign`` command line: one subcommand per pipeline stage.
 
-Each subcommand lives in the module that does the work; that module exposes
-``add_arguments(parser)`` and ``run(args) -> int``. This file only holds the table of verbs
-(name -> module path, help) and imports a verb's module when that verb runs (or shows its
-``--help``), so that ``pathalign --help`` and a mistyped command answer at once without
-importing torch, h5py or scikit-learn.
+Each subcommand is a module of this package, ``pathalign.cli.<verb>``, with ``add_arguments(parser)``
+and ``run(args) -> int``: ``run`` turns the parsed options into a call of the library (which never sees
+argparse). Options that several verbs share, and the one syntax of list-valued options, are built in
+:mod:`pathalign.cli.options`. This file only holds the table of verbs (name -> module path, help) and
+imports a verb's module when that verb runs (or shows its ``--help``); a verb module imports the
+library inside ``run``, so that ``pathalign --help``, ``pathalign VERB --help`` and a mistyped command
+answer at once without importing torch.
 
 Errors: an expected failure (:class:`pathalign.errors.PathalignError`: bad input, missing file,
 unusable option) is printed as one line ``pathalign: error: <message>`` on stderr with exit
@@ -20,7 +22,8 @@ import os
 import sys
 from typing import NamedTuple
 
-from .errors import PathalignError
+from ..errors import PathalignError
+from .options import debug_option, include
 
 
 class Verb(NamedTuple):
@@ -28,39 +31,33 @@ class Verb(NamedTuple):
 
     module: str
     help: str
-    defaults: dict = {}
     out: str | None = "dir"  # what ``--out`` is: "dir", "file" or None (checked writable before running)
 
 
 VERBS: dict[str, Verb] = {
-    "segment": Verb("pathalign.slides.cli", "segment slides into tissue fragments (GeoJSON + thumbnail)",
-                    {"stage": "segment"}),
-    "patch": Verb("pathalign.slides.cli", "patch tissue at a target magnification (coords.h5)", {"stage": "patch"}),
-    "extract": Verb("pathalign.slides.cli", "extract patch features (features.h5)", {"stage": "extract"}),
-    "preprocess": Verb("pathalign.slides.cli", "segment, patch and extract in one go (torchrun-shardable)",
-                       {"stage": "extract"}),
-    "doctor": Verb("pathalign.slides.doctor", "pre-flight check of slides: opens, backend, mpp, objective power, "
+    "segment": Verb("pathalign.cli.segment", "segment slides into tissue fragments (GeoJSON + thumbnail)"),
+    "patch": Verb("pathalign.cli.patch", "patch tissue at a target magnification (coords.h5)"),
+    "extract": Verb("pathalign.cli.extract", "extract patch features (features.h5)"),
+    "preprocess": Verb("pathalign.cli.preprocess", "segment, patch and extract in one go (torchrun-shardable)"),
+    "doctor": Verb("pathalign.cli.doctor", "pre-flight check of slides: opens, backend, mpp, objective power, "
                    "levels, the scale preprocess would use (no pixel computed)", out=None),
-    "synth": Verb("pathalign.synth", "write a synthetic multimodal cohort in the real file formats"),
-    "cohort": Verb("pathalign.cohort.cli", "build a cohort from clinical, slide and molecular tables"),
-    "pretrain-rna": Verb("pathalign.train.rna_pretrain", "pretrain the RNA foundation model on a cohort's RNA samples"),
-    "train": Verb("pathalign.train.cli", "train the multimodal alignment (torchrun for DDP)"),
-    "embed": Verb("pathalign.evaluate.embed", "embed every modality of every patient and slide (embeddings.h5)",
+    "synth": Verb("pathalign.cli.synth", "write a synthetic multimodal cohort in the real file formats"),
+    "cohort": Verb("pathalign.cli.cohort", "build a cohort from clinical, slide and molecular tables"),
+    "pretrain-rna": Verb("pathalign.cli.pretrain_rna", "pretrain the RNA foundation model on a cohort's RNA samples"),
+    "train": Verb("pathalign.cli.train", "train the multimodal alignment (torchrun for DDP)"),
+    "embed": Verb("pathalign.cli.embed", "embed every modality of every patient and slide (embeddings.h5)",
                   out="file"),
-    "bench": Verb("pathalign.evaluate.bench", "benchmark embeddings: probes, survival, retrieval, cross-modal retrieval"),
-    "demo": Verb("pathalign.demo", "the whole life cycle on a synthetic cohort, with a report (what make demo runs)"),
-    "ablate": Verb("pathalign.evaluate.ablate", "train and bench the paper's ablations over seeds (mean ± 95 % CI)"),
-    "analyze": Verb("pathalign.evaluate.analyze", "analyse a trained model: its pair adapters W_ij (subspaces, CKA, "
-                                                  "input attribution)"),
-    "heatmap": Verb("pathalign.evaluate.heatmap_cmd", "per-patch heatmaps of a model on one slide: attention, "
-                                                      "cross-modal alignment, query similarity (HDF5, PNG, QuPath)"),
-    "view": Verb("pathalign.viewer.server", "look at a slide with its heatmaps in the browser (127.0.0.1 only)",
-                 out=None),
-    "encode-example": Verb("pathalign.commands.encode_example", "encode a random slide with the F-RoPE slide encoder",
+    "bench": Verb("pathalign.cli.bench", "benchmark embeddings: probes, survival, retrieval, cross-modal retrieval"),
+    "demo": Verb("pathalign.cli.demo", "the whole life cycle on a synthetic cohort, with a report (what make demo runs)"),
+    "ablate": Verb("pathalign.cli.ablate", "train and bench the paper's ablations over seeds (mean ± 95 % CI)"),
+    "analyze": Verb("pathalign.cli.analyze", "analyse a trained model: its pair adapters W_ij (subspaces, CKA, "
+                                             "input attribution)"),
+    "heatmap": Verb("pathalign.cli.heatmap", "per-patch heatmaps of a model on one slide: attention, "
+                                             "cross-modal alignment, query similarity (HDF5, PNG, QuPath)"),
+    "view": Verb("pathalign.cli.view", "look at a slide with its heatmaps in the browser (127.0.0.1 only)", out=None),
+    "encode-example": Verb("pathalign.cli.encode_example", "encode a random slide with the F-RoPE slide encoder",
                            out=None),
 }
-
-_DEBUG_HELP = "show the Python traceback of expected errors too (also PATHALIGN_DEBUG=1)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +76,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if (not action.option_strings or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
                 or isinstance(action, argparse._VersionAction)):
             return text
+        if isinstance(action.default, list):  # a list option's default, written in the list syntax
+            return f"{text} (default: {','.join(map(str, action.default)).replace('%', '%%')})"
         return f"{text} (default: %(default)s)"
 
 
@@ -111,11 +110,11 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The parser; a parsed verb's namespace carries its module as ``_module``.
     """
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="pathalign", description="Align whole-slide images with molecular profiles.",
                      epilog="Run 'pathalign COMMAND --help' for a command's options.")
-    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    include(parser, debug_option(default=False))
     parser.add_argument("--version", action="version", version=f"pathalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in VERBS.items():
@@ -130,8 +129,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         for q in _parsers(p):  # nested verbs too: 'pathalign cohort build ... --debug'
             q.formatter_class = _HelpFormatter
             if not any("--debug" in a.option_strings for a in q._actions):
-                q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-        p.set_defaults(_module=mod, **spec.defaults)
+                include(q, debug_option())
+        p.set_defaults(_module=mod)
     return parser
 
 
@@ -140,17 +139,17 @@ def preflight(command: str, args: argparse.Namespace) -> None:
 
     ``--out`` must be writable (``OutputPathError``) and ``--device`` must exist on this machine
     (``DeviceError``); both are :class:`PathalignError`. The device is checked by the rule each process
-    applies when it starts (:func:`pathalign.devices.process_device`, torchrun's ranks included).
+    applies when it starts (:func:`pathalign.devices.resolve_device`, torchrun's ranks included).
     """
     out, kind = getattr(args, "out", None), VERBS[command].out
     if out is not None and kind is not None:
-        from .commands.outputs import check_output_dir, check_output_file
+        from .outputs import check_output_dir, check_output_file
 
         (check_output_file if kind == "file" else check_output_dir)(out, "--out")
     if getattr(args, "device", None) is not None:
-        from .devices import process_device
+        from ..devices import resolve_device
 
-        process_device(args.device)
+        resolve_device(args.device)
 
 
 def _one_line(message: str) -> str:

@@ -12,13 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .heatmap import HeatmapError
+from .options import LIST_SYNTAX, ListOption, device_option, include, out_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="trained model folder (RUN/model) or hf-hub: id")
     p.add_argument("--features", required=True, help="the slide's features file (<slide_id>.h5)")
-    p.add_argument("--out", required=True, help="output folder")
+    include(p, out_option("output folder"))
     p.add_argument("--slide", default=None, help="the slide file, to draw over its thumbnail (default: a blank canvas)")
     p.add_argument("--geojson", default=None,
                    help="the slide's tissue GeoJSON (pathalign segment / preprocess), exported as QuPath annotations")
@@ -27,26 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "align/<modality> scores (default: no alignment scores)")
     p.add_argument("--case-id", default=None,
                    help="the slide's patient in --embeddings (default: the case id the embeddings file gives the slide)")
-    p.add_argument("--blocks", default=None,
-                   help="comma-separated block indices for attention scores (default: every block)")
-    p.add_argument("--query", default=None, help="comma-separated patch indices: similarity to each (default: none)")
+    p.add_argument("--blocks", action=ListOption, item=int, default=None, metavar="BLOCK",
+                   help=f"block indices for attention scores ({LIST_SYNTAX}; default: every block)")
+    p.add_argument("--query", action=ListOption, item=int, default=None, metavar="PATCH",
+                   help=f"patch indices ({LIST_SYNTAX}): similarity to each (default: none)")
     p.add_argument("--object-type", default="tile", choices=("tile", "detection"),
                    help="QuPath object type of the patches (default: tile)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-
-
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise HeatmapError(f"{option} takes comma-separated integers, got {text!r}") from None
+    include(p, device_option("cpu", "cpu, cuda, cuda:N or auto (default: cpu)"))
 
 
 def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
     """The patient's molecular embeddings in ``embeddings_path``: ``({modality: [d]}, case id, notes)``."""
-    from .embed import read_embeddings, slide_case_id
+    from ..evaluate.embed import read_embeddings, slide_case_id
+    from ..evaluate.heatmap import HeatmapError
 
     emb = read_embeddings(embeddings_path)
     notes = []
@@ -70,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
+    from ..evaluate.heatmap import HeatmapError, compute_heatmaps, write_heatmaps
+    from ..evaluate.heatmap_plot import plot_heatmap
     from ..io.qupath import fragment_annotations, patch_features, write_qupath_geojson
     from ..models.pathalign_model import load_model
-    from .heatmap import compute_heatmaps, write_heatmaps
-    from .heatmap_plot import plot_heatmap
 
     features = Path(args.features)
     slide_id = features.stem
@@ -82,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
         targets, case_id, notes = patient_targets(args.embeddings, slide_id, args.case_id)
     model = load_model(args.model).to(resolve_device(args.device))
     with torch.inference_mode():
-        hm = compute_heatmaps(model, features, _int_list(args.blocks, "--blocks"), targets,
-                              _int_list(args.query, "--query"))
+        hm = compute_heatmaps(model, features, args.blocks, targets, args.query)
     hm.notes += notes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

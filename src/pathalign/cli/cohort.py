@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from .options import LIST_SYNTAX, ListOption, out_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="cohort_command", metavar="ACTION", required=True)
-    b = sub.add_parser("build", help="build a cohort folder", description=__doc__)
-    b.add_argument("--out", required=True, help="cohort folder to write")
+    b = sub.add_parser("build", help="build a cohort folder", description=__doc__,
+                       parents=[out_option("cohort folder to write")])
     b.add_argument("--clinical", help="clinical table (TSV/CSV/Parquet) with a case_id column and labels; GDC Biotab "
                    "header rows are dropped, missing-value markers ([Not Available], --, NA, not reported, ...) read "
                    "as missing, numeric columns as numbers (see docs/cohort.md)")
@@ -26,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="p of log2(x + p) RNA (default 1; Xena/Toil write log2(TPM + 0.001)); values are stored as "
                    "log2(x + 1)")
     b.add_argument("--gene-lengths", help="gene, length (bp) table; needed with --rna-units counts")
-    b.add_argument("--maf", nargs="+", default=[], help="one or more MAF files")
+    b.add_argument("--maf", action=ListOption, default=None, metavar="MAF",
+                   help=f"one or more MAF files ({LIST_SYNTAX})")
     b.add_argument("--cnv", help="gene-level copy-number matrix, or a GISTIC 2 output folder (all_thresholded.by_genes"
                    ".txt, else the lesion calls of all_lesions.conf_XX.txt; see docs/cohort.md)")
     b.add_argument("--cnv-kind", default="gistic", help="gistic (thresholded -2..2) or log2 (ratios)")
@@ -45,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     """Build the cohort; an input error (:class:`~pathalign.errors.PathalignError`) reaches ``pathalign``'s
     ``main``, which prints it as one line ``pathalign: error: ...`` with exit code 2 (its traceback with
     ``--debug``)."""
-    from .build import CohortSources, build_cohort
+    from ..cohort.build import CohortSources, build_cohort
 
     src = CohortSources(clinical=args.clinical, slides=args.slides, features=args.features, rna=args.rna,
                         rna_units=args.rna_units, rna_pseudocount=args.rna_pseudocount, gene_lengths=args.gene_lengths,
-                        maf=args.maf, cnv=args.cnv, cnv_kind=args.cnv_kind, methylation=args.methylation,
+                        maf=args.maf or [], cnv=args.cnv, cnv_kind=args.cnv_kind, methylation=args.methylation,
                         methylation_units=args.methylation_units, orientation=args.orientation,
                         id_rule=args.id_rule, id_map=args.id_map, case_col=args.case_col, decimal=args.decimal)
     build_cohort(src, args.out)

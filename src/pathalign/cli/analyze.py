@@ -1,0 +1,44 @@
+"""``pathalign analyze adapters``: what each pair adapter W_ij keeps of its modality, on a cohort.
+
+Writes to ``--out``: ``adapters.json`` (every number, named), ``adapters.png`` (same-source
+subspace overlaps and same-target CKA as heatmaps, with their random nulls), ``attribution.png``
+(top input features per adapter) and ``adapters.md`` (a short summary). See
+:mod:`pathalign.evaluate.adapters` for the measures and ``docs/choices.md`` for the nulls.
+
+Examples:
+    pathalign analyze adapters --model run/model --out adapters
+    pathalign analyze adapters --model run/model --cohort cohort --embeddings emb.h5 --out adapters
+"""
+from __future__ import annotations
+
+import argparse
+
+from .options import out_option
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    a = sub.add_parser("adapters", help="subspaces, CKA and input attribution of the pair adapters W_ij",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       parents=[out_option("output folder")])
+    a.add_argument("--model", required=True, help="a trained model folder (RUN/model)")
+    a.add_argument("--cohort", help="cohort folder: adds CKA of projected embeddings and input attribution")
+    a.add_argument("--embeddings", help="embeddings.h5 from `pathalign embed` with the same model: adds the slide "
+                                        "modality to CKA and attribution (slides are not re-encoded here)")
+    a.add_argument("--patients", choices=("all", "heldout"), default="all",
+                   help="patients used for CKA and attribution: all, or the model's held-out patients")
+    a.add_argument("--k", type=int, default=8, help="dominant input directions compared per adapter (default 8)")
+    a.add_argument("--top", type=int, default=20, help="input features listed per adapter (default 20)")
+    a.add_argument("--null-draws", type=int, default=200, help="random matrices in each null (default 200)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the nulls")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate.analyze import analyze_adapters
+
+    result = analyze_adapters(args.model, args.out, cohort_path=args.cohort, embeddings_path=args.embeddings,
+                              heldout_only=args.patients == "heldout", k=args.k, top=args.top, draws=args.null_draws,
+                              seed=args.seed)
+    print(f"adapters: {len(result['adapters'])} adapters, {len(result['same_source'])} same-source and "
+          f"{len(result['same_target'])} same-target comparisons -> {args.out}")
+    return 0

@@ -1,1 +1,0 @@
-"""CLI subcommands that are not part of a larger module."""
