@@ -235,15 +235,6 @@ def cox_cindex(z: np.ndarray, time_: np.ndarray, event: np.ndarray, seed: int, p
     return float(np.mean(out))
 
 
-def t_interval(values) -> dict:
-    """Mean and 95 % Student-t interval over seeds (``half`` = half-width; NaN with one seed)."""
-    from scipy import stats
-
-    v = np.asarray(values, float)
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": float(v.mean()), "half": half, "values": [float(x) for x in v]}
-
-
 # ---------------------------------------------------------------------------------------------- one seed
 def train_and_embed(cohort: Path, run: Path, preset: str, seed: int, steps: int | None, device: str) -> Path:
     """``pathalign train`` (PAM50-stratified split) then ``pathalign embed``; returns ``embeddings.h5``."""
@@ -359,18 +350,21 @@ def summarise(per_seed: list[dict]) -> dict:
         ``{section: {"rows": {name: interval}, "paired": [(label, model name, baseline name, interval)]}}``;
         recall names are ``"<method> <direction>"``, probe names ``"<modality>/<method>"``.
     """
+    from pathalign.evaluate.stats import mean_ci, paired_difference
+
     out: dict = {}
     for section in ("recall5", "pam50", "os_cindex"):
         if section not in per_seed[0]:
             continue
-        rows, paired = {}, []
+        paired, by_seed = [], {}
         for name in per_seed[0][section]:
             vals = [s[section][name] for s in per_seed]
             if section == "recall5":
                 for i, direction in enumerate(("rna→methylation", "methylation→rna")):
-                    rows[f"{name} {direction}"] = t_interval([v[i] for v in vals])
+                    by_seed[f"{name} {direction}"] = dict(enumerate(v[i] for v in vals))
             else:
-                rows[name] = t_interval(vals)
+                by_seed[name] = dict(enumerate(vals))
+        rows = {name: mean_ci(v.values()) for name, v in by_seed.items()}
         for name in rows:
             if section == "recall5":
                 method, label = name.split(" ", 1)
@@ -379,14 +373,14 @@ def summarise(per_seed: list[dict]) -> dict:
                 label, method = name.split("/")
                 model = f"{label}/pathalign"
             if method != "pathalign":
-                diff = t_interval(np.subtract(rows[model]["values"], rows[name]["values"]))
+                diff = paired_difference(by_seed[model], by_seed[name])
                 paired.append([label, model, name, diff])
         out[section] = {"rows": rows, "paired": paired}
     return out
 
 
 def fmt(r: dict) -> str:
-    return f"{r['mean']:.3f} ± {r['half']:.3f}"
+    return f"{r['mean']:.3f} ± {r['half_width']:.3f}"
 
 
 BASELINE_NAMES = {"cca": "CCA (tuned on validation)", "cca_best_on_test": "CCA (best on test, optimistic)",

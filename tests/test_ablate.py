@@ -1,7 +1,7 @@
-"""``ablate``: the seed statistics against scipy, the arms' error cases and the small-cohort batch rule."""
+"""``ablate``: the seed table against scipy, the arms' error cases and the small-cohort batch rule (the t-interval
+helper itself: test_stats.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import scipy.stats
 
@@ -10,41 +10,12 @@ from pathalign.evaluate.ablate import (
     AblationError,
     aggregate,
     arms,
-    mean_ci,
-    paired_difference,
     render_table,
     run_ablations,
     select_arms,
 )
 
 pytestmark = pytest.mark.slow  # trains several models (about a minute on 2 cores)
-
-
-@pytest.mark.parametrize("n", [2, 3, 5, 11])
-def test_mean_ci_is_the_student_t_interval(n):
-    seed = 100 + n
-    x = np.random.default_rng(seed).normal(0.7, 0.1, n)
-    got = mean_ci(x)
-    low, high = scipy.stats.t.interval(0.95, n - 1, loc=x.mean(), scale=scipy.stats.sem(x))
-    assert got["n"] == n and got["mean"] == pytest.approx(x.mean()), seed
-    assert got["low"] == pytest.approx(low, rel=1e-10) and got["high"] == pytest.approx(high, rel=1e-10), seed
-    assert np.isnan(mean_ci([0.5])["half_width"])
-
-
-def test_paired_difference_is_the_paired_t_interval_by_seed():
-    seed = 7
-    rng = np.random.default_rng(seed)
-    full = rng.normal(0.8, 0.05, 5)
-    arm = full - 0.03 + rng.normal(0, 0.01, 5)
-    ref = scipy.stats.ttest_rel(arm, full).confidence_interval(0.95)
-    # seeds given out of order, and one seed only the arm has: pairing is by seed, the unpaired one is left out
-    a = {s: float(v) for s, v in zip([4, 2, 0, 3, 1], arm[[4, 2, 0, 3, 1]])}
-    a[9] = 0.1
-    f = {s: float(v) for s, v in enumerate(full)}
-    got = paired_difference(a, f)
-    assert got["seeds"] == [0, 1, 2, 3, 4]
-    assert got["low"] == pytest.approx(ref.low, rel=1e-10) and got["high"] == pytest.approx(ref.high, rel=1e-10), seed
-    assert got["excludes_zero"] == (ref.high < 0 or ref.low > 0)
 
 
 def test_aggregate_and_table():

@@ -94,9 +94,13 @@ def test_outputs_and_attribution_name_input_features(analyses):
     assert "| rna | cnv vs methylation |" in md
     assert set(true["attribution"]) == {f"{a}->{b}" for a in MOLECULAR for b in MOLECULAR if a != b}
     snp_top = true["attribution"]["snp->cnv"]["top"]
-    assert len(snp_top) == 20 and all(f["score"] >= 0 for f in snp_top)
+    features = json.loads((tmp / "run_true" / "model" / "config.json").read_text())["preprocessing"]["snp"]["features"]
+    assert len(snp_top) == 20 and {f["feature"] for f in snp_top} <= set(features)  # the model's own input names
     scores = [f["score"] for f in snp_top]
-    assert scores == sorted(scores, reverse=True)
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1] > 0
+    assert f"- **snp->cnv** (n={true['attribution']['snp->cnv']['patients']}): " + \
+        ", ".join(f["feature"] for f in snp_top[:8]) in md
+    # whether the ranking finds the planted genes: test_analyze_attribution.py
 
 
 def test_model_cohort_mismatch_is_a_clear_error(analyses, small_cohort, tmp_path):

@@ -154,13 +154,14 @@ def test_save_pretrained_writes_sections_card_and_reloads(tmp_path):
     card = (tmp_path / "m" / "README.md").read_text()
     for needed in ("`builtin`", "rna", "snp", "recall@5", "patients_with_rna"):
         assert needed in card, needed
+    assert 'model.encode_molecular("rna", rna)' in card and "encode_rna" not in card  # no deprecated call shown
     assert not (tmp_path / "m" / "preprocessing.json").exists()
     loaded = load_model(tmp_path / "m")
     assert loaded.config.to_dict() == model.config.to_dict() and loaded.preprocessing == model.preprocessing
     assert loaded.config.slide_encoder_config() == model.config.slide_encoder_config()
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
-    assert loaded.extra["splits"]["val"] == ["B"] and loaded.extra["features_dim"] == DIMS["wsi"]
+    assert loaded.training_info["splits"]["val"] == ["B"] and loaded.patch_encoder["feature_dim"] == DIMS["wsi"]
 
 
 def test_config_json_unknown_keys_bad_json_and_kind_are_refused(tmp_path):
@@ -312,9 +313,27 @@ def test_create_model_list_models_and_preprocess(tmp_path):
     st = model.preprocessing["rna"]
     ref = (np.log2(table[genes].to_numpy() + 1) - np.asarray(st["center"])) / np.asarray(st["scale"])
     assert x.dtype == torch.float32 and np.allclose(x.numpy(), ref, atol=1e-5), "seed 9"
-    assert again.encode_rna(x).shape == (3, 64)
+    assert again.encode_molecular("rna", x).shape == (3, 64)
     with pytest.raises(KeyError, match="no preprocessing for 'cnv'"):
         again.preprocess("cnv", table)
+
+
+def test_encode_aliases_warn_at_the_caller_and_equal_encode_molecular():
+    import pathalign.models.pathalign_model as pm
+
+    mods = ["rna", "snp", "cnv", "methylation"]
+    dims = {"rna": 9, "snp": 5, "cnv": 7, "methylation": 6}
+    torch.manual_seed(0)
+    model = PathAlignModel(PathAlignConfig(mods, dims, embed_dim=16, proj_dim=8)).eval()
+    for m in mods:
+        x = torch.randn(3, dims[m])
+        message = rf"encode_{m}\(x\) is deprecated.*encode_molecular\('{m}', x\)"
+        with pytest.warns(DeprecationWarning, match=message) as rec:
+            got = getattr(model, f"encode_{m}")(x)
+        assert rec[0].filename == __file__  # the warning names the caller's line, not pathalign's
+        assert torch.equal(got, model.encode_molecular(m, x))
+    for removed in ("extra", "preset_names"):
+        assert not hasattr(model, removed) and not hasattr(pm, removed)
 
 
 def test_slide_encoder_forward_and_gradients_follow_the_caller():

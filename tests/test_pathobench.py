@@ -221,7 +221,9 @@ def test_pathobench_recipe_on_its_file_conventions_equals_a_direct_sklearn_and_s
     assert got["mut"]["n"]["samples_used"] == len(patients) and got["mut"]["sample_col"] == "case_id"
     assert 0.6 < got["PFS"]["c_index"]["mean"], got["PFS"]  # the planted risk is found
     md = (tmp_path / "res" / "results.md").read_text()
-    assert "patho-bench" in md and f"n={len(patients)} case_ids" in md and "SE" in md
+    pfs = got["PFS"]["c_index"]
+    assert "Recipe: **patho-bench**" in md and f"n={len(patients)} case_ids" in md
+    assert f"{np.mean(cindex):.3f} ± {np.std(cindex) / np.sqrt(len(cindex)):.3f}" in md and pfs["se"] > 0, md
 
 
 @pytest.mark.skipif(not os.environ.get("PATHALIGN_PATHOBENCH_SRC"),

@@ -43,7 +43,7 @@ def test_molecular_preset_is_linear_dropout_encoders_with_its_training_defaults(
     model.eval()
     x = torch.randn(3, 12)
     manual = torch.nn.functional.layer_norm(enc.proj(x), (128,), enc.norm.weight, enc.norm.bias)
-    assert torch.allclose(model.encode_rna(x), manual, atol=1e-6)
+    assert torch.allclose(model.encode_molecular("rna", x), manual, atol=1e-6)
 
 
 def _molecular_cohort(tmp_path: Path, n: int) -> Path:

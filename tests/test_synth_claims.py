@@ -201,9 +201,13 @@ def test_discordant_fragments_follow_the_documented_rate():
 def test_truth_md_documents_every_mechanism(small_synth):
     syn, truth = small_synth
     text = (syn / "truth.md").read_text()
-    for key in ("tumour_side", "genomic_instability", "program_metabolic", "methylation 0.3", "difficulty"):
-        assert key in text, key
     assert text.startswith(MECHANISMS), "truth.md does not open with the mechanisms as documented in MECHANISMS"
+    for key in ("tumour_side", "genomic_instability", "program_metabolic", "methylation 0.3", "difficulty"):
+        assert key in MECHANISMS, key
+    # then this cohort's settings and its measured modality rates (the conftest cohort: seed 3, 160 patients)
+    assert "Seed 3, 160 patients, difficulty 1;" in text, text[len(MECHANISMS):]
+    for m in ("wsi", "rna", "methylation"):
+        assert f"| {m} | {MODALITY_RATES[m]:.2f} | {truth[f'has_{m}'].mean():.3f} |" in text, (m, text[len(MECHANISMS):])
     assert {"genomic_instability", "program_metabolic"} <= set(truth.columns)
     clinical = pd.read_csv(syn / "clinical.tsv", sep="\t")
     assert "genomic_instability" in clinical and "program_metabolic" not in clinical

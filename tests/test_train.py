@@ -61,8 +61,9 @@ def test_exported_model_loads_offline_and_matches(trained, features_cohort):
         assert torch.equal(v, state["model"][k]), k
     rng = seeded_rng()
     x = torch.from_numpy(rng.standard_normal((3, model.config.input_dims["snp"]), dtype=np.float32))
-    er = model.encode_rna(torch.from_numpy(rng.standard_normal((3, model.config.input_dims["rna"]), dtype=np.float32)))
-    es = model.encode_snp(x)
+    er = model.encode_molecular("rna", torch.from_numpy(rng.standard_normal((3, model.config.input_dims["rna"]),
+                                                                          dtype=np.float32)))
+    es = model.encode_molecular("snp", x)
     s = model.similarity("snp", es, "rna", er)  # cosine of l2norm(W z) (DESIGN §4): odd and scale-free in z
     assert s.shape == (3, 3) and torch.allclose(model.similarity("snp", -2.5 * es, "rna", er), -s, atol=1e-5)
 

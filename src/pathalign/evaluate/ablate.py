@@ -25,7 +25,6 @@ arms, ``<out>/training_missing.{csv,png}``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +35,7 @@ from ..errors import PathalignError
 from ..io.atomic import atomic_path, atomic_write_df, atomic_write_json, atomic_write_text
 from ..modalities import MOLECULAR
 from ..models.pathalign_model import load_preset
+from .stats import mean_ci, paired_difference
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,33 +102,6 @@ def select_arms(available: dict[str, Arm], only: list[str] | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
-    """Mean and two-sided t-interval of the mean: ``mean ± t_{n-1,(1+level)/2} · sd / √n`` (sd with n-1).
-
-    Returns ``{"mean", "half_width", "low", "high", "n", "values"}``; with one value the interval is undefined
-    (``half_width`` NaN).
-    """
-    from scipy.stats import t as student_t
-
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
-    n = len(x)
-    if n == 0:
-        return {"mean": float("nan"), "half_width": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
-                "values": []}
-    mean = float(x.mean())
-    hw = float(student_t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": mean, "half_width": hw, "low": mean - hw, "high": mean + hw, "n": n, "values": x.tolist()}
-
-
-def paired_difference(arm: dict[int, float], reference: dict[int, float], level: float = 0.95) -> dict:
-    """``arm - reference`` paired by seed (seeds present in both), with the t-interval of the mean difference."""
-    seeds = sorted(s for s in arm if s in reference and arm[s] is not None and reference[s] is not None)
-    out = mean_ci([arm[s] - reference[s] for s in seeds], level)
-    out["seeds"] = seeds
-    out["excludes_zero"] = bool(out["n"] > 1 and (out["low"] > 0 or out["high"] < 0))
-    return out
-
-
 def seed_metrics(results: dict) -> dict[str, dict[str, float]]:
     """Per model: ``{"<task> <metric>": value}`` (primary metric, mean over folds) and cross-modal recall@5."""
     out: dict[str, dict[str, float]] = {}

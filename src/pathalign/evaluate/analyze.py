@@ -107,7 +107,7 @@ def analyze_adapters(model_path: str | Path, out: str | Path, cohort_path: str |
 
     model = load_model(model_path)
     weights = adapter_weights(model)
-    heldout = (model.extra.get("splits") or {}).get("val") if heldout_only else None
+    heldout = ((model.training_info or {}).get("splits") or {}).get("val") if heldout_only else None
     if heldout_only and not heldout:
         raise AnalysisError(f"{model_path}: the model records no held-out patients; use --patients all")
     result: dict = {

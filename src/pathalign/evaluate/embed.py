@@ -205,7 +205,7 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = str(model_path)
         fh.attrs["skipped_slides"] = json.dumps(skipped)
-        held = (model.extra.get("splits") or {}).get("val")
+        held = ((model.training_info or {}).get("splits") or {}).get("val")
         if held is not None:
             fh.attrs["heldout_patients"] = json.dumps(held)
         if inputs:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..hiding import HidingPlan
 from .probes import linear_probe
 from .retrieval import patient_pair_space, recall_at_k
+from .stats import mean_ci
 
 ALL = "all"
 
@@ -157,13 +157,8 @@ def _retrieval_rows(emb, hide, ks, patients=None) -> list[dict]:
 def summarise(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Mean and ``level`` t-interval over seeds per (kind, name, metric, hidden, rate)."""
     def agg(v: pd.Series) -> pd.Series:
-        v = v.dropna().to_numpy(float)
-        mean = float(np.mean(v)) if len(v) else np.nan
-        if len(v) > 1:
-            half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v)))
-        else:
-            half = np.nan
-        return pd.Series({"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "seeds": len(v)})
+        ci = mean_ci(v.dropna().to_numpy(float), level)
+        return pd.Series({"mean": ci["mean"], "ci_low": ci["low"], "ci_high": ci["high"], "seeds": ci["n"]})
 
     keys = ["kind", "name", "metric", "hidden", "rate"]
     out = df.groupby(keys, sort=True)["value"].apply(agg).unstack().reset_index()

@@ -75,7 +75,7 @@ def model_card(config: dict, name: str = "pathalign model") -> str:
              "## Use", "", "```python", "import pathalign", "",
              'model = pathalign.load_model("path/or/hf-hub:ORG/NAME")',
              'rna = model.preprocess("rna", table)  # table: patients x genes, as in training',
-             "z_rna = model.encode_rna(rna)", "```", "", "## Inputs it needs", ""]
+             'z_rna = model.encode_molecular("rna", rna)', "```", "", "## Inputs it needs", ""]
     if "wsi" in args["modalities"]:
         lines.append(f"- **Slides**: patch features from the patch encoder `{pe.get('name') or 'unknown'}` "
                      f"({pe.get('feature_dim') or args['input_dims'].get('wsi')} dims), made with `pathalign "

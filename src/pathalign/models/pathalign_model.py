@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,11 +48,6 @@ from .slide_encoder_config import SLIDE_ENCODER_PRESETS, SlideEncoderConfig
 
 ARCHITECTURE = "pathalign"
 MOLECULAR_DEFAULT_ENCODER = "mlp"
-
-
-def preset_names() -> list[str]:
-    """Names of the model presets (``MODEL_PRESETS``)."""
-    return MODEL_PRESETS.names()
 
 
 def load_preset(name: str) -> dict:
@@ -155,8 +151,8 @@ class PathAlignModel(nn.Module):
 
     Example:
         >>> model = PathAlignModel(PathAlignConfig(["rna", "snp"], {"rna": 20, "snp": 8}, embed_dim=16, proj_dim=8))
-        >>> z = model.encode_rna(torch.randn(3, 20))
-        >>> model.similarity("rna", z, "snp", model.encode_snp(torch.randn(4, 8))).shape
+        >>> z = model.encode_molecular("rna", torch.randn(3, 20))
+        >>> model.similarity("rna", z, "snp", model.encode_molecular("snp", torch.randn(4, 8))).shape
         torch.Size([3, 4])
     """
 
@@ -189,15 +185,6 @@ class PathAlignModel(nn.Module):
         """Dim of ``modality``'s embedding (before the pair heads)."""
         return self.pair_heads.dims[modality]
 
-    @property
-    def extra(self) -> dict:
-        """Run information in the layout older callers read (``splits``, ``train_config``, ``features_dim``)."""
-        t = self.training_info or {}
-        out = {k: t[src] for k, src in (("splits", "splits"), ("train_config", "config")) if src in t}
-        if self.patch_encoder:
-            out["features_dim"] = self.patch_encoder.get("feature_dim")
-        return out
-
     # ------------------------------------------------------------------ encoders
     def encode_slide(self, slides: Sequence[tuple], mpps: Sequence[float | None] | None = None,
                      names: Sequence[str] | None = None) -> Tensor:
@@ -213,21 +200,28 @@ class PathAlignModel(nn.Module):
             raise KeyError(f"this model has no {modality} encoder; it has {list(self.encoders)}")
         return self.encoders[modality](x.float())
 
+    # Deprecated aliases, kept for one release: model cards written by pathalign 0.2.0 and earlier show
+    # ``model.encode_rna(rna)``.
+    def _deprecated_encode(self, modality: str, x: Tensor) -> Tensor:
+        warnings.warn(f"PathAlignModel.encode_{modality}(x) is deprecated and will be removed in the next release; "
+                      f"use encode_molecular({modality!r}, x)", DeprecationWarning, stacklevel=3)
+        return self.encode_molecular(modality, x)
+
     def encode_rna(self, x: Tensor) -> Tensor:
-        """See :meth:`encode_molecular`."""
-        return self.encode_molecular("rna", x)
+        """Deprecated: ``encode_molecular("rna", x)``."""
+        return self._deprecated_encode("rna", x)
 
     def encode_snp(self, x: Tensor) -> Tensor:
-        """See :meth:`encode_molecular`."""
-        return self.encode_molecular("snp", x)
+        """Deprecated: ``encode_molecular("snp", x)``."""
+        return self._deprecated_encode("snp", x)
 
     def encode_cnv(self, x: Tensor) -> Tensor:
-        """See :meth:`encode_molecular`."""
-        return self.encode_molecular("cnv", x)
+        """Deprecated: ``encode_molecular("cnv", x)``."""
+        return self._deprecated_encode("cnv", x)
 
     def encode_methylation(self, x: Tensor) -> Tensor:
-        """See :meth:`encode_molecular`."""
-        return self.encode_molecular("methylation", x)
+        """Deprecated: ``encode_molecular("methylation", x)``."""
+        return self._deprecated_encode("methylation", x)
 
     def similarity(self, mod_a: str, emb_a: Tensor, mod_b: str, emb_b: Tensor) -> Tensor:
         """Cosine similarity ``[n_a, n_b]`` in the space the pair (a, b) shares, through the pair heads."""
@@ -248,7 +242,7 @@ class PathAlignModel(nn.Module):
 
         Example:
             >>> x = model.preprocess("rna", tpm_table)  # doctest: +SKIP
-            >>> z = model.encode_rna(x)  # doctest: +SKIP
+            >>> z = model.encode_molecular("rna", x)  # doctest: +SKIP
         """
         return torch.from_numpy(np.ascontiguousarray(self.transform(modality).transform(table)))
 
@@ -444,4 +438,4 @@ def list_models() -> list[str]:
 
 
 __all__ = ["ARCHITECTURE", "MOLECULAR", "PathAlignConfig", "PathAlignModel", "create_model", "list_models",
-           "load_model", "load_preset", "preset_names", "upgrade_state_dict"]
+           "load_model", "load_preset", "upgrade_state_dict"]
