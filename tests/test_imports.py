@@ -209,3 +209,23 @@ def test_the_package_version_is_the_one_pyproject_declares():
 
     declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert pathalign.__version__ == declared
+
+
+# old import paths users may hold, kept as deprecated aliases: (old module, new module, a name both give)
+ALIASES = [
+    ("pathalign.slides.features_io", "pathalign.io.features", "read_patch_features"),
+]
+
+
+def test_the_deprecated_aliases_warn_and_still_work():
+    import importlib
+    import warnings
+
+    for old_name, new_name, attr in ALIASES:
+        sys.modules.pop(old_name, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old = importlib.import_module(old_name)
+        new = importlib.import_module(new_name)
+        assert any(issubclass(w.category, DeprecationWarning) and new_name in str(w.message) for w in caught), old_name
+        assert getattr(old, attr) is getattr(new, attr)

@@ -132,7 +132,7 @@ def test_inputs_match_the_training_view_when_names_are_the_model_s(molecular_mod
 def test_embed_takes_the_features_folders_cohort_build_takes(tmp_path, capsys):
     from cohort_tables import slides_cohort
     from pathalign.cli import main
-    from pathalign.slides.features_io import read_patch_features
+    from pathalign.io.features import read_patch_features
 
     root = tmp_path / "preprocess"  # `pathalign preprocess --out preprocess` writes features_<encoder>/ in it
     cohort, sids, feats = slides_cohort(tmp_path, features=root / "features_pathalign-stats", features_option=root)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pathalign.cli import main
-from pathalign.slides.features_io import write_patch_file
+from pathalign.io.features import write_patch_file
 
 SEED = 11
 COORD_ATTRS = {"patch_size": 256, "patch_size_level0": 256}

@@ -157,7 +157,7 @@ def test_coords_record_mpp_objective_power_and_scale(tmp_path):
 
 def _features_file(path, target=20.0, patch_size=256, mpp=0.5, level0=20.0, encoder="pathalign-stats", seed=0):
     """A features file as ``preprocess`` writes it (coords on the grid of ``patch_size_level0``)."""
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     size0 = int(round(patch_size * level0 / target))
     rng = np.random.default_rng(seed)
@@ -235,7 +235,7 @@ def test_exact_mpp_grids_and_other_tools_files_pass_the_contract(tmp_path):
     d = tmp_path / "features_pathalign-stats"
     ids = _folder(d)
     # an exact-mpp slide: 564 level-0 px at 0.2266 µm/px (effective 20.03x)
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     coords = np.array([[0, 0], [564, 0]])
     write_patch_file(d / "exact.h5", coords, np.zeros(2, np.int64),

@@ -134,7 +134,7 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
                  for s in df.slide_id[repeated])
     df = df[~repeated]
     if features_dir is not None:
-        from ..slides.features_io import is_complete
+        from ..io.features import is_complete
 
         on_disk = files_by_stem(features_dir, ".h5")  # NFC stem -> the stem as the file system spells it
         respelled = [s for s in df.slide_id if s in on_disk and on_disk[s] != s]
@@ -160,7 +160,7 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
 def _drop_zero_patch_slides(df: pd.DataFrame, features_dir: Path, source: str, drops: list[Drop],
                             warnings: list[str]) -> pd.DataFrame:
     """Slides whose features file has no patch (no tissue found) are dropped and reported: not counted as slides."""
-    from ..slides.feature_checks import ZERO_PATCHES, patch_count
+    from ..io.feature_checks import ZERO_PATCHES, patch_count
 
     empty = np.array([patch_count(features_dir / f"{s}.h5") == 0 for s in df.slide_id], bool)
     if not empty.any():

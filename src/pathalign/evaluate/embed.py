@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_path
+from ..io.features import FeatureFileError, is_complete, read_patch_features
 from ..io.hdf5 import open_hdf5
 from ..models.feature_names import FeatureOverlap
 from ..slides.contract import check_features_folder
-from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
 from .molecular_inputs import molecular_inputs
 from .pathobench_files import write_pathobench_files
 

@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 
 from ..cohort import Cohort, CohortInputError
 from ..cohort.preprocess import TRANSFORMS, make_transform
+from ..io.feature_checks import check_feature_files
+from ..io.features import is_complete
 from ..slides.contract import check_features_folder
-from ..slides.feature_checks import check_feature_files
-from ..slides.features_io import is_complete
 from .feature_reader import FeatureReader
 
 DEFAULT_VAL_FRACTION = 0.2  # TrainConfig.val_fraction
