@@ -11,7 +11,8 @@ import pytest
 from cohort_tables import N_GENES, N_PATIENTS, N_PROBES, build, trained_run, write_tables
 from helpers import seeded_rng
 from pathalign.errors import PathalignError
-from pathalign.evaluate.embed import embed_with_model, read_embeddings
+from pathalign.evaluate.embed import embed_with_model
+from pathalign.io.embeddings import read_embeddings
 
 
 @pytest.fixture(scope="module")

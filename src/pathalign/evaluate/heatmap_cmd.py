@@ -46,7 +46,7 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
     """The patient's molecular embeddings in ``embeddings_path``: ``({modality: [d]}, case id, notes)``."""
-    from .embed import read_embeddings, slide_case_id
+    from ..io.embeddings import read_embeddings, slide_case_id
 
     emb = read_embeddings(embeddings_path)
     notes = []
