@@ -31,7 +31,7 @@ from ..cohort import load_cohort
 from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..io.stale_tmp import remove_stale_tmp
-from ..models.model_folder import dataclass_from_dict
+from ..io.model_folder import dataclass_from_dict
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import DEFAULT_STRATIFY, DEFAULT_VAL_FRACTION, BatchSpec, CohortData, StepBatches, split_notes, split_patients
