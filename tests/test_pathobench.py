@@ -40,7 +40,7 @@ def _write_features(folder, slides: list[str], rng, c: int = 6, signal: dict | N
 
 def _write_cohort(folder, patients: dict[str, list[str]]) -> None:
     """A minimal complete cohort folder (manifest + cohort.json with its build id, as cohort build writes it)."""
-    from pathalign.cohort.folder import FORMAT_VERSION, new_build_id, write_parquet
+    from pathalign.io.cohort_folder import FORMAT_VERSION, new_build_id, write_parquet
 
     folder.mkdir(parents=True, exist_ok=True)
     build_id = new_build_id()

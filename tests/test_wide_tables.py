@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pathalign.cohort import CohortInputError, CohortSources, build_cohort, load_cohort
-from pathalign.cohort.folder import new_build_id, write_matrix_frame, write_parquet
 from pathalign.cohort.preprocess import make_transform
+from pathalign.io.cohort_folder import new_build_id, write_matrix_frame, write_parquet
 from pathalign.io.matrix_store import MatrixStore, MatrixStoreError, write_matrix
 
 P = [f"TCGA-AA-{i:04d}" for i in range(1, 41)]
@@ -165,7 +165,7 @@ def _two_modality_cohort(tmp_path):
 
 
 def test_cohort_data_reads_only_the_selected_features(tmp_path, monkeypatch):
-    from pathalign.cohort.build import Cohort
+    from pathalign.io.cohort_folder import Cohort
     from pathalign.train.data import CohortData
 
     cohort, rna, cnv = _two_modality_cohort(tmp_path)

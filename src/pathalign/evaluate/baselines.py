@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cohort.build import Cohort
 from ..cohort.preprocess import make_transform
+from ..io.cohort_folder import Cohort
 from .representations import Representation
 from .retrieval import chance_recall, recall_at_k
 

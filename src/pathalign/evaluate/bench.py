@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cohort.build import Cohort
+from ..io.cohort_folder import Cohort
 from ..cohort.ids import IdRule
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..io.embeddings import group_by_patient, patient_ids, read_embeddings
