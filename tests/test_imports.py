@@ -214,6 +214,7 @@ def test_the_package_version_is_the_one_pyproject_declares():
 # old import paths users may hold, kept as deprecated aliases: (old module, new module, a name both give)
 ALIASES = [
     ("pathalign.slides.features_io", "pathalign.io.features", "read_patch_features"),
+    ("pathalign.cohort.preprocess", "pathalign.models.preprocessing", "make_transform"),
 ]
 
 

@@ -117,12 +117,14 @@ def test_imputed_fraction_counts_missing_values_per_patient(molecular_model, tmp
 def test_inputs_match_the_training_view_when_names_are_the_model_s(molecular_model):
     from pathalign import load_model
     from pathalign.cohort import load_cohort
+    from pathalign.cohort.model_view import CohortData
     from pathalign.evaluate.molecular_inputs import molecular_inputs
-    from pathalign.train.data import CohortData
+    from pathalign.models.preprocessing import MODEL_TRANSFORMS
 
     cohort_path, model_path, _ = molecular_model
     model, cohort = load_model(model_path), load_cohort(cohort_path)
-    data = CohortData(cohort, None, ["rna", "cnv", "methylation"], preprocessing=model.preprocessing)
+    data = CohortData(cohort, None, ["rna", "cnv", "methylation"], preprocessing=model.preprocessing,
+                      transforms=MODEL_TRANSFORMS)
     for m in ("rna", "cnv", "methylation"):
         inp = molecular_inputs(model, cohort, m)
         rows = np.flatnonzero(data.valid[m])

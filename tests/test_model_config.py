@@ -126,7 +126,7 @@ def _trained_like(seed: int = 0) -> PathAlignModel:
     import numpy as np
     import pandas as pd
 
-    from pathalign.cohort.preprocess import make_transform
+    from pathalign.models.preprocessing import make_transform
 
     rng = np.random.default_rng(seed)
     rna = pd.DataFrame(rng.gamma(2.0, 20.0, (12, 9)), columns=[f"G{i}" for i in range(9)])

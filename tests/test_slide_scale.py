@@ -193,9 +193,9 @@ def _cohort(tmp_path, features_dir, ids):
 
 
 def test_a_slide_at_another_magnification_is_refused_by_train_and_embed(tmp_path):
+    from pathalign.cohort.model_view import CohortData
     from pathalign.evaluate.embed import embed_mean_pool
     from pathalign.slides.contract import ContractError
-    from pathalign.train.data import CohortData
 
     d = tmp_path / "features_pathalign-stats"
     ids = _folder(d, odd=(3, {"target": 10.0, "level0": 20.0}))

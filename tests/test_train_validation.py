@@ -11,7 +11,7 @@ import torch
 
 from helpers import Killed, killed_after_checkpoint, seeded_rng
 from pathalign.cohort import load_cohort
-from pathalign.cohort.preprocess import make_transform
+from pathalign.models.preprocessing import make_transform
 from pathalign.train.data import split_patients
 from pathalign.train.trainer import TrainConfig, Trainer, TrainingError
 

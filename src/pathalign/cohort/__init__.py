@@ -1,4 +1,4 @@
-"""Cohorts: molecular readers, id rules, ``cohort build`` and training-time preprocessing."""
+"""Cohorts: molecular readers, id rules, ``cohort build`` and the model-ready view (``model_view``)."""
 from ..io.cohort_folder import Cohort, load_cohort
 from .build import MODALITIES, MOLECULAR, CohortSources, build_cohort
 from .ids import CohortInputError, IdRule

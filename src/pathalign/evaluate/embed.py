@@ -156,8 +156,8 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         warnings.warn("embed_with_model(trident_name=...) is deprecated: pass name=...", DeprecationWarning, stacklevel=2)
     name = name or trident_name
     from ..cohort import load_cohort
+    from ..cohort.model_view import CohortData
     from ..models.pathalign_model import load_model
-    from ..train.data import CohortData
 
     model = load_model(model_path).to(device)
     cohort = load_cohort(cohort_path)

@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..cohort.preprocess import TRANSFORMS
 from ..io import hub
 from ..io.model_folder import (
     ConfigError,
@@ -42,6 +41,7 @@ from ..io.model_folder import (
 from ..modalities import MOLECULAR, WSI, check_modalities
 from .molecular import MOLECULAR_ENCODERS
 from .pair_heads import PairHeads, PairProjection
+from .preprocessing import TRANSFORMS
 from .presets import MODEL_PRESETS
 from .siglip import BALANCES
 from .slide_encoder import SlideEncoder

@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
-from ..cohort.preprocess import make_transform
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
+from ..models.preprocessing import make_transform
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
 from .data import split_notes, training_split
 
