@@ -195,7 +195,7 @@ def _cohort(tmp_path, features_dir, ids):
 def test_a_slide_at_another_magnification_is_refused_by_train_and_embed(tmp_path):
     from pathalign.cohort.model_view import CohortData
     from pathalign.evaluate.embed import embed_mean_pool
-    from pathalign.slides.contract import ContractError
+    from pathalign.io.features_contract import ContractError
 
     d = tmp_path / "features_pathalign-stats"
     ids = _folder(d, odd=(3, {"target": 10.0, "level0": 20.0}))
@@ -220,7 +220,7 @@ def _drop_level0_set_mpp(fh):
                                       (lambda fh: fh.attrs.__setitem__("encoder", "uni"), "encoder: 'pathalign-stats'"),
                                       (_drop_level0_set_mpp, "effective magnification")])
 def test_other_contract_breaks_are_named(tmp_path, edit, key):
-    from pathalign.slides.contract import ContractError, check_features_folder
+    from pathalign.io.features_contract import ContractError, check_features_folder
 
     ids = _folder(tmp_path / "f")
     with h5py.File(tmp_path / "f" / f"{ids[1]}.h5", "a") as fh:
@@ -230,7 +230,7 @@ def test_other_contract_breaks_are_named(tmp_path, edit, key):
 
 
 def test_exact_mpp_grids_and_other_tools_files_pass_the_contract(tmp_path):
-    from pathalign.slides.contract import check_features_folder
+    from pathalign.io.features_contract import check_features_folder
 
     d = tmp_path / "features_pathalign-stats"
     ids = _folder(d)

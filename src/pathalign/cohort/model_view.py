@@ -6,8 +6,8 @@ the slides that can be used. Training (:mod:`pathalign.train`) draws its batches
 ``embed`` takes its slides from it.
 
 The molecular transforms are model state (:mod:`pathalign.models.preprocessing`: fitted once on
-the training patients, saved in the model folder) and the models sit above the cohorts, so this
-view does not import them: the caller hands in ``transforms`` (an object with ``new``, ``load``
+the training patients, saved in the model folder), and the cohorts and the models are layers that
+do not import each other (``tests/test_imports.py``), so this view does not import them: the caller hands in ``transforms`` (an object with ``new``, ``load``
 and ``embedding``: :data:`pathalign.models.preprocessing.MODEL_TRANSFORMS`). Injecting them was
 chosen over splitting the view in two (slides and masks here, arrays made in ``models``) because the
 arrays and the validity masks are built in one pass over the patients, which a split would either
@@ -29,7 +29,7 @@ from ..io.cohort_folder import Cohort, CohortInputError
 from ..io.feature_checks import check_feature_files
 from ..io.feature_reader import FeatureReader
 from ..io.features import is_complete
-from ..slides.contract import check_features_folder
+from ..io.features_contract import check_features_folder
 
 
 class Transforms(Protocol):

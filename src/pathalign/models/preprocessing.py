@@ -11,7 +11,7 @@ per row of the last ``transform``, the fraction of the selected features without
 
 The transforms are model state (fitted once, stored in the model folder), so they live with the
 model, below training. The cohort's model-ready view (:class:`pathalign.cohort.model_view.CohortData`)
-sits below the models and cannot import them: its callers hand it :data:`MODEL_TRANSFORMS`.
+does not import the models (nor they the cohorts): its callers hand it :data:`MODEL_TRANSFORMS`.
 """
 from __future__ import annotations
 
