@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import PathalignError
 from .atomic import atomic_path
@@ -32,7 +33,7 @@ class EmbeddingsFileError(PathalignError, ValueError):
     """An embeddings file that cannot be read; the message names the file."""
 
 
-def write_group(fh: h5py.File, name: str, ids: Sequence[str], emb, **extra) -> None:
+def write_group(fh: h5py.File, name: str, ids: Sequence[str], emb: npt.ArrayLike, **extra: Sequence[str]) -> None:
     """One modality group: ``ids`` (utf-8), ``embeddings`` (float32) and ``extra`` string datasets (``case_ids``)."""
     g = fh.create_group(name)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -72,8 +73,8 @@ def write_embeddings(path: str | Path, groups: Mapping[str, Mapping], pairs: Map
                 g.attrs["t"], g.attrs["b"] = pair["t"], pair["b"]
 
 
-def write_slides_file(out_path: str | Path, model: str, ids: Sequence[str], emb, case_ids: Sequence[str],
-                      skipped: dict, **attrs) -> None:
+def write_slides_file(out_path: str | Path, model: str, ids: Sequence[str], emb: npt.ArrayLike,
+                      case_ids: Sequence[str], skipped: dict, **attrs: str) -> None:
     """An embeddings file of slides only (a ``wsi`` group with ``case_ids``), as a bare slide encoder writes it."""
     write_embeddings(out_path, {"wsi": {"ids": ids, "embeddings": emb, "case_ids": case_ids}},
                      attrs={"model": model, "skipped_slides": skipped, **attrs})
@@ -120,7 +121,7 @@ def group_by_patient(case_ids: Iterable, items: Iterable) -> dict[str, list]:
 
 
 def patient_means(case_ids: Iterable, embeddings: Iterable, keep: Container | None = None,
-                  dtype=None) -> dict[str, np.ndarray]:
+                  dtype: npt.DTypeLike = None) -> dict[str, np.ndarray]:
     """Per-patient mean of embedding rows: a patient's slides averaged.
 
     Args:
