@@ -312,7 +312,7 @@ def laml_baselines(out: Path, seed: int) -> dict:
     ``molecular`` recipe was chosen for, and no alignment run is reported for it.
     """
     from pathalign.cohort import load_cohort
-    from pathalign.cohort.preprocess import make_transform
+    from pathalign.models.preprocessing import make_transform
 
     annot = pd.read_csv(LAML / "tcga_laml_annot.tsv", sep="\t")
     clin = pd.DataFrame({"case_id": annot.Tumor_Sample_Barcode.str[:12], "fab": annot.FAB_classification,

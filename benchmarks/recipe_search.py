@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from pathalign.cohort.preprocess import MethylationTransform, RNATransform
 from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel
+from pathalign.models.preprocessing import MethylationTransform, RNATransform
 from pathalign.models.siglip import MultimodalSigLIPLoss
 from pathalign.train.trainer import lr_lambda, param_groups
 

@@ -52,7 +52,7 @@ def slide_lengths(n: int, median: int, max_patches: int, rng: np.random.Generato
 
 def write_cohort(root: Path, n_slides: int, median: int, max_patches: int, seed: int = 0) -> dict:
     from pathalign.cohort import CohortSources, build_cohort
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     rng = np.random.default_rng(seed)
     feats_dir = root / "features"

@@ -25,7 +25,7 @@ import pandas as pd
 def fake_cohort(root: Path, patients: int, tokens: int, dim: int, seed: int = 0) -> Path:
     """A cohort folder with random features files and molecular matrices (every patient has everything)."""
     from pathalign.cohort import CohortSources, build_cohort
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     rng = np.random.default_rng(seed)
     feats_dir = root / "features"

@@ -54,7 +54,7 @@ def train_cfg(**kw):
 
 def write_features(folder, slide_ids, n=20, dim=16, empty=(), seed=0):
     """Pathalign features files (random features on a patch grid); slides in ``empty`` have zero patches."""
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

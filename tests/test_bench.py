@@ -103,7 +103,7 @@ def test_bad_tasks_are_skipped_with_their_reason(tmp_path):
     slides = task.table.slide_id.tolist()
     _write_embeddings(tmp_path / "e.h5", slides, rng.standard_normal((len(slides), 4)).astype(np.float32),
                       task.table.case_id.tolist())
-    from pathalign.evaluate.embed import read_embeddings
+    from pathalign.io.embeddings import read_embeddings
 
     emb = read_embeddings(tmp_path / "e.h5")
     nomatch = Task("nomatch", "classification", "cancer_type", task.table.assign(slide_id="X-" + task.table.slide_id))
@@ -196,7 +196,7 @@ def test_sample_col_case_id_scores_each_patient_once(tmp_path):
     _write_task(tmp_path / "t", "bycase", table, {"task_col": "label", "sample_col": "case_id"})
     _write_task(tmp_path / "t", "byslide", table, {"task_col": "label", "sample_col": "slide_id"})
     tasks = {t.name: t for t in load_pathobench_tasks(tmp_path / "t")}
-    from pathalign.evaluate.embed import read_embeddings
+    from pathalign.io.embeddings import read_embeddings
 
     emb = read_embeddings(tmp_path / "e.h5")
     res, preds = run_task(tasks["bycase"], emb)

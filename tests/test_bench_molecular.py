@@ -112,7 +112,7 @@ def test_the_cca_row_is_a_scikit_learn_cca_on_the_same_split(molecular, cohort_r
     from sklearn.decomposition import PCA
 
     from pathalign.cohort import load_cohort
-    from pathalign.cohort.preprocess import make_transform
+    from pathalign.models.preprocessing import make_transform
 
     results, _ = cohort_results
     model = results["models"]["m"]["cross_modal"]["rna-methylation"]

@@ -321,7 +321,7 @@ def test_clinical_ids_matching_nothing_is_an_error(tmp_path, capsys):
 
 
 def _preprocess_like(root, slides, encoder="pathalign-stats"):
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     rng = np.random.default_rng(0)
     for s in slides:

@@ -13,7 +13,7 @@ from conftest import REFERENCE, needs_cuda, rel_err
 from helpers import random_slide
 from pathalign.cli import build_parser, main
 from pathalign.devices import DeviceError
-from pathalign.slides.features_io import write_patch_file
+from pathalign.io.features import write_patch_file
 
 COMPUTE_VERBS = ["extract", "preprocess", "pretrain-rna", "train", "embed", "ablate", "demo"]
 SEED = 7

@@ -16,9 +16,9 @@ from helpers import random_slide, seeded_rng
 from pathalign.cli import main
 from pathalign.evaluate.heatmap import compute_heatmaps, read_heatmaps
 from pathalign.evaluate.heatmap_plot import fragment_outline_segments
+from pathalign.io.features import write_patch_file
 from pathalign.io.qupath import fragment_annotations, patch_features, write_qupath_geojson
 from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel
-from pathalign.slides.features_io import write_patch_file
 from pathalign.slides.segment import Fragment
 
 C = 16

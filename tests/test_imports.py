@@ -1,5 +1,6 @@
 """No import cycle in the package: each module imports alone, and no import statement (at module
-level or inside a function) closes a loop between modules.
+level or inside a function) closes a loop between modules. No import climbs the layers of
+``LAYERS`` (data flows down the stages: nothing below reaches up).
 
 Cheap by design: the cycle check reads the import statements with ``ast``; the "imports alone"
 check runs every module in one interpreter after dropping every ``pathalign`` module from
@@ -22,11 +23,11 @@ PACKAGE = SRC / "pathalign"
 SKIP = {"pathalign.__main__"}  # running it is what importing it does
 
 
-def package_modules() -> dict[str, tuple[Path, bool]]:
-    """Dotted module name -> (file, is_package) for every module of the package."""
+def package_modules(src: Path = SRC) -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, is_package) for every module of the package (under ``src``)."""
     mods = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
+    for path in sorted((src / "pathalign").rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
         is_pkg = parts[-1] == "__init__"
         mods[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
     return mods
@@ -45,9 +46,9 @@ def _runtime_imports(tree: ast.AST):
         stack.extend(ast.iter_child_nodes(node))
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
     """Module -> the package modules its import statements name (``from .m import x`` -> ``m.x`` if a module)."""
-    mods = package_modules()
+    mods = package_modules(src)
     graph = {}
     for name, (path, is_pkg) in mods.items():
         pkg = name if is_pkg else name.rpartition(".")[0]
@@ -172,6 +173,86 @@ def test_no_import_cycles_at_all():
     assert not import_cycles(import_graph())
 
 
+# The layers, low to high: a module may import its own package and the packages of lower layers only;
+# packages of one layer do not import each other. Every package (and top-level module) must be listed.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors",),
+    ("registry", "geometry", "modalities", "devices", "hiding"),  # foundations: nothing of ours but errors
+    ("distributed",),  # process groups, over devices
+    ("io",),  # every file format: features, embeddings, cohort folder, model folder, checkpoints, Hub
+    # the stages before training and the model, each on io alone: slides, cohort (build and model-ready
+    # view), models (with their state: molecular preprocessing), synth (the synthetic cohort in real formats)
+    ("slides", "cohort", "models", "synth"),
+    ("train",),
+    ("evaluate",),
+    ("viewer",),  # shows what evaluate computes (heatmaps)
+    ("pathalign",),  # the package itself: the public names, loaded lazily (importlib, not statements)
+    ("commands", "demo"),
+    ("cli",),  # the verbs, each imported by name through importlib
+    ("__main__",),
+]
+RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+
+
+def package_of(module: str) -> str:
+    """``pathalign.models.siglip`` -> ``models``; the top-level module ``pathalign`` -> ``pathalign``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+# old import paths users may hold, kept as deprecated aliases: (old module, new module, a name both give);
+# an alias may import its new module across the layers (that one edge only), and must warn
+ALIASES = [
+    ("pathalign.slides.features_io", "pathalign.io.features", "read_patch_features"),
+    ("pathalign.cohort.preprocess", "pathalign.models.preprocessing", "make_transform"),
+]
+
+
+def layering_violations(graph: dict[str, set[str]], rank: dict[str, int] = RANK,
+                        aliases: list[tuple[str, str, str]] = ALIASES) -> list[str]:
+    """Every import of ``graph`` that climbs (or crosses within) a layer, and every package not in ``rank``."""
+    exempt = {(old, new) for old, new, _ in aliases}
+    out = sorted({f"{package_of(m)} is in no layer (add it to LAYERS)" for m in graph if package_of(m) not in rank})
+    for m, targets in sorted(graph.items()):
+        a = package_of(m)
+        for t in sorted(targets):
+            b = package_of(t)
+            if a == b or (m, t) in exempt or a not in rank or b not in rank:
+                continue
+            if rank[b] >= rank[a]:
+                out.append(f"{m} -> {t} ({a}, layer {rank[a]}, imports {b}, layer {rank[b]})")
+    return out
+
+
+def test_layering_finds_a_planted_upward_edge():
+    graph = {"pathalign.models.x": {"pathalign.train.y", "pathalign.io.z", "pathalign.models.w"},
+             "pathalign.train.y": {"pathalign.models.x"}, "pathalign.io.z": set(), "pathalign.models.w": set()}
+    assert layering_violations(graph) == ["pathalign.models.x -> pathalign.train.y (models, layer 4, imports train, "
+                                          "layer 5)"]
+    # one layer's packages do not import each other; an unknown package is reported
+    assert layering_violations({"pathalign.models.a": {"pathalign.cohort.b"}, "pathalign.cohort.b": set()}) == [
+        "pathalign.models.a -> pathalign.cohort.b (models, layer 4, imports cohort, layer 4)"]
+    assert layering_violations({"pathalign.newpkg.a": {"pathalign.errors"}, "pathalign.errors": set()}) == [
+        "newpkg is in no layer (add it to LAYERS)"]
+    # an alias may import its new module, nothing else above it
+    alias = [("pathalign.cohort.old", "pathalign.models.new", "x")]
+    assert not layering_violations({"pathalign.cohort.old": {"pathalign.models.new"}}, aliases=alias)
+    assert layering_violations({"pathalign.cohort.old": {"pathalign.models.other"}}, aliases=alias)
+
+
+def test_no_import_climbs_the_layers():
+    """Module-level and function-level imports alike; the only exemptions are the deprecated aliases' own edges."""
+    violations = layering_violations(import_graph())
+    assert not violations, "imports that climb the layers:\n" + "\n".join(violations)
+
+
+def test_every_alias_is_real():
+    """An entry of ALIASES whose module is gone, or no longer imports its new module, fails (as KNOWN does)."""
+    graph = import_graph()
+    stale = [(old, new) for old, new, _ in ALIASES if new not in graph.get(old, set())]
+    assert not stale, f"ALIASES lists modules that are not aliases (remove them): {stale}"
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(SRC)}
 
@@ -237,3 +318,18 @@ def test_the_package_version_is_the_one_pyproject_declares():
 
     declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert pathalign.__version__ == declared
+
+
+
+def test_the_deprecated_aliases_warn_and_still_work():
+    import importlib
+    import warnings
+
+    for old_name, new_name, attr in ALIASES:
+        sys.modules.pop(old_name, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old = importlib.import_module(old_name)
+        new = importlib.import_module(new_name)
+        assert any(issubclass(w.category, DeprecationWarning) and new_name in str(w.message) for w in caught), old_name
+        assert getattr(old, attr) is getattr(new, attr)

@@ -11,7 +11,8 @@ import pytest
 from cohort_tables import N_GENES, N_PATIENTS, N_PROBES, build, trained_run, write_tables
 from helpers import seeded_rng
 from pathalign.errors import PathalignError
-from pathalign.evaluate.embed import embed_with_model, read_embeddings
+from pathalign.evaluate.embed import embed_with_model
+from pathalign.io.embeddings import read_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +117,14 @@ def test_imputed_fraction_counts_missing_values_per_patient(molecular_model, tmp
 def test_inputs_match_the_training_view_when_names_are_the_model_s(molecular_model):
     from pathalign import load_model
     from pathalign.cohort import load_cohort
+    from pathalign.cohort.model_view import CohortData
     from pathalign.evaluate.molecular_inputs import molecular_inputs
-    from pathalign.train.data import CohortData
+    from pathalign.models.preprocessing import MODEL_TRANSFORMS
 
     cohort_path, model_path, _ = molecular_model
     model, cohort = load_model(model_path), load_cohort(cohort_path)
-    data = CohortData(cohort, None, ["rna", "cnv", "methylation"], preprocessing=model.preprocessing)
+    data = CohortData(cohort, None, ["rna", "cnv", "methylation"], preprocessing=model.preprocessing,
+                      transforms=MODEL_TRANSFORMS)
     for m in ("rna", "cnv", "methylation"):
         inp = molecular_inputs(model, cohort, m)
         rows = np.flatnonzero(data.valid[m])
@@ -132,7 +135,7 @@ def test_inputs_match_the_training_view_when_names_are_the_model_s(molecular_mod
 def test_embed_takes_the_features_folders_cohort_build_takes(tmp_path, capsys):
     from cohort_tables import slides_cohort
     from pathalign.cli import main
-    from pathalign.slides.features_io import read_patch_features
+    from pathalign.io.features import read_patch_features
 
     root = tmp_path / "preprocess"  # `pathalign preprocess --out preprocess` writes features_<encoder>/ in it
     cohort, sids, feats = slides_cohort(tmp_path, features=root / "features_pathalign-stats", features_option=root)

@@ -126,8 +126,9 @@ def test_verdict_tells_a_cliff_from_a_slope():
 def test_curves_of_a_model_trained_with_modality_dropout_are_monotone_within_ci(small_cohort, tmp_path):
     """On a model trained with modality dropout, hiding more never helps beyond the seeds' interval."""
     from pathalign.cohort import load_cohort
-    from pathalign.evaluate.embed import embed_with_model, read_embeddings
+    from pathalign.evaluate.embed import embed_with_model
     from pathalign.evaluate.tasks import derive_tasks
+    from pathalign.io.embeddings import read_embeddings
     from pathalign.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig.from_preset("tiny", steps=80, batch_size=32, progress=False, seed=0, modality_dropout=0.3,

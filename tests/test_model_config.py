@@ -126,7 +126,7 @@ def _trained_like(seed: int = 0) -> PathAlignModel:
     import numpy as np
     import pandas as pd
 
-    from pathalign.cohort.preprocess import make_transform
+    from pathalign.models.preprocessing import make_transform
 
     rng = np.random.default_rng(seed)
     rna = pd.DataFrame(rng.gamma(2.0, 20.0, (12, 9)), columns=[f"G{i}" for i in range(9)])
@@ -142,7 +142,7 @@ def _trained_like(seed: int = 0) -> PathAlignModel:
 
 
 def test_save_pretrained_writes_sections_card_and_reloads(tmp_path):
-    from pathalign.models.model_folder import SECTIONS
+    from pathalign.io.model_folder import SECTIONS
 
     model = _trained_like()
     model.save_pretrained(tmp_path / "m", metrics={"wsi-rna recall@5": 0.5})
@@ -165,7 +165,7 @@ def test_save_pretrained_writes_sections_card_and_reloads(tmp_path):
 
 
 def test_config_json_unknown_keys_bad_json_and_kind_are_refused(tmp_path):
-    from pathalign.models.model_folder import ConfigError
+    from pathalign.io.model_folder import ConfigError
     from pathalign.models.rna_fm import RNAFMConfig, RNAFoundationModel
 
     model = _trained_like()
@@ -354,7 +354,7 @@ def test_slide_encoder_forward_and_gradients_follow_the_caller():
 
 
 def test_patch_encoder_mismatch_is_refused():
-    from pathalign.models.model_folder import ConfigError
+    from pathalign.io.model_folder import ConfigError
 
     model = _trained_like()
     model.check_patch_encoder("builtin", "feats/")
@@ -382,7 +382,7 @@ def _fake_hub_cache(cache, repo: str, folder) -> str:
 def test_load_model_from_hub_id_through_an_offline_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as hfc
 
-    from pathalign.models.model_folder import ConfigError
+    from pathalign.io.model_folder import ConfigError
 
     model = _trained_like(seed=5)
     model.save_pretrained(tmp_path / "m")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pathalign.cli import main
-from pathalign.slides.features_io import write_patch_file
+from pathalign.io.features import write_patch_file
 
 SEED = 11
 COORD_ATTRS = {"patch_size": 256, "patch_size_level0": 256}
@@ -40,7 +40,7 @@ def _write_features(folder, slides: list[str], rng, c: int = 6, signal: dict | N
 
 def _write_cohort(folder, patients: dict[str, list[str]]) -> None:
     """A minimal complete cohort folder (manifest + cohort.json with its build id, as cohort build writes it)."""
-    from pathalign.cohort.folder import FORMAT_VERSION, new_build_id, write_parquet
+    from pathalign.io.cohort_folder import FORMAT_VERSION, new_build_id, write_parquet
 
     folder.mkdir(parents=True, exist_ok=True)
     build_id = new_build_id()

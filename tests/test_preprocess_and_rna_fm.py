@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pathalign.cohort import CohortInputError, load_cohort
-from pathalign.cohort.preprocess import TRANSFORMS, make_transform
 from pathalign.models.molecular import FrozenFMEncoder, MLPEncoder
+from pathalign.models.preprocessing import TRANSFORMS, make_transform
 from pathalign.models.rna_fm import RNAFoundationModel
 from pathalign.train.rna_pretrain import pretrain_rna
 

@@ -201,7 +201,7 @@ def test_r_style_dotted_barcodes_are_read_under_the_tcga_rule(tmp_path):
 
 
 def test_decomposed_unicode_names_match_composed_ids(tmp_path):
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     nfc = unicodedata.normalize("NFC", "biopsie-é-1")
     nfd = unicodedata.normalize("NFD", nfc)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import needs_cuda
-from pathalign.cohort.preprocess import TRANSFORMS
 from pathalign.models.attention import ATTENTION_BACKENDS
 from pathalign.models.molecular import MOLECULAR_ENCODERS
 from pathalign.models.packing import Segments
+from pathalign.models.preprocessing import TRANSFORMS
 from pathalign.models.presets import MODEL_PRESETS
 from pathalign.models.slide_encoder import SLIDE_ENCODER_PRESETS, SlideEncoder
 from pathalign.slides.patch_encoders import PATCH_ENCODERS, build_patch_encoder

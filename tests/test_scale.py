@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import Killed, init_gloo, killed_after_checkpoint
-from pathalign.slides.features_io import read_patch_features, write_patch_file
-from pathalign.train.feature_reader import FeatureReader
+from pathalign.io.feature_reader import FeatureReader
+from pathalign.io.features import read_patch_features, write_patch_file
 
 
 def _random_file(path, rng, n, dim, dtype, layout):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathalign.slides.features_io import is_complete
+from pathalign.io.features import is_complete
 from pathalign.slides.locks import SlideLocks
 from pathalign.slides.patch import PatchConfig
 from pathalign.slides.pipeline import PipelineConfig, run_pipeline

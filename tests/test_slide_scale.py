@@ -157,7 +157,7 @@ def test_coords_record_mpp_objective_power_and_scale(tmp_path):
 
 def _features_file(path, target=20.0, patch_size=256, mpp=0.5, level0=20.0, encoder="pathalign-stats", seed=0):
     """A features file as ``preprocess`` writes it (coords on the grid of ``patch_size_level0``)."""
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     size0 = int(round(patch_size * level0 / target))
     rng = np.random.default_rng(seed)
@@ -193,9 +193,9 @@ def _cohort(tmp_path, features_dir, ids):
 
 
 def test_a_slide_at_another_magnification_is_refused_by_train_and_embed(tmp_path):
+    from pathalign.cohort.model_view import CohortData
     from pathalign.evaluate.embed import embed_mean_pool
-    from pathalign.slides.contract import ContractError
-    from pathalign.train.data import CohortData
+    from pathalign.io.features_contract import ContractError
 
     d = tmp_path / "features_pathalign-stats"
     ids = _folder(d, odd=(3, {"target": 10.0, "level0": 20.0}))
@@ -220,7 +220,7 @@ def _drop_level0_set_mpp(fh):
                                       (lambda fh: fh.attrs.__setitem__("encoder", "uni"), "encoder: 'pathalign-stats'"),
                                       (_drop_level0_set_mpp, "effective magnification")])
 def test_other_contract_breaks_are_named(tmp_path, edit, key):
-    from pathalign.slides.contract import ContractError, check_features_folder
+    from pathalign.io.features_contract import ContractError, check_features_folder
 
     ids = _folder(tmp_path / "f")
     with h5py.File(tmp_path / "f" / f"{ids[1]}.h5", "a") as fh:
@@ -230,12 +230,12 @@ def test_other_contract_breaks_are_named(tmp_path, edit, key):
 
 
 def test_exact_mpp_grids_and_other_tools_files_pass_the_contract(tmp_path):
-    from pathalign.slides.contract import check_features_folder
+    from pathalign.io.features_contract import check_features_folder
 
     d = tmp_path / "features_pathalign-stats"
     ids = _folder(d)
     # an exact-mpp slide: 564 level-0 px at 0.2266 µm/px (effective 20.03x)
-    from pathalign.slides.features_io import write_patch_file
+    from pathalign.io.features import write_patch_file
 
     coords = np.array([[0, 0], [564, 0]])
     write_patch_file(d / "exact.h5", coords, np.zeros(2, np.int64),

@@ -18,7 +18,7 @@ from helpers import seeded_rng
 from slide_factory import blob_slide
 from pathalign import read_patch_features
 from pathalign.slides.patch_encoders import PatchEncoderError, build_patch_encoder
-from pathalign.slides.features_io import is_complete
+from pathalign.io.features import is_complete
 from pathalign.slides.patch import PatchConfig, patch_slide
 from pathalign.slides.pipeline import PipelineConfig, run_pipeline
 from pathalign.slides.reader import open_slide

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathalign.slides.features_io import is_complete
+from pathalign.io.features import is_complete
 from slide_factory import blob_slide
 
 
@@ -88,7 +88,7 @@ def _components_by_dense_grid(coords: np.ndarray, step: float) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_grid_components_equal_a_dense_grid_labelling(seed):
-    from pathalign.slides.features_io import grid_fragments
+    from pathalign.io.features import grid_fragments
 
     rng = np.random.default_rng(seed)
     step = 256
@@ -103,7 +103,7 @@ def test_grid_components_equal_a_dense_grid_labelling(seed):
 
 def test_nan_or_negative_coordinates_are_a_clear_error(tmp_path):
     from pathalign import read_patch_features
-    from pathalign.slides.features_io import FeatureFileError
+    from pathalign.io.features import FeatureFileError
 
     good = np.array([[0.0, 0.0], [256.0, 0.0], [512.0, 256.0]])
     assert read_patch_features(_h5(tmp_path / "ok.h5", good, patch_size_level0=256)).coords.dtype == np.int64

@@ -15,7 +15,8 @@ from conftest import REFERENCE
 from helpers import Killed, killed_after_checkpoint, seeded_rng
 from pathalign import load_model
 from pathalign.cohort import CohortInputError
-from pathalign.evaluate.embed import embed_with_model, read_embeddings
+from pathalign.evaluate.embed import embed_with_model
+from pathalign.io.embeddings import read_embeddings
 from pathalign.evaluate.retrieval import cross_modal_retrieval, recall_at_k
 from pathalign.train.trainer import TrainConfig, Trainer, TrainingError
 

@@ -11,7 +11,7 @@ import torch
 
 from helpers import Killed, killed_after_checkpoint, seeded_rng
 from pathalign.cohort import load_cohort
-from pathalign.cohort.preprocess import make_transform
+from pathalign.models.preprocessing import make_transform
 from pathalign.train.data import split_patients
 from pathalign.train.trainer import TrainConfig, Trainer, TrainingError
 
@@ -157,8 +157,9 @@ def test_selection_is_the_same_after_a_kill_and_resume(small_cohort, tmp_path, m
 
 def test_validation_recall_equals_the_evaluate_path(small_cohort, tmp_path, no_plot):
     """The scorer's recall@5 = bench's cross-modal retrieval on the embedded validation patients, both ways."""
-    from pathalign.evaluate.embed import embed_with_model, read_embeddings
+    from pathalign.evaluate.embed import embed_with_model
     from pathalign.evaluate.retrieval import cross_modal_retrieval
+    from pathalign.io.embeddings import read_embeddings
 
     trainer = Trainer(small_cohort, tmp_path / "run", _cfg(steps=6, val_every=6, select_metric="last"))
     trainer.fit()

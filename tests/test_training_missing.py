@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from helpers import seeded_rng
+from pathalign.cohort.model_view import CohortData
 from pathalign.evaluate.ablate import (
     TRAIN_MISSING_RATES,
     _train_patients,
@@ -18,7 +19,7 @@ from pathalign.evaluate.ablate import (
     write_training_missing,
 )
 from pathalign.hiding import hidden_in_training
-from pathalign.train.data import CohortData
+from pathalign.models.preprocessing import MODEL_TRANSFORMS
 from pathalign.train.trainer import TrainConfig, Trainer, TrainingError
 
 MOLECULAR = ["rna", "snp", "cnv", "methylation"]
@@ -61,8 +62,8 @@ def test_the_preprocessing_is_fitted_without_the_hidden_patients(small_cohort, t
     t = _trainer(small_cohort, tmp_path / "run", 0.75)
     train = list(t.splits["train"])
     for m in ("rna", "methylation"):
-        without = CohortData(t.cohort, None, [m], [p for p in train if p not in t.hidden[m]])
-        with_all = CohortData(t.cohort, None, [m], train)
+        without = CohortData(t.cohort, None, [m], [p for p in train if p not in t.hidden[m]], transforms=MODEL_TRANSFORMS)
+        with_all = CohortData(t.cohort, None, [m], train, transforms=MODEL_TRANSFORMS)
         assert json.dumps(t.data.preprocessing[m], sort_keys=True, default=str) == \
             json.dumps(without.preprocessing[m], sort_keys=True, default=str), m
         assert json.dumps(t.data.preprocessing[m], sort_keys=True, default=str) != \

@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pathalign.slides.features_io import grid_fragments, read_patch_features
-from pathalign.slides.trident import FragmentFallbackWarning, TissueGeoJSONError
+from pathalign.io.features import grid_fragments, read_patch_features
+from pathalign.io.trident import FragmentFallbackWarning, TissueGeoJSONError
 
 SLIDE = "slideA"
 SRC_MAG, DST_MAG, PATCH = 40, 20, 256
@@ -164,7 +164,7 @@ def test_unusable_geojson_is_an_error_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kdtree_ring_distance_equals_brute_force(seed):
-    from pathalign.slides.trident import _distance_to_rings
+    from pathalign.io.trident import _distance_to_rings
 
     rng = np.random.default_rng(seed)
     rings = []

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from pathalign.cohort import CohortInputError, CohortSources, build_cohort, load_cohort
-from pathalign.cohort.folder import new_build_id, write_matrix_frame, write_parquet
-from pathalign.cohort.preprocess import make_transform
+from pathalign.io.cohort_folder import new_build_id, write_matrix_frame, write_parquet
 from pathalign.io.matrix_store import MatrixStore, MatrixStoreError, write_matrix
+from pathalign.models.preprocessing import make_transform
 
 P = [f"TCGA-AA-{i:04d}" for i in range(1, 41)]
 
@@ -165,8 +165,9 @@ def _two_modality_cohort(tmp_path):
 
 
 def test_cohort_data_reads_only_the_selected_features(tmp_path, monkeypatch):
-    from pathalign.cohort.build import Cohort
-    from pathalign.train.data import CohortData
+    from pathalign.cohort.model_view import CohortData
+    from pathalign.io.cohort_folder import Cohort
+    from pathalign.models.preprocessing import MODEL_TRANSFORMS
 
     cohort, rna, cnv = _two_modality_cohort(tmp_path)
     asked: dict[str, int] = {}
@@ -183,6 +184,7 @@ def test_cohort_data_reads_only_the_selected_features(tmp_path, monkeypatch):
     monkeypatch.setattr(Cohort, "matrix", whole)
     train = P[:14]
     data = CohortData(cohort, None, ["rna", "cnv"], train_ids=train, transform_options={"rna": {"n_genes": 12}},
+                      transforms=MODEL_TRANSFORMS,
                       hidden={"cnv": {P[0]}})
     assert asked == {"rna.h5": 12, "cnv.h5": 50}  # the 12 selected of 300 genes; all 50 CNV genes (max_genes 2000)
     monkeypatch.undo()

@@ -27,12 +27,13 @@ _LAZY = {
     "list_models": ".models.pathalign_model",
     "PairHeads": ".models",
     "MultimodalSigLIPLoss": ".models.siglip",
-    "read_patch_features": ".slides.features_io",
+    "read_patch_features": ".io.features",
 }
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here ("X as X" marks a re-export)
     from .cohort import load_cohort as load_cohort
+    from .io.features import read_patch_features as read_patch_features
     from .models import PairHeads as PairHeads
     from .models import SlideEncoder as SlideEncoder
     from .models import SlideEncoderConfig as SlideEncoderConfig
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing runs here ("X as X" mar
     from .models.pathalign_model import list_models as list_models
     from .models.pathalign_model import load_model as load_model
     from .models.siglip import MultimodalSigLIPLoss as MultimodalSigLIPLoss
-    from .slides.features_io import read_patch_features as read_patch_features
 
 
 def __getattr__(name: str):

@@ -160,7 +160,7 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> dict:
 
 def write_report(cfg: DemoConfig, results: dict, manifest: pd.DataFrame, pipe: PipelineConfig, run: Path) -> bool:
     """``report.md`` with the results table and the plots (t-SNE, attention, loss curves, metrics)."""
-    from .evaluate.embed import read_embeddings
+    from .io.embeddings import read_embeddings
     from .evaluate.attention_plot import plot_attention
     from .evaluate.plots import plot_embedding_map
     from .models.pathalign_model import load_model

@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
     """The patient's molecular embeddings in ``embeddings_path``: ``({modality: [d]}, case id, notes)``."""
-    from ..evaluate.embed import read_embeddings, slide_case_id
     from ..evaluate.heatmap import HeatmapError
+    from ..io.embeddings import read_embeddings, slide_case_id
 
     emb = read_embeddings(embeddings_path)
     notes = []

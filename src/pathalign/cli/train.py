@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ..models.model_folder import ConfigError
+    from ..io.model_folder import ConfigError
     from ..train.trainer import TrainConfig, Trainer
 
     overrides = _read_yaml(args.config) if args.config else {}
@@ -134,7 +134,7 @@ def _read_yaml(path: str) -> dict:
     """The ``--config`` YAML as a dict; a clear error naming the file when it is not one."""
     import yaml
 
-    from ..models.model_folder import ConfigError
+    from ..io.model_folder import ConfigError
 
     try:
         data = yaml.safe_load(open(path).read()) or {}

@@ -1,5 +1,6 @@
-"""Cohorts: molecular readers, id rules, ``cohort build`` and training-time preprocessing."""
-from .build import MODALITIES, MOLECULAR, Cohort, CohortSources, build_cohort, load_cohort
+"""Cohorts: molecular readers, id rules, ``cohort build`` and the model-ready view (``model_view``)."""
+from ..io.cohort_folder import Cohort, load_cohort
+from .build import MODALITIES, MOLECULAR, CohortSources, build_cohort
 from .ids import CohortInputError, IdRule
 from .readers import read_maf, read_matrix
 

@@ -11,7 +11,8 @@ Output folder::
                           what was read as missing per column, negative/missing survival times by patient),
                           GISTIC features, drops and why, missing-value rates
 
-The folder is written complete or absent and every file carries the build id (``folder``);
+The folder is written complete or absent and every file carries the build id (:mod:`pathalign.io.cohort_folder`,
+which also reads it back: ``Cohort``, ``load_cohort``);
 the input rules (units, ids, duplicates, features folder) are in docs/cohort.md.
 """
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io.matrix_store import MatrixStore
 from .checks import METHYLATION_UNITS, check_values, drop_empty_samples, feature_notes
 from .clinical import DECIMALS, ClinicalTable, read_clinical_table, render_clinical
-from .folder import FORMAT_VERSION, check_complete, new_build_id, staged_folder, write_matrix_frame, write_parquet
+from ..io.cohort_folder import (FORMAT_VERSION, Cohort, load_cohort, new_build_id, staged_folder, write_matrix_frame,
+                                write_parquet)
 from ..modalities import MODALITIES, MOLECULAR
 from .gistic import read_gistic_folder
 from .ids import CohortInputError, Drop, IdRule, assign_patients, clean_id, files_by_stem, source_name
@@ -134,7 +135,7 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
                  for s in df.slide_id[repeated])
     df = df[~repeated]
     if features_dir is not None:
-        from ..slides.features_io import is_complete
+        from ..io.features import is_complete
 
         on_disk = files_by_stem(features_dir, ".h5")  # NFC stem -> the stem as the file system spells it
         respelled = [s for s in df.slide_id if s in on_disk and on_disk[s] != s]
@@ -160,7 +161,7 @@ def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRu
 def _drop_zero_patch_slides(df: pd.DataFrame, features_dir: Path, source: str, drops: list[Drop],
                             warnings: list[str]) -> pd.DataFrame:
     """Slides whose features file has no patch (no tissue found) are dropped and reported: not counted as slides."""
-    from ..slides.feature_checks import ZERO_PATCHES, patch_count
+    from ..io.feature_checks import ZERO_PATCHES, patch_count
 
     empty = np.array([patch_count(features_dir / f"{s}.h5") == 0 for s in df.slide_id], bool)
     if not empty.any():
@@ -371,56 +372,3 @@ def render_report(manifest: pd.DataFrame, matrices: dict[str, pd.DataFrame], dro
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"
-
-
-class Cohort:
-    """A built cohort folder: ``.manifest``, ``.matrix(modality)`` and ``.store(modality)``."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.meta = check_complete(self.path)
-        self.manifest = pd.read_parquet(self.path / "manifest.parquet")
-        self.manifest["slide_ids"] = self.manifest["slide_ids"].apply(lambda v: [str(s) for s in v])
-        self._cache: dict[str, pd.DataFrame] = {}
-
-    @property
-    def modalities(self) -> list[str]:
-        """Modalities at least one patient has."""
-        return [m for m in MODALITIES if f"has_{m}" in self.manifest and self.manifest[f"has_{m}"].any()]
-
-    def store(self, modality: str) -> MatrixStore:
-        """The matrix file of ``modality`` opened for reading in parts (close it, or use it in ``with``)."""
-        if modality not in MOLECULAR:
-            raise KeyError(f"unknown molecular modality {modality!r}; one of {MOLECULAR}")
-        if f"{modality}.h5" not in self.meta["files"]:
-            raise KeyError(f"{self.path}: the cohort has no {modality} data")
-        return MatrixStore(self.path / f"{modality}.h5")
-
-    def features(self, modality: str) -> list[str]:
-        """The feature names of ``modality``'s matrix (its columns), without reading its values."""
-        with self.store(modality) as store:
-            return list(store.features)
-
-    def matrix(self, modality: str) -> pd.DataFrame:
-        """Patients x features raw aligned values (float32) of ``modality`` (rna, snp, cnv, methylation),
-        all of it in memory (cached); :meth:`store` reads parts of a wide one."""
-        if modality not in self._cache:
-            with self.store(modality) as store:
-                self._cache[modality] = store.frame()
-        return self._cache[modality]
-
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{m}={int(self.manifest[f'has_{m}'].sum())}" for m in MODALITIES if f"has_{m}" in self.manifest)
-        return f"Cohort({self.path}, {len(self)} patients: {counts})"
-
-
-def load_cohort(path: str | Path) -> Cohort:
-    """Open a cohort folder written by ``pathalign cohort build``.
-
-    Raises:
-        CohortInputError: the folder is absent, incomplete or mixed from two builds (see :mod:`.folder`).
-    """
-    return Cohort(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import PathalignError
+from ..io.cohort_folder import CohortInputError
 
 TCGA_PATIENT = re.compile(r"^[A-Z0-9]+-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 TCGA_SAMPLE = re.compile(r"^([A-Z0-9]+-[A-Z0-9]{2}-[A-Z0-9]{4})-(\d{2})([A-Z]?)(?:-(\d{2})([A-Z]?))?", re.IGNORECASE)
@@ -42,10 +42,6 @@ def tcga_barcode(value: object) -> str:
     """A barcode in TCGA's dashed spelling: stripped, NFC, R's dots (``TCGA.KL.8323``) read as dashes."""
     value = clean_id(value)
     return value.replace(".", "-") if TCGA_DOTTED.match(value) else value
-
-
-class CohortInputError(PathalignError, ValueError):
-    """Bad cohort input; the message names the file, row or column."""
 
 
 @dataclass

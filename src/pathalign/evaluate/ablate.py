@@ -228,7 +228,7 @@ def _train_patients(manifest, modalities: list[str], cfg, complete: bool) -> int
 
 def _slide_embedding_dim(cohort, preset: str) -> int | None:
     from ..models.slide_encoder import SLIDE_ENCODER_PRESETS
-    from ..slides.features_io import is_complete, read_patch_features
+    from ..io.features import is_complete, read_patch_features
 
     feats = Path(cohort.meta.get("slides_dir") or "")
     first = next((feats / f"{s}.h5" for ss in cohort.manifest.slide_ids for s in ss

@@ -73,16 +73,12 @@ def _encode_with_grad(model, modality: str, x):
 
 
 def _slide_embeddings(path, heldout) -> dict[str, np.ndarray]:
-    from .embed import read_embeddings
+    from ..io.embeddings import patient_ids, patient_means, read_embeddings
 
     emb = read_embeddings(path)
     if "wsi" not in emb:
         return {}
-    acc: dict[str, list] = {}
-    for pid, e in zip(emb["wsi"].get("case_ids", emb["wsi"]["ids"]), emb["wsi"]["embeddings"]):
-        if heldout is None or pid in heldout:
-            acc.setdefault(str(pid), []).append(np.asarray(e, np.float64))
-    return {p: np.mean(v, axis=0) for p, v in acc.items()}
+    return patient_means(patient_ids(emb, "wsi"), emb["wsi"]["embeddings"], keep=heldout, dtype=np.float64)
 
 
 def analyze_adapters(model_path: str | Path, out: str | Path, cohort_path: str | Path | None = None,

@@ -50,7 +50,7 @@ def plot_attention(slide_path: str | Path, geojson: str | Path, features_file: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..slides.features_io import read_patch_features
+    from ..io.features import read_patch_features
     from ..slides.reader import open_slide
     from ..slides.segment import low_res_image, read_geojson
 

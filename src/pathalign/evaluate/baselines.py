@@ -1,7 +1,7 @@
 """Baselines scored in the same benchmark run as the model, on the same tasks, folds and patients.
 
 * ``raw:<modality>``: the cohort's matrix of the modality through the model's own preprocessing
-  (:mod:`pathalign.cohort.preprocess`: RNA log2(TPM+1) and top-variance genes, binary mutations of
+  (:mod:`pathalign.models.preprocessing`: RNA log2(TPM+1) and top-variance genes, binary mutations of
   frequently mutated genes, clipped copy number, methylation probes, every one standardised and with
   missing-value indicators), fitted in each fold on the training patients only. Its options (number of
   genes, probes, units) are those of the model's recorded preprocessing when the embeddings name a
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cohort.build import Cohort
-from ..cohort.preprocess import make_transform
+from ..io.cohort_folder import Cohort
+from ..models.preprocessing import make_transform
 from .representations import Representation
 from .retrieval import chance_recall, recall_at_k
 

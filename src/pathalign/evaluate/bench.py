@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cohort.build import Cohort
+from ..io.cohort_folder import Cohort
 from ..cohort.ids import IdRule
-from .embed import read_embeddings
 from ..io.atomic import atomic_write_json, atomic_write_text
+from ..io.embeddings import group_by_patient, patient_ids, read_embeddings
 from .probes import Recipe, cox_probe, linear_probe, pathobench_cox_probe, pathobench_linear_probe
 from .baselines import PCA_COMPONENTS
 from .representations import Representation, choose_modalities, model_representations
@@ -51,11 +51,7 @@ def _where(task: Task) -> str:
 def _slide_lookup(emb: dict) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """slide_id → embedding, and case_id → its slide ids (from the embeddings' ``case_ids``)."""
     g = emb["wsi"]
-    slides = dict(zip(g["ids"], g["embeddings"]))
-    cases: dict[str, list[str]] = {}
-    for s, c in zip(g["ids"], g.get("case_ids", g["ids"])):
-        cases.setdefault(c, []).append(s)
-    return slides, cases
+    return dict(zip(g["ids"], g["embeddings"])), group_by_patient(patient_ids(emb, "wsi"), g["ids"])
 
 
 def sample_table(task: Task, emb: dict, allow_missing: bool = False,

@@ -1,5 +1,7 @@
 """``pathalign embed``: embeddings of every available modality of every patient and slide.
 
+The file is written and read by :mod:`pathalign.io.embeddings`.
+
 ``embeddings.h5`` holds one group per modality (``wsi``, ``rna``, …) with ``ids`` (utf-8) and
 ``embeddings`` [n, d]; the ``wsi`` group also has ``case_ids`` (the patient of each slide). With
 a trained model, ``pairs/<a>-<b>/<a>`` and ``.../<b>`` hold the embeddings projected into each
@@ -16,7 +18,6 @@ Fewer than half of them found is refused before any work (:mod:`pathalign.models
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PathalignError
-from ..io.atomic import atomic_path
-from ..io.hdf5 import open_hdf5
+from ..io.embeddings import write_embeddings, write_slides_file
+from ..io.features import FeatureFileError, is_complete, read_patch_features
+from ..io.features_contract import check_features_folder
 from ..models.feature_names import FeatureOverlap
-from ..slides.contract import check_features_folder
-from ..slides.features_io import FeatureFileError, is_complete, read_patch_features
 from .molecular_inputs import molecular_inputs
 from .pathobench_files import write_pathobench_files
 
@@ -100,14 +100,6 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
     return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
 
 
-def _write_group(fh, name, ids, emb, **extra):
-    g = fh.create_group(name)
-    g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-    g.create_dataset("embeddings", data=np.asarray(emb, np.float32))
-    for k, v in extra.items():
-        g.create_dataset(k, data=np.array(v, dtype=object), dtype=h5py.string_dtype("utf-8"))
-
-
 def pathobench_dir(out_path: str | Path, name: str) -> Path:
     """The Patho-Bench sample folder written beside ``out_path`` for model ``name``."""
     return Path(out_path).parent / f"pathobench_{name}"
@@ -121,16 +113,6 @@ def _case_map(cohort_path) -> dict[str, str]:
     for p, sids in zip(*load_cohort(cohort_path).manifest[["case_id", "slide_ids"]].to_numpy().T):
         case_of.update({s: p for s in sids})
     return case_of
-
-
-def _write_slides_file(out_path: Path, model: str, ids, emb, case_ids, skipped: dict, **attrs) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.attrs["model"] = model
-        fh.attrs["skipped_slides"] = json.dumps(skipped)
-        for k, v in attrs.items():
-            fh.attrs[k] = v
-        _write_group(fh, "wsi", ids, emb, case_ids=case_ids)
 
 
 def _check_encoder(model, features_dir: Path, slide_ids: list[str]) -> None:
@@ -171,8 +153,8 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         warnings.warn("embed_with_model(trident_name=...) is deprecated: pass name=...", DeprecationWarning, stacklevel=2)
     name = name or trident_name
     from ..cohort import load_cohort
+    from ..cohort.model_view import CohortData
     from ..models.pathalign_model import load_model
-    from ..train.data import CohortData
 
     model = load_model(model_path).to(device)
     cohort = load_cohort(cohort_path)
@@ -201,31 +183,29 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
             embs[m] = model.encode_molecular(m, torch.from_numpy(inp.x).to(device)).cpu().numpy()
         ids[m] = inp.ids
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.attrs["model"] = str(model_path)
-        fh.attrs["skipped_slides"] = json.dumps(skipped)
-        held = ((model.training_info or {}).get("splits") or {}).get("val")
-        if held is not None:
-            fh.attrs["heldout_patients"] = json.dumps(held)
-        if inputs:
-            fh.attrs["feature_overlap"] = json.dumps({m: overlap_record(i.overlap) for m, i in inputs.items()})
-        for m in mods:
-            extra = {"case_ids": ids["wsi_case"]} if m == "wsi" else {}
-            _write_group(fh, m, ids[m], embs[m], **extra)
-            if m in inputs:
-                fh[m].create_dataset("imputed_fraction", data=inputs[m].imputed_fraction.astype(np.float32))
-            counts[m] = len(ids[m])
-        pairs = fh.create_group("pairs")
-        for a, b in model.pair_heads.pairs:
-            if a not in embs or b not in embs:
-                continue
-            g = pairs.create_group(f"{a}-{b}")
-            with torch.no_grad():
-                g.create_dataset(a, data=model.pair_heads.project(a, b, torch.from_numpy(embs[a]).to(device)).cpu().numpy())
-                g.create_dataset(b, data=model.pair_heads.project(b, a, torch.from_numpy(embs[b]).to(device)).cpu().numpy())
-                t, bias = model.pair_heads.temperature_bias(a, b)
-            g.attrs["t"], g.attrs["b"] = float(t.detach().exp()), float(bias.detach())
+    attrs = {"model": str(model_path), "skipped_slides": skipped}
+    held = ((model.training_info or {}).get("splits") or {}).get("val")
+    if held is not None:
+        attrs["heldout_patients"] = held
+    if inputs:
+        attrs["feature_overlap"] = {m: overlap_record(i.overlap) for m, i in inputs.items()}
+    groups = {}
+    for m in mods:
+        groups[m] = {"ids": ids[m], "embeddings": embs[m]} | ({"case_ids": ids["wsi_case"]} if m == "wsi" else {})
+        if m in inputs:
+            groups[m]["imputed_fraction"] = inputs[m].imputed_fraction.astype(np.float32)
+        counts[m] = len(ids[m])
+    pairs = {}
+    for a, b in model.pair_heads.pairs:
+        if a not in embs or b not in embs:
+            continue
+        with torch.no_grad():
+            t, bias = model.pair_heads.temperature_bias(a, b)
+            pairs[f"{a}-{b}"] = {
+                a: model.pair_heads.project(a, b, torch.from_numpy(embs[a]).to(device)).cpu().numpy(),
+                b: model.pair_heads.project(b, a, torch.from_numpy(embs[b]).to(device)).cpu().numpy(),
+                "t": float(t.detach().exp()), "b": float(bias.detach())}
+    write_embeddings(out_path, groups, pairs, attrs)
     pb = None
     if "wsi" in embs and name:
         pb = pathobench_dir(out_path, name)
@@ -299,7 +279,7 @@ def embed_with_slide_encoder(name: str, weights: str | Path, features_dir: str |
         raise EmbedError(f"{features_dir}: no slide could be embedded ({len(skipped)} skipped: "
                          f"{dict(list(skipped.items())[:3])})")
     cases = [dict(zip(slide_ids, case_ids_all))[s] for s in kept]
-    _write_slides_file(out_path, f"{name}:{weights}", kept, emb, cases, skipped, case_ids_from=source)
+    write_slides_file(out_path, f"{name}:{weights}", kept, emb, cases, skipped, case_ids_from=source)
     pb = pathobench_dir(out_path, out_name or name)
     write_pathobench_files(pb, kept, cases, emb)
     return EmbedSummary({"wsi": len(kept)}, skipped, pb)
@@ -330,7 +310,7 @@ def embed_mean_pool(features_dir: str | Path, out_path: str | Path, cohort_path:
         raise EmbedError(f"{features_dir}: no complete features file with patches "
                          f"({len(skipped)} skipped: {dict(list(skipped.items())[:3])})")
     cases, source = _case_ids(ids, cohort_path)
-    _write_slides_file(out_path, f"mean-pool:{features_dir}", ids, emb, cases, skipped, case_ids_from=source)
+    write_slides_file(out_path, f"mean-pool:{features_dir}", ids, emb, cases, skipped, case_ids_from=source)
     pb = None
     if name:
         pb = pathobench_dir(out_path, name)
@@ -338,30 +318,3 @@ def embed_mean_pool(features_dir: str | Path, out_path: str | Path, cohort_path:
     return EmbedSummary({"wsi": len(ids)}, skipped, pb)
 
 
-def read_embeddings(path: str | Path) -> dict[str, dict]:
-    """``{modality: {"ids": [...], "embeddings": array, ...}}`` and ``"pairs"`` → ``{"a-b": {a: arr, b: arr}}``."""
-    out: dict = {}
-    with open_hdf5(path, EmbedError, "embeddings file") as fh:
-        attrs = dict(fh.attrs)
-        out["_attrs"] = {"model": attrs.get("model")}
-        if "skipped_slides" in attrs:
-            out["_attrs"]["skipped_slides"] = json.loads(attrs["skipped_slides"])
-        if "heldout_patients" in attrs:
-            out["_attrs"]["heldout_patients"] = json.loads(attrs["heldout_patients"])
-        if "feature_overlap" in attrs:
-            out["_attrs"]["feature_overlap"] = json.loads(attrs["feature_overlap"])
-        for name, g in fh.items():
-            if name == "pairs":
-                out["pairs"] = {k: {m: np.asarray(v[m]) for m in v} | {"t": v.attrs.get("t"), "b": v.attrs.get("b")}
-                                for k, v in g.items()}
-                continue
-            out[name] = {k: (np.asarray(g[k]).astype(str).tolist() if g[k].dtype.kind == "O" else np.asarray(g[k]))
-                         for k in g}
-    return out
-
-
-def slide_case_id(embeddings: dict, slide_id: str) -> str | None:
-    """The patient of ``slide_id`` in a :func:`read_embeddings` result (its ``wsi`` group), or None."""
-    wsi = embeddings.get("wsi") or {}
-    ids, cases = list(wsi.get("ids", [])), list(wsi.get("case_ids", []))
-    return cases[ids.index(slide_id)] if slide_id in ids and cases else None

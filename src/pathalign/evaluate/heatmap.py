@@ -148,7 +148,7 @@ def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: l
     Returns:
         The slide's :class:`SlideHeatmaps`.
     """
-    from ..slides.features_io import read_patch_features
+    from ..io.features import read_patch_features
 
     encoder = model.slide_encoder
     if encoder is None:

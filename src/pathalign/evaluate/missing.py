@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..hiding import HidingPlan
+from ..io.embeddings import patient_ids, patient_means
 from .probes import linear_probe
 from .retrieval import patient_pair_space, recall_at_k
 from .stats import mean_ci
@@ -36,15 +37,7 @@ ALL = "all"
 
 def patient_blocks(emb: dict, modalities: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """``{modality: {case_id: embedding}}`` (slides of one patient averaged)."""
-    out = {}
-    for m in modalities:
-        g = emb[m]
-        ids = g.get("case_ids", g["ids"]) if m == "wsi" else g["ids"]
-        acc: dict[str, list] = {}
-        for pid, e in zip(ids, g["embeddings"]):
-            acc.setdefault(str(pid), []).append(np.asarray(e, dtype=np.float64))
-        out[m] = {p: np.mean(v, axis=0) for p, v in acc.items()}
-    return out
+    return {m: patient_means(patient_ids(emb, m), emb[m]["embeddings"], dtype=np.float64) for m in modalities}
 
 
 def fused_matrix(blocks: dict[str, dict[str, np.ndarray]], patients: list[str], train: list[str],
@@ -77,7 +70,7 @@ def degradation(emb: dict, tasks: list, rates: list[float], seeds: list[int],
     """Every classification task's balanced accuracy and every pair's recall@k under hidden modalities.
 
     Args:
-        emb: embeddings as :func:`pathalign.evaluate.embed.read_embeddings` returns them.
+        emb: embeddings as :func:`pathalign.io.embeddings.read_embeddings` returns them.
         tasks: benchmark tasks (classification tasks are scored; others are left out).
         rates: fractions of each non-slide modality hidden at inference.
         seeds: one hiding plan per seed.

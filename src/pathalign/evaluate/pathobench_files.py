@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from ..io.atomic import atomic_path
+from ..io.embeddings import patient_means
 
 
 def _write_folder(folder: Path, items: dict[str, np.ndarray]) -> None:
@@ -50,11 +51,10 @@ def write_pathobench_files(root: str | Path, slide_ids: list[str], case_ids: lis
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_folder(tmp / "by_slide_id", dict(zip(slide_ids, emb)))
-        cases: dict[str, list[np.ndarray]] = {}
+        cases: dict[str, np.ndarray] = {}
         if case_ids is not None:
-            for c, e in zip(case_ids, emb):
-                cases.setdefault(c, []).append(e)
-            _write_folder(tmp / "by_case_id", {c: np.mean(v, axis=0) for c, v in cases.items()})
+            cases = patient_means(case_ids, emb)
+            _write_folder(tmp / "by_case_id", cases)
         old = root.with_name(f".{root.name}.{os.getpid()}.old")
         if root.exists():
             os.replace(root, old)

@@ -73,7 +73,7 @@ def model_representations(name: str, emb: dict, modalities: Sequence[str]) -> li
 
     Args:
         name: the model's name (row prefix).
-        emb: the embeddings (:func:`pathalign.evaluate.embed.read_embeddings`).
+        emb: the embeddings (:func:`pathalign.io.embeddings.read_embeddings`).
         modalities: modalities to score (see :func:`choose_modalities`).
 
     Returns:

@@ -5,6 +5,8 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from ..io.embeddings import patient_ids, patient_means
+
 
 def recall_at_k(similarity: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@k of queries (rows) whose match is the same-index column of ``similarity`` [n, n].
@@ -70,7 +72,7 @@ def patient_pair_space(emb: dict, a: str, b: str,
                        patients: Collection[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-patient vectors of modalities ``a`` and ``b`` in their pair space, for the patients having both.
 
-    ``emb`` is what :func:`pathalign.evaluate.embed.read_embeddings` returns. Slides of one patient are averaged
+    ``emb`` is what :func:`pathalign.io.embeddings.read_embeddings` returns. Slides of one patient are averaged
     (then re-normalised). Returns ``(patient ids, [n, P] a-side, [n, P] b-side)``.
     """
     key, flip = (f"{a}-{b}", False) if f"{a}-{b}" in emb.get("pairs", {}) else (f"{b}-{a}", True)
@@ -79,15 +81,7 @@ def patient_pair_space(emb: dict, a: str, b: str,
     pair = emb["pairs"][key]
 
     def per_patient(m: str) -> dict[str, np.ndarray]:
-        ids = emb[m]["case_ids"] if m == "wsi" else emb[m]["ids"]
-        vecs = {}
-        for pid, v in zip(ids, pair[m]):
-            vecs.setdefault(pid, []).append(v)
-        out = {}
-        for pid, vs in vecs.items():
-            v = np.mean(vs, axis=0)
-            out[pid] = v / max(np.linalg.norm(v), 1e-12)
-        return out
+        return {p: v / max(np.linalg.norm(v), 1e-12) for p, v in patient_means(patient_ids(emb, m), pair[m]).items()}
 
     va, vb = per_patient(a), per_patient(b)
     common = [p for p in va if p in vb and (patients is None or p in patients)]

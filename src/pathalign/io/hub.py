@@ -1,4 +1,9 @@
-"""Hugging Face Hub ids → local files, through ``huggingface_hub``'s cache.
+"""Hugging Face Hub ids → local files, through ``huggingface_hub``'s cache: the one resolver of every
+``--weights``, patch/slide encoder and model folder (:func:`pathalign.io.model_folder.resolve_folder`).
+
+The rule (timm's ``parse_model_name``, widened to bare ids as every ``--weights`` takes them): a path
+that exists is a local file or folder; otherwise ``ORG/NAME`` or ``hf-hub:ORG/NAME`` (``hf_hub:`` too),
+each with an optional ``@revision``, is a Hub repository; anything else is a missing path.
 
 ``resolve_source("LGAI-EXAONE/EXAONE-Path-2.5", subfolder="patch-encoder")`` returns the local
 folder of that subfolder in the Hub cache (``HF_HUB_CACHE`` / ``HF_HOME``), downloading what is
@@ -38,6 +43,21 @@ def is_hub_id(source: str | os.PathLike) -> bool:
     return not Path(source).exists() and parse_hub_id(str(source)) is not None
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it (1/ON/YES/TRUE), read at call time."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> str | None:
+    """The Hub cache as huggingface_hub finds it, read at call time: ``HF_HUB_CACHE``, else ``HF_HOME/hub``,
+    else None (the library's default, ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
+    return None
+
+
 def resolve_source(source: str | os.PathLike, subfolder: str | None = None,
                    allow_patterns: list[str] | None = None, what: str = "weights") -> Path:
     """A local path for ``source`` (a local file/folder, or a Hub id).
@@ -66,11 +86,11 @@ def resolve_source(source: str | os.PathLike, subfolder: str | None = None,
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = [f"{subfolder}/*"] if subfolder else allow_patterns
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+    offline = hub_offline()
     try:
-        # read the environment now (huggingface_hub reads it once, at import)
+        # the environment is read now (huggingface_hub reads it once, at import); the token is its own
         folder = Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns,
-                                        cache_dir=os.environ.get("HF_HUB_CACHE") or None, local_files_only=offline))
+                                        cache_dir=hub_cache_dir(), local_files_only=offline))
     except GatedRepoError:
         raise HubError(f"{repo_id}: gated model — accept its licence on https://huggingface.co/{repo_id} and log in "
                        f"(huggingface-cli login, or set HF_TOKEN), or pass a local copy of the {what}") from None
@@ -126,3 +146,14 @@ def resolve_checkpoint(source: str | os.PathLike, subfolder: str | None = None,
         where = f"{path}" + (f" or {path / subfolder}" if subfolder else "")
         raise HubError(f"{where}: no {' or '.join(names)} for {what}")
     return found
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload pathalign model") -> str:
+    """Upload a saved model folder to the Hub repository ``repo_id`` (created if needed); returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message)
+    return f"https://huggingface.co/{repo_id}"

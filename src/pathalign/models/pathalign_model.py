@@ -2,7 +2,7 @@
 
 A preset (:mod:`.presets`) fixes the architecture; input dims come from the data
 (patch-feature dim from the features, molecular dims after preprocessing), so any patch
-encoder works with any preset. Saved as a Hub-style folder (:mod:`.model_folder`):
+encoder works with any preset. Saved as a Hub-style folder (:mod:`pathalign.io.model_folder`):
 ``model.safetensors`` + ``config.json`` (sections) + a model card ``README.md``;
 ``load_model(path or "hf-hub:ORG/NAME")`` restores it offline.
 
@@ -26,21 +26,23 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..cohort.preprocess import TRANSFORMS
-from ..modalities import MOLECULAR, WSI, check_modalities
-from . import hub
-from .model_folder import (
+from ..io import hub
+from ..io.model_folder import (
     ConfigError,
     check_keys,
     dataclass_from_dict,
     legacy_preprocessing,
     make_config,
+    model_card,
     read_config,
     read_weights,
+    resolve_folder,
     save_folder,
 )
+from ..modalities import MOLECULAR, WSI, check_modalities
 from .molecular import MOLECULAR_ENCODERS
 from .pair_heads import PairHeads, PairProjection
+from .preprocessing import TRANSFORMS
 from .presets import MODEL_PRESETS
 from .siglip import BALANCES
 from .slide_encoder import SlideEncoder
@@ -311,7 +313,7 @@ class PathAlignModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def export_config(self, metrics: dict | None = None) -> dict:
-        """The ``config.json`` object of this model (sections; see :mod:`.model_folder`)."""
+        """The ``config.json`` object of this model (sections; see :mod:`pathalign.io.model_folder`)."""
         training = dict(self.training_info or {})
         if metrics:
             training["metrics"] = {**training.get("metrics", {}), **metrics}
@@ -331,7 +333,7 @@ class PathAlignModel(nn.Module):
             >>> pathalign.load_model("runs/tcga/model")  # doctest: +SKIP
         """
         config = self.export_config(metrics)
-        return save_folder(path, self.state_dict(), config, hub.model_card(config, name or Path(path).name))
+        return save_folder(path, self.state_dict(), config, model_card(config, name or Path(path).name))
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False,
                     metrics: dict | None = None, commit_message: str = "Upload pathalign model") -> str:
@@ -379,7 +381,8 @@ def _legacy_config(flat: dict, path: Path) -> dict:
 
 
 def load_model(path: str | Path) -> PathAlignModel:
-    """A saved :class:`PathAlignModel` in eval mode, from a folder or ``"hf-hub:ORG/NAME[@revision]"``.
+    """A saved :class:`PathAlignModel` in eval mode, from a folder or a Hub id (``ORG/NAME`` or
+    ``"hf-hub:ORG/NAME[@revision]"``; an existing local path wins).
 
     Folders written by older pathalign versions (flat ``config.json``, ``preprocessing.json``,
     ``loss.*`` weights) are converted on load; ``save_pretrained`` writes them in today's layout.
@@ -389,7 +392,7 @@ def load_model(path: str | Path) -> PathAlignModel:
         >>> model.patch_encoder["name"]  # doctest: +SKIP
         'exaone-path-2.5'
     """
-    folder = hub.resolve_hub_folder(path) if hub.is_hub_id(path) else Path(path)
+    folder = resolve_folder(path)
     cfg = read_config(folder, ARCHITECTURE, _legacy_config, hint="; train one with 'pathalign train'")
     where = folder / "config.json"
     config = dataclass_from_dict(PathAlignConfig, cfg["model_args"], f"{where} model_args")
@@ -419,7 +422,7 @@ def create_model(name_or_path: str | Path, modalities: Sequence[str] | None = No
         if modalities is None or input_dims is None:
             raise ValueError(f"create_model({name_or_path!r}) builds a new model: give modalities and input_dims")
         return PathAlignModel(PathAlignConfig.from_preset(name_or_path, modalities, input_dims, **overrides))
-    if hub.is_hub_id(name_or_path) or Path(name_or_path).is_dir():
+    if (isinstance(name_or_path, str) and hub.is_hub_id(name_or_path)) or Path(name_or_path).is_dir():
         if overrides:
             raise ValueError(f"{name_or_path}: a saved model cannot take overrides {sorted(overrides)}")
         return load_model(name_or_path)

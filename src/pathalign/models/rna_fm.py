@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .layers import ResidualSwiGLU
-from .model_folder import (
+from ..io.model_folder import (
     ConfigError,
     check_keys,
     dataclass_from_dict,
@@ -24,6 +23,7 @@ from .model_folder import (
     read_weights,
     save_folder,
 )
+from .layers import ResidualSwiGLU
 
 ARCHITECTURE = "pathalign-rna-fm"
 
@@ -70,7 +70,7 @@ class RNAFoundationModel(nn.Module):
         return self.decoder(self.encode(x, visible))
 
     def save(self, out: str | Path, preprocessing: dict, metrics: dict | None = None) -> Path:
-        """Write the model folder ``out`` (``model.safetensors`` + ``config.json``; see :mod:`.model_folder`).
+        """Write the model folder ``out`` (``model.safetensors`` + ``config.json``; see :mod:`pathalign.io.model_folder`).
 
         Args:
             out: the folder.

@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
+from ..io.features import is_complete, read_patch_features, write_patch_file
 from .extract import PatchDataset, extract_features
-from .features_io import is_complete, read_patch_features, write_patch_file
 from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
 from .patch_encoders import PatchEncoder, PatchEncoderError, build_patch_encoder

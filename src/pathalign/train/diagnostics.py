@@ -146,7 +146,7 @@ def diagnose(model: PathAlignModel, batch: dict, balance: str = "siglip") -> dic
 
     Args:
         model: a :class:`~pathalign.models.pathalign_model.PathAlignModel` (not DDP-wrapped).
-        batch: a training-layout batch (what :class:`~pathalign.train.data.CohortData` yields).
+        batch: a training-layout batch (what :class:`~pathalign.cohort.model_view.CohortData` yields).
         balance: the loss's balance setting (the model's config).
     Returns:
         ``{"health": {modality: ModalityHealth}, "loss_share": {pair: share},

@@ -19,9 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
-from ..cohort.preprocess import make_transform
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_json
+from ..models.preprocessing import make_transform
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
 from .data import split_notes, training_split
 

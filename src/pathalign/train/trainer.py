@@ -28,13 +28,15 @@ from tqdm.auto import tqdm
 from ..errors import PathalignError
 from ..hiding import hidden_in_training
 from ..cohort import load_cohort
+from ..cohort.model_view import CohortData
 from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..io.stale_tmp import remove_stale_tmp
-from ..models.model_folder import dataclass_from_dict
+from ..io.model_folder import dataclass_from_dict
+from ..models.preprocessing import MODEL_TRANSFORMS
 from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
-from .data import DEFAULT_STRATIFY, DEFAULT_VAL_FRACTION, BatchSpec, CohortData, StepBatches, split_notes, split_patients
+from .data import DEFAULT_STRATIFY, DEFAULT_VAL_FRACTION, BatchSpec, StepBatches, split_notes, split_patients
 from .loader_workers import worker_init
 from .run_identity import ResumeMismatch, check_resume, run_identity, saved_modalities
 from .validation import Validation, export_models, validation_columns
@@ -76,7 +78,7 @@ class TrainConfig:
     slide_encoder_weights: str | None = None
     features: str | None = None
     progress: bool = True
-    # scale (see train/gradcache.py, train/feature_reader.py)
+    # scale (see train/gradcache.py, io/feature_reader.py)
     micro_batch: int | None = None  # gradient caching: rows per micro-batch (None: the whole batch at once)
     micro_batch_tokens: int | None = None  # with micro_batch: also cap the slide tokens per micro-batch
     checkpoint_activations: bool = False  # recompute slide-encoder blocks in the backward pass
@@ -213,7 +215,8 @@ class Trainer:
                                          cfg.seed)
         self._check_hidden(splits["train"])
         self.data = CohortData(self.cohort, cfg.features, modalities, splits["train"], preprocessing,
-                               cfg.transform_options, rna_emb, feature_cache_bytes=cache, hidden=self.hidden)
+                               cfg.transform_options, rna_emb, feature_cache_bytes=cache, hidden=self.hidden,
+                               transforms=MODEL_TRANSFORMS)
         overrides = dict(cfg.model_overrides)
         if rna_fm_cfg is not None:
             overrides.update(rna_encoder="frozen_fm", rna_fm=rna_fm_cfg)

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import BatchSpec, CohortData, StepBatches
+from ..cohort.model_view import CohortData
+from .data import BatchSpec, StepBatches
 
 if TYPE_CHECKING:
     from ..models.pathalign_model import PathAlignModel
@@ -120,7 +121,7 @@ class ValidationScorer:
     """Scores a model on the validation patients (see the module docstring).
 
     Args:
-        data: the trainer's :class:`~pathalign.train.data.CohortData`.
+        data: the trainer's :class:`~pathalign.cohort.model_view.CohortData`.
         val_ids: the validation patients.
         batch_size: at most this many patients per forward (the training batch size).
         max_tokens, seed: slide subsampling (seeded: every validation sees the same patches).

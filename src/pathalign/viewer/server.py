@@ -97,7 +97,7 @@ def outline_image(coords: np.ndarray, fragment: np.ndarray, size: float, dims: t
 def nearest_neighbours(embeddings_path: str | Path, slide_id: str, k: int = 5) -> tuple[str | None, dict]:
     """The slide's patient and, per ``wsi-X`` pair space, the ``k`` patients whose X embedding is closest (cosine)
     to the slide's: ``(case id, {X: [(patient, cosine), ...]})``."""
-    from ..evaluate.embed import read_embeddings, slide_case_id
+    from ..io.embeddings import read_embeddings, slide_case_id
 
     emb = read_embeddings(embeddings_path)
     wsi = emb.get("wsi")

@@ -1,4 +1,7 @@
-"""A cohort folder is complete or absent.
+"""The cohort folder: written complete or absent, read back as a :class:`Cohort`.
+
+Its files (``manifest.parquet``, ``<modality>.h5``, ``cohort.json``, ``report.md``) are described in
+:mod:`pathalign.cohort.build`, which builds it through the writers here.
 
 ``cohort build`` writes every file into a hidden sibling folder (``.<name>.building-<pid>``),
 then swaps it in place of the target with two renames (the old folder, if any, is moved
@@ -27,12 +30,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.matrix_store import MatrixStoreError, matrix_attrs, write_matrix
-from .ids import CohortInputError
+from ..errors import PathalignError
+from ..modalities import MODALITIES, MOLECULAR
+from .matrix_store import MatrixStore, MatrixStoreError, matrix_attrs, write_matrix
 
 BUILD_KEY = b"pathalign_cohort_build_id"
 FORMAT_VERSION = 2  # 1: molecular matrices as Parquet; 2: as float32 HDF5 matrices (matrix_store)
 REBUILD = "rebuild the cohort with pathalign cohort build"
+
+
+class CohortInputError(PathalignError, ValueError):
+    """Bad cohort input or cohort folder; the message names the file, row or column.
+
+    Defined with the folder format (the lowest layer that raises it); :mod:`pathalign.cohort` re-exports it.
+    """
 
 
 def new_build_id() -> str:
@@ -187,3 +198,56 @@ def check_complete(path: Path) -> dict:
             raise CohortInputError(f"{file}: from another build (build id {got} vs {build_id} in cohort.json); "
                                    f"the folder is mixed; {rebuild}")
     return meta
+
+
+class Cohort:
+    """A built cohort folder: ``.manifest``, ``.matrix(modality)`` and ``.store(modality)``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta = check_complete(self.path)
+        self.manifest = pd.read_parquet(self.path / "manifest.parquet")
+        self.manifest["slide_ids"] = self.manifest["slide_ids"].apply(lambda v: [str(s) for s in v])
+        self._cache: dict[str, pd.DataFrame] = {}
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities at least one patient has."""
+        return [m for m in MODALITIES if f"has_{m}" in self.manifest and self.manifest[f"has_{m}"].any()]
+
+    def store(self, modality: str) -> MatrixStore:
+        """The matrix file of ``modality`` opened for reading in parts (close it, or use it in ``with``)."""
+        if modality not in MOLECULAR:
+            raise KeyError(f"unknown molecular modality {modality!r}; one of {MOLECULAR}")
+        if f"{modality}.h5" not in self.meta["files"]:
+            raise KeyError(f"{self.path}: the cohort has no {modality} data")
+        return MatrixStore(self.path / f"{modality}.h5")
+
+    def features(self, modality: str) -> list[str]:
+        """The feature names of ``modality``'s matrix (its columns), without reading its values."""
+        with self.store(modality) as store:
+            return list(store.features)
+
+    def matrix(self, modality: str) -> pd.DataFrame:
+        """Patients x features raw aligned values (float32) of ``modality`` (rna, snp, cnv, methylation),
+        all of it in memory (cached); :meth:`store` reads parts of a wide one."""
+        if modality not in self._cache:
+            with self.store(modality) as store:
+                self._cache[modality] = store.frame()
+        return self._cache[modality]
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{m}={int(self.manifest[f'has_{m}'].sum())}" for m in MODALITIES if f"has_{m}" in self.manifest)
+        return f"Cohort({self.path}, {len(self)} patients: {counts})"
+
+
+def load_cohort(path: str | Path) -> Cohort:
+    """Open a cohort folder written by ``pathalign cohort build``.
+
+    Raises:
+        CohortInputError: the folder is absent, incomplete or mixed from two builds (see the module docstring).
+    """
+    return Cohort(path)

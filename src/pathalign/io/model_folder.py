@@ -13,21 +13,28 @@ else::
                     "value", "final_step", "reason", ...}; see pathalign.train.validation)
     patch_encoder   {"name", "feature_dim"} the slide features were made with, or null
 
-Unknown keys are an error at every level, with a message naming them. Folders written before
-the sections existed (a flat ``config.json`` with ``kind`` plus ``preprocessing.json``) are
-converted on load by the caller's ``legacy`` function.
+Unknown keys are an error at every level, with a message naming them. Old formats follow the one
+policy of ``docs/choices.md``: a newer ``format_version`` is refused (upgrade pathalign); folders
+written before the sections existed (a flat ``config.json`` with ``kind`` plus ``preprocessing.json``)
+are converted on load by the caller's ``legacy`` function.
+
+This module works on dicts and state dicts only; building a model from them is the model's
+(:func:`pathalign.models.pathalign_model.load_model`, :meth:`pathalign.models.rna_fm.RNAFoundationModel.load`).
+A folder is named by a local path or a Hub id (:func:`resolve_folder`, through :mod:`pathalign.io.hub`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import Tensor
 
-from ..io.checkpoints import CheckpointError
+from .checkpoints import CheckpointError
+from .hub import HubError, is_hub_id, resolve_source
 
 FORMAT_VERSION = 1
 SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "training", "patch_encoder")
@@ -109,7 +116,7 @@ def save_folder(path: str | Path, state_dict: dict[str, Tensor], config: dict, c
     """Write ``model.safetensors``, ``config.json`` (and ``README.md`` when ``card``) into ``path``, each atomically."""
     from safetensors.torch import save_file
 
-    from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+    from .atomic import atomic_path, atomic_write_json, atomic_write_text
 
     path = Path(path)
     check_sections(config, str(path / CONFIG))
@@ -120,6 +127,29 @@ def save_folder(path: str | Path, state_dict: dict[str, Tensor], config: dict, c
     if card is not None:
         atomic_write_text(card, path / CARD)
     return path
+
+
+def resolve_folder(name: str | os.PathLike) -> Path:
+    """The local folder of a model named by a path or a Hub id (a local path wins; see :mod:`pathalign.io.hub`).
+
+    Args:
+        name: a model folder, or ``ORG/NAME`` / ``hf-hub:ORG/NAME[@revision]`` (its ``config.json``,
+            ``model.safetensors`` and ``README.md`` are fetched, or taken from the Hub cache).
+
+    Returns:
+        The folder (a path that is not a Hub id is returned as it is, for :func:`read_config` to refuse).
+
+    Example:
+        >>> resolve_folder("hf-hub:my-lab/pathalign-tcga")  # doctest: +SKIP
+        PosixPath('~/.cache/huggingface/hub/models--my-lab--pathalign-tcga/snapshots/3f2a…')
+    """
+    if not isinstance(name, str) or not is_hub_id(name):  # a Path object is a path
+        return Path(name)
+    try:
+        return resolve_source(name, allow_patterns=[WEIGHTS, CONFIG, CARD], what="a model folder")
+    except HubError as e:
+        raise ConfigError(f"{name}: cannot resolve on the Hugging Face Hub or in its cache ({e}); "
+                          f"with HF_HUB_OFFLINE=1 the files must already be cached") from None
 
 
 def read_config(path: str | Path, architecture: str, legacy: Callable[[dict, Path], dict] | None = None,
@@ -167,3 +197,50 @@ def legacy_preprocessing(path: Path) -> dict:
     """``preprocessing.json`` of an old-layout folder ({} when absent)."""
     f = path / "preprocessing.json"
     return read_json(f) if f.is_file() else {}
+
+
+def model_card(config: dict, name: str = "pathalign model") -> str:
+    """A model card (``README.md``, Hub front matter) from a sectioned ``config.json`` object.
+
+    States what a user must reproduce: the patch encoder and feature dim, the molecular
+    preprocessing per modality, the training data summary and the metrics when given.
+    """
+    args = config["model_args"]
+    pe = config.get("patch_encoder") or {}
+    training = config.get("training") or {}
+    lines = ["---", "library_name: pathalign", "tags:", "- pathology", "- multimodal", "- whole-slide-image", "---", "",
+             f"# {name}", "",
+             "A pathalign model: a whole-slide-image encoder aligned with molecular profiles "
+             f"({', '.join(args['modalities'])}) in one embedding space (multimodal SigLIP loss).", "",
+             "## Use", "", "```python", "import pathalign", "",
+             'model = pathalign.load_model("path/or/hf-hub:ORG/NAME")',
+             'rna = model.preprocess("rna", table)  # table: patients x genes, as in training',
+             'z_rna = model.encode_molecular("rna", rna)', "```", "", "## Inputs it needs", ""]
+    if "wsi" in args["modalities"]:
+        lines.append(f"- **Slides**: patch features from the patch encoder `{pe.get('name') or 'unknown'}` "
+                     f"({pe.get('feature_dim') or args['input_dims'].get('wsi')} dims), made with `pathalign "
+                     f"preprocess --encoder {pe.get('name') or '<encoder>'}`. Features from another encoder are refused.")
+    for m, state in sorted((config.get("preprocessing") or {}).items()):
+        kind = state.get("kind", "?") if isinstance(state, dict) else "?"
+        n = len(state.get("features", [])) if isinstance(state, dict) else 0
+        extra = f", units {state['units']}" if isinstance(state, dict) and "units" in state else ""
+        lines.append(f"- **{m}**: `{kind}` transform over {n} features{extra} (stored in config.json).")
+    lines += ["", "## Architecture", "", "```json", json.dumps(args, indent=1, sort_keys=True), "```"]
+    data = training.get("data")
+    if data:
+        lines += ["", "## Training data", ""] + [f"- {k}: {v}" for k, v in data.items()]
+    tc = training.get("config")
+    if tc:
+        keys = ("preset", "steps", "batch_size", "lr", "max_tokens", "modality_dropout", "seed")
+        lines += ["", "## Training", ""] + [f"- {k}: {tc[k]}" for k in keys if k in tc]
+    sel = training.get("selection")
+    if sel:
+        value = f" = {sel['value']:.4g}" if isinstance(sel.get("value"), float) else ""
+        lines += ["", "## Model selection", "",
+                  f"Weights of training step {sel.get('step')} of {sel.get('final_step')}, selected by "
+                  f"{sel.get('metric')}{value}: {sel.get('reason')}."]
+    metrics = training.get("metrics")
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..slides.features_io import FeatureFileError, read_patch_features
+from ..io.features import FeatureFileError, read_patch_features
 
 MiB = 1 << 20
 

@@ -1,0 +1,81 @@
+"""One Hub resolver for every source: model folders (``load_model``) and weights (``--weights``) take the same
+spellings (``ORG/NAME``, ``hf-hub:ORG/NAME[@rev]``, a local path first) and the same environment
+(``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``). No network: ``huggingface_hub.snapshot_download`` is replaced."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import pathalign
+from pathalign.io.hub import resolve_source
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """``snapshot_download`` serving ``tmp_path/hub/<org>--<name>`` and recording each call's arguments."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, cache_dir=None, local_files_only=False,
+                          **kw):
+        calls.append({"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir,
+                      "local_files_only": local_files_only})
+        folder = tmp_path / "hub" / repo_id.replace("/", "--")
+        if not folder.is_dir():
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError(f"{repo_id} not cached")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    model = pathalign.create_model("tiny", modalities=["wsi", "rna"], input_dims={"wsi": 10, "rna": 4})
+    model.save_pretrained(tmp_path / "hub" / "my-lab--tiny")
+    return calls, model
+
+
+def _same(a, b):
+    for k, v in a.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("name", ["my-lab/tiny", "hf-hub:my-lab/tiny", "hf_hub:my-lab/tiny", "my-lab/tiny@v1"])
+def test_load_model_takes_the_ids_weights_take(fake_hub, name):
+    calls, model = fake_hub
+    assert resolve_source(name).name == "my-lab--tiny"  # what --weights does
+    _same(model, pathalign.load_model(name))
+    assert calls[-1]["repo_id"] == "my-lab/tiny"
+    assert calls[-1]["revision"] == ("v1" if name.endswith("@v1") else None)
+
+
+def test_a_local_folder_wins_over_a_hub_id_of_the_same_spelling(fake_hub, tmp_path, monkeypatch):
+    calls, model = fake_hub
+    (tmp_path / "my-lab").mkdir()
+    model.save_pretrained(tmp_path / "my-lab" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    _same(model, pathalign.load_model("my-lab/tiny"))
+    assert not calls
+
+
+def test_offline_and_cache_are_read_when_resolving(fake_hub, tmp_path, monkeypatch):
+    calls, _ = fake_hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    pathalign.load_model("hf-hub:my-lab/tiny")
+    assert calls[-1]["local_files_only"] is True and calls[-1]["cache_dir"] == str(tmp_path / "cache")
+    from pathalign.io.model_folder import ConfigError
+
+    with pytest.raises(ConfigError, match="my-lab/missing: cannot resolve .* HF_HUB_OFFLINE"):
+        pathalign.load_model("my-lab/missing")
+
+
+def test_a_missing_deeper_path_is_not_a_hub_id(fake_hub, tmp_path):
+    from pathalign.io.model_folder import ConfigError
+
+    with pytest.raises(ConfigError, match="not a pathalign model folder"):
+        pathalign.load_model(Path(tmp_path / "runs" / "x" / "model"))
+    assert not fake_hub[0]
