@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from helpers import random_slide, seeded_rng
 from pathalign.cli import main
-from pathalign.evaluate.heatmap import compute_heatmaps, read_heatmaps
+from pathalign.evaluate.heatmap import compute_heatmaps
 from pathalign.evaluate.heatmap_plot import fragment_outline_segments
 from pathalign.io.features import write_patch_file
+from pathalign.io.heatmaps import read_heatmaps
 from pathalign.io.qupath import fragment_annotations, patch_features, write_qupath_geojson
+from pathalign.io.tissue import Fragment
 from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel
-from pathalign.slides.segment import Fragment
 
 C = 16
 

@@ -22,7 +22,8 @@ from pathalign.io.features import is_complete
 from pathalign.slides.patch import PatchConfig, patch_slide
 from pathalign.slides.pipeline import PipelineConfig, run_pipeline
 from pathalign.slides.reader import open_slide
-from pathalign.slides.segment import read_geojson, segment_slide
+from pathalign.io.tissue import read_geojson
+from pathalign.slides.segment import segment_slide
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 import tifffile
 
 from conftest import DATA
+from pathalign.io.tissue import read_geojson
 from pathalign.slides.patch import PatchConfig
 from pathalign.slides.pipeline import PipelineConfig, find_slides, run_pipeline
 from pathalign.slides.reader import open_slide
-from pathalign.slides.segment import read_geojson
 
 SVS = DATA / "cmu_small_region.svs"
 MPP = 0.499

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from pathalign.evaluate.heatmap import SlideHeatmaps, write_heatmaps
+from pathalign.io.heatmaps import SlideHeatmaps, write_heatmaps
 from pathalign.viewer.server import prepare, serve
 from slide_factory import BACKGROUND, blob_slide
 

@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from ..evaluate.heatmap import HeatmapError, compute_heatmaps, write_heatmaps
+    from ..evaluate.heatmap import HeatmapError, compute_heatmaps
     from ..evaluate.heatmap_plot import plot_heatmap
+    from ..io.heatmaps import write_heatmaps
     from ..io.qupath import fragment_annotations, patch_features, write_qupath_geojson
     from ..models.pathalign_model import load_model
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         plot_heatmap(hm, score, out / f"{slide_id}_{score.replace('/', '_')}.png", args.slide)
     objects = patch_features(slide_id, hm.coords, hm.patch_size_level0, hm.scores, args.object_type, hm.fragment)
     if args.geojson:
-        from ..slides.segment import read_geojson
+        from ..io.tissue import read_geojson
 
         try:
             objects += fragment_annotations(slide_id, read_geojson(args.geojson))

@@ -52,7 +52,8 @@ def plot_attention(slide_path: str | Path, geojson: str | Path, features_file: s
 
     from ..io.features import read_patch_features
     from ..slides.reader import open_slide
-    from ..slides.segment import low_res_image, read_geojson
+    from ..io.tissue import read_geojson
+    from ..slides.segment import low_res_image
 
     pf = read_patch_features(features_file)
     feats, coords, fragment = (torch.from_numpy(a) for a in pf.as_inputs())

@@ -31,9 +31,9 @@ from ..errors import PathalignError
 from ..io.embeddings import write_embeddings, write_slides_file
 from ..io.features import FeatureFileError, is_complete, read_patch_features
 from ..io.features_contract import check_features_folder
+from ..io.pathobench import write_pathobench_files
 from ..models.feature_names import FeatureOverlap
 from .molecular_inputs import molecular_inputs
-from .pathobench_files import write_pathobench_files
 
 
 class EmbedError(PathalignError, ValueError):

@@ -17,7 +17,6 @@ Three kinds of score, each a number per patch (input order of the features file)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import PathalignError
+from ..io.heatmaps import SlideHeatmaps
 from ..models.packing import PackedSlides
 from ..models.pathalign_model import PathAlignModel
 from ..models.slide_encoder import SlideEncoder
@@ -36,26 +36,6 @@ WSI = "wsi"
 class HeatmapError(PathalignError, ValueError):
     """A heatmap that cannot be computed as asked (unknown block, no pair head, missing patient data)."""
 
-
-@dataclass
-class SlideHeatmaps:
-    """The scores of one slide, in the input order of its features file.
-
-    Attributes:
-        slide_id: the features file's stem.
-        coords: ``[N, 2]`` level-0 (x, y) of each patch's top-left corner.
-        fragment: ``[N]`` tissue fragment id of each patch.
-        patch_size_level0: patch side in level-0 px.
-        scores: name -> ``[N]`` float32.
-        notes: what could not be scored and why.
-    """
-
-    slide_id: str
-    coords: np.ndarray
-    fragment: np.ndarray
-    patch_size_level0: float
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def _to_input_order(packed: PackedSlides, packed_values: Tensor) -> np.ndarray:
@@ -180,35 +160,3 @@ def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: l
         slot = int(np.flatnonzero(packed.order[0] == q)[0])
         hm.scores[f"query/{q}"] = _to_input_order(packed, query_similarity(tokens, slot))
     return hm
-
-
-def write_heatmaps(path: str | Path, hm: SlideHeatmaps) -> Path:
-    """Write ``hm`` as HDF5 (atomically): ``coords``, ``fragment`` and ``scores/<name>``, with the slide id and
-    patch size as attributes. Score names with a ``/`` become nested groups (``scores/attention/block1_rope``)."""
-    import h5py
-
-    from ..io.atomic import atomic_path
-
-    path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.attrs["slide_id"] = hm.slide_id
-        fh.attrs["patch_size_level0"] = hm.patch_size_level0
-        fh.create_dataset("coords", data=hm.coords)
-        fh.create_dataset("fragment", data=hm.fragment)
-        for name, values in hm.scores.items():
-            fh.create_dataset(f"scores/{name}", data=values.astype(np.float32))
-    return path
-
-
-def read_heatmaps(path: str | Path) -> SlideHeatmaps:
-    """Read a file written by :func:`write_heatmaps`."""
-    import h5py
-
-    from ..io.hdf5 import open_hdf5
-
-    scores: dict[str, np.ndarray] = {}
-    with open_hdf5(path, HeatmapError, "heatmap file") as fh:
-        fh["scores"].visititems(lambda name, obj: scores.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                                else None)
-        return SlideHeatmaps(str(fh.attrs["slide_id"]), fh["coords"][()], fh["fragment"][()],
-                             float(fh.attrs["patch_size_level0"]), scores)

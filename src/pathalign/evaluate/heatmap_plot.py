@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .heatmap import SlideHeatmaps
+from ..io.heatmaps import SlideHeatmaps
 
 
 def fragment_outline_segments(coords: np.ndarray, fragment: np.ndarray, size: float) -> np.ndarray:

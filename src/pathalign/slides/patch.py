@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.tissue import Fragment
 from .reader import SlideReader
 from .scale import SCALES, level0_patch_size
-from .segment import Fragment, label_map
+from .segment import label_map
 
 CELLS = 16  # raster cells per patch side
 BAND_CELLS = 1 << 22  # raster cells drawn at once (about 64 MiB of temporaries)

@@ -48,12 +48,13 @@ from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
 from ..io.features import is_complete, read_patch_features, write_patch_file
+from ..io.tissue import read_geojson
 from .extract import PatchDataset, extract_features
 from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
 from .patch_encoders import PatchEncoder, PatchEncoderError, build_patch_encoder
 from .reader import SlideError, is_dicom_folder, open_slide
-from .segment import SegmentConfig, read_geojson, segment_slide, write_segmentation
+from .segment import SegmentConfig, segment_slide, write_segmentation
 from .slide_ids import slide_id_collisions
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")

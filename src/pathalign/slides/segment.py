@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..io.atomic import atomic_path, atomic_write_text
+from ..io.tissue import Fragment, fragments_to_geojson
 from ..registry import Registry
 from .reader import SlideReader
 
@@ -44,19 +45,6 @@ class SegmentConfig:
             raise ValueError(f"median_blur must be an odd positive size, got {self.median_blur}")
         if self.saturation_threshold is not None and not 0 <= self.saturation_threshold <= 255:
             raise ValueError("saturation_threshold must be in 0..255")
-
-
-@dataclass
-class Fragment:
-    """One tissue fragment: exterior ring and holes in level-0 px (float ``[n, 2]`` x, y)."""
-
-    id: int
-    exterior: np.ndarray
-    holes: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def area_px(self) -> float:
-        return float(cv2.contourArea(self.exterior.astype(np.float32)) - sum(cv2.contourArea(h.astype(np.float32)) for h in self.holes))
 
 
 @dataclass
@@ -213,24 +201,8 @@ def label_map(fragments: list[Fragment], shape: tuple[int, int], scale: float, r
 
 
 def to_geojson(seg: Segmentation) -> dict:
-    """GeoJSON FeatureCollection: one Polygon per fragment (exterior + holes), level-0 px."""
-    feats = []
-    for f in seg.fragments:
-        rings = [np.vstack([r, r[:1]]).round(2).tolist() for r in [f.exterior, *f.holes]]
-        feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
-                      "properties": {"fragment_id": f.id, "objectType": "annotation",
-                                     "classification": {"name": "Tissue"}, "n_holes": len(f.holes)}})
-    return {"type": "FeatureCollection", "features": feats,
-            "properties": {"mpp": seg.mpp, "segmenter": asdict(seg.config)}}
-
-
-def read_geojson(path: str | Path) -> list[Fragment]:
-    data = json.loads(Path(path).read_text())
-    out = []
-    for feat in data["features"]:
-        rings = [np.asarray(r, np.float64)[:-1] for r in feat["geometry"]["coordinates"]]
-        out.append(Fragment(int(feat["properties"]["fragment_id"]), rings[0], rings[1:]))
-    return out
+    """GeoJSON FeatureCollection of ``seg``'s fragments (:mod:`pathalign.io.tissue`), with its mpp and settings."""
+    return fragments_to_geojson(seg.fragments, {"mpp": seg.mpp, "segmenter": asdict(seg.config)})
 
 
 def draw_thumbnail(slide: SlideReader, fragments: list[Fragment], path: str | Path, max_side: int = 1024,

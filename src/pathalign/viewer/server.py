@@ -158,7 +158,7 @@ def prepare(slide: str | Path, heatmaps: str | Path | None = None, embeddings: s
     content = ViewerContent(slide, DeepZoomGenerator(osr, tile_size=tile_size, overlap=1, limit_bounds=False))
     dims = tuple(int(v) for v in osr.dimensions)
     if heatmaps is not None:
-        from ..evaluate.heatmap import read_heatmaps
+        from ..io.heatmaps import read_heatmaps
 
         hm = read_heatmaps(heatmaps)
         for name, values in sorted(hm.scores.items()):

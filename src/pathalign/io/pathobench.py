@@ -15,8 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..io.atomic import atomic_path
-from ..io.embeddings import patient_means
+from .atomic import atomic_path
+from .embeddings import patient_means
 
 
 def _write_folder(folder: Path, items: dict[str, np.ndarray]) -> None:
