@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import seeded_rng
 
+from helpers import seeded_rng
 from pathalign.errors import PathalignError
 from pathalign.io.heatmaps import HeatmapFileError, SlideHeatmaps, read_heatmaps, write_heatmaps
 from pathalign.io.tissue import Fragment, TissueFileError, fragments_to_geojson, read_geojson
