@@ -51,11 +51,15 @@ def random_slide(rng: np.random.Generator, n: int, c: int, n_fragments: int, gri
     return torch.from_numpy(feats), torch.from_numpy(coords[perm]), torch.from_numpy(frag[perm])
 
 
-def init_gloo(rank: int, world: int, init_file: str) -> None:
-    """Join a CPU (gloo) process group through a file rendezvous: no TCP port to race for on a shared machine."""
+def init_gloo(rank: int, world: int, init_file: str, timeout_s: float | None = None) -> None:
+    """Join a CPU (gloo) process group through a file rendezvous: no TCP port to race for on a shared machine.
+    ``timeout_s``: a collective left waiting that long fails instead of hanging (torch's default otherwise)."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, **extra)
 
 
 def close_gloo() -> None:

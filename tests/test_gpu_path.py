@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REFERENCE, rel_err
-from helpers import Killed, killed_after_checkpoint, random_slide, seeded_rng
+from helpers import Killed, init_gloo, killed_after_checkpoint, random_slide, seeded_rng
 from pathalign.devices import DeviceError
 from pathalign.distributed import setup_distributed
 
@@ -72,11 +72,11 @@ def test_single_process_keeps_explicit_index_and_local_rank_beyond_gpus_is_refus
         monkeypatch.delenv(k, raising=False)
     assert setup_distributed("cuda:2").device == torch.device("cuda", 2)
     assert fake_cuda == [("set_device", torch.device("cuda", 2))]  # no process group outside torchrun
-    from pathalign.distributed import process_device
+    from pathalign.distributed import resolve_device
 
     _torchrun_env(monkeypatch, rank=5, world=6, local_rank=5, local_world=6)
     with pytest.raises(DeviceError, match="GPU index 5 does not exist"):
-        process_device("cuda")
+        resolve_device("cuda")
 
 
 def test_preflight_applies_the_same_rule(fake_cuda, monkeypatch):
@@ -129,20 +129,18 @@ def _dropout_masks(trainer) -> list[torch.Tensor]:
     return masks
 
 
-def _ddp_worker(rank: int, world: int, port: int, cohort: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, init_file: str, cohort: str, out: str) -> None:
     """An uninterrupted run (then the masks one more forward draws), and a run killed after its step-4
-    checkpoint and resumed; the parent compares."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    checkpoint and resumed; the parent compares. The group is joined through a file rendezvous before the
+    trainer starts (which then keeps it): no TCP port to race for."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from datetime import timedelta
-
     import torch.distributed as dist
 
     from pathalign.train.trainer import Trainer
 
     out = Path(out)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=90))  # a rank left waiting fails, not hangs
+    init_gloo(rank, world, init_file, timeout_s=90)  # a rank left waiting fails, not hangs
     try:
         full = Trainer(cohort, out / "full", _train_cfg())
         full.fit()
@@ -166,16 +164,12 @@ def _ddp_worker(rank: int, world: int, port: int, cohort: str, out: str) -> None
 @pytest.fixture(scope="module")
 def ddp_runs(features_cohort, tmp_path_factory):
     """Two gloo processes, dropout 0.3: a full run, and a killed-and-resumed one (one spawn for both tests)."""
-    import socket
-
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     try:
-        mp.spawn(_ddp_worker, args=(2, port, str(features_cohort[0]), str(out)), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, str(out / "rendezvous"), str(features_cohort[0]), str(out)), nprocs=2,
+                 join=True)
     except Exception as e:  # noqa: BLE001 - reported by the test that needs the whole run
         (out / "error.txt").write_text(f"{type(e).__name__}: {e}")
     return out

@@ -46,8 +46,9 @@ def _runtime_imports(tree: ast.AST):
         stack.extend(ast.iter_child_nodes(node))
 
 
-def import_graph(src: Path = SRC) -> dict[str, set[str]]:
-    """Module -> the package modules its import statements name (``from .m import x`` -> ``m.x`` if a module)."""
+def import_graph(src: Path = SRC, named: bool = True) -> dict[str, set[str]]:
+    """Module -> the package modules its import statements name (``from .m import x`` -> ``m.x`` if a module),
+    and with ``named`` those it imports by name through importlib (:func:`_named_imports`)."""
     mods = package_modules(src)
     graph = {}
     for name, (path, is_pkg) in mods.items():
@@ -67,8 +68,28 @@ def import_graph(src: Path = SRC) -> dict[str, set[str]]:
                     targets.add(f"{module}.{alias.name}")
                 elif module in mods:
                     targets.add(module)
-        graph[name] = targets - {name}
+        graph[name] = (targets | (_named_imports(path, pkg, mods) if named else set())) - {name}
     return graph
+
+
+def _named_imports(path: Path, pkg: str, mods) -> set[str]:
+    """Modules imported by name through ``importlib``: a string constant that is a module's absolute name
+    (the verb table: ``Verb("pathalign.cli.train", ...)``), and the values of a ``_LAZY`` table (PEP 562
+    lazy names: ``{"SlideEncoder": ".slide_encoder"}``, relative to the package)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and "." in n.value and n.value in mods}
+    for node in ast.walk(tree):
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id == "_LAZY" and isinstance(node.value, ast.Dict):
+            for v in node.value.values:
+                rel = v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else None
+                if rel is None:
+                    continue
+                level = len(rel) - len(rel.lstrip("."))
+                base = pkg.split(".")[: len(pkg.split(".")) - level + 1] if level else []
+                found.add(".".join(base + [rel.lstrip(".")]) if level else rel)
+    return found
 
 
 def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -123,7 +144,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 
 def test_graph_sees_function_level_imports():
-    graph = import_graph()
+    graph = import_graph(named=False)
     verbs = {f"pathalign.cli.{v.replace('-', '_')}" for v in VERBS}
     # pathalign.cli imports the verb modules only through importlib, never by statement
     assert not graph["pathalign.cli"] & verbs, graph["pathalign.cli"]
@@ -187,7 +208,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("evaluate",),
     ("viewer",),  # shows what evaluate computes (heatmaps)
     ("pathalign",),  # the package itself: the public names, loaded lazily (importlib, not statements)
-    ("commands", "demo"),
+    ("demo",),
     ("cli",),  # the verbs, each imported by name through importlib
     ("__main__",),
 ]
@@ -244,6 +265,29 @@ def test_no_import_climbs_the_layers():
     """Module-level and function-level imports alike; the only exemptions are the deprecated aliases' own edges."""
     violations = layering_violations(import_graph())
     assert not violations, "imports that climb the layers:\n" + "\n".join(violations)
+
+
+def test_every_layer_entry_is_a_real_package():
+    """A LAYERS entry with no package or module behind it fails: a removed package must leave the table, so
+    that a new one of the same name is placed on purpose."""
+    present = {package_of(m) for m in package_modules()}
+    stale = [p for layer in LAYERS for p in layer if p not in present]
+    assert not stale, f"LAYERS lists packages that do not exist (remove them): {stale}"
+
+
+def test_the_graph_sees_lazy_tables_and_the_verb_table(tmp_path):
+    graph = import_graph()
+    assert "pathalign.models.slide_encoder" in graph["pathalign.models"]  # models/__init__'s _LAZY
+    assert "pathalign.models.pathalign_model" in graph["pathalign"]  # pathalign/__init__'s _LAZY
+    assert "pathalign.cli.train" in graph["pathalign.cli"]  # VERBS: Verb("pathalign.cli.train", ...)
+    planted = "_LAZY = {'X': '..train.trainer'}"
+    mods = {"pathalign.models.m": None, "pathalign.train.trainer": None}
+    path = tmp_path / "planted_lazy.py"
+    path.write_text(planted)
+    edges = _named_imports(path, "pathalign.models", mods)
+    assert edges == {"pathalign.train.trainer"}
+    assert layering_violations({"pathalign.models.m": edges}) == [
+        "pathalign.models.m -> pathalign.train.trainer (models, layer 4, imports train, layer 5)"]
 
 
 def test_every_alias_is_real():

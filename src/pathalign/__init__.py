@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Public names -> the module defining them. Imported on first use (PEP 562) so that
 # ``import pathalign.cli`` (``pathalign --help``) does not pull in torch, h5py or pandas.

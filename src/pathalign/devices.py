@@ -17,7 +17,7 @@ from .errors import PathalignError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceError", "resolve_device", "process_device", "env_ranks", "DEVICE_HELP"]
+__all__ = ["DeviceError", "resolve_device", "env_ranks", "DEVICE_HELP"]
 
 DEVICE_HELP = "auto (GPU if there is one), cpu, cuda or cuda:N"
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
@@ -96,6 +96,3 @@ def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | N
                           f"{'' if count == 1 else 's'}: cuda:0..cuda:{count - 1})")
     return torch.device("cuda", i)
 
-
-#: the same rule under its earlier name (``setup_distributed`` and the tests of the torchrun cases used it)
-process_device = resolve_device

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .devices import env_ranks, process_device, resolve_device
+from .devices import env_ranks, resolve_device
 
-__all__ = ["DistInfo", "env_ranks", "process_device", "setup_distributed"]
+__all__ = ["DistInfo", "env_ranks", "resolve_device", "setup_distributed"]
 
 
 @dataclass(frozen=True)
