@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import rel_err
 from helpers import random_slide, seeded_rng
 from pathalign import SlideEncoder
 from pathalign.models.packing import allocate_tokens, draw_patient_rows
-from pathalign.models.rope import apply_rope
 from test_slide_encoder import _LargestTensor
 
 
@@ -206,3 +204,207 @@ def test_draw_patient_rows_is_seeded_and_reads_only_the_lengths():
     assert all((x == y).all() for x, y in zip(rows, again))
     assert not (draw_patient_rows([300, 100], 200, seed=8)[0] == rows[0]).all()
     assert draw_patient_rows([30, 10], 200, seed=7) == [None, None]
+
+
+# ---------------------------------------------------------------- training batches, training, embedding
+def _multi_slide_cohort(tmp_path):
+    """The :mod:`cohort_tables` cohort with 1-3 slides per patient of 5-60 patches in 1-3 fragments."""
+    import pandas as pd
+
+    from cohort_tables import patients, write_tables
+    from pathalign.cohort import CohortSources, build_cohort
+    from pathalign.slides.features_io import write_patch_file
+
+    folder = write_tables(tmp_path / "in")
+    rng = np.random.default_rng(3)
+    rows = []
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for i, p in enumerate(patients()):
+        for k in range(1 + i % 3):
+            sid = f"{p}-S{k + 1}"
+            n = int(rng.integers(5, 60))
+            coords = np.stack(np.divmod(np.arange(n), 8), 1)[:, ::-1] * 256
+            frag = (np.arange(n) * 3 // n).astype(np.int64)
+            write_patch_file(feats / f"{sid}.h5", coords, frag, {"patch_size_level0": 256},
+                             rng.standard_normal((n, 16)).astype(np.float16), {"encoder": "pathalign-stats"})
+            rows.append((sid, p))
+    pd.DataFrame(rows, columns=["slide_id", "case_id"]).to_csv(folder / "slides.tsv", sep="\t", index=False)
+    build_cohort(CohortSources(clinical=str(folder / "clinical.tsv"), rna=str(folder / "rna.tsv"),
+                               cnv=str(folder / "cnv.tsv"), slides=str(folder / "slides.tsv"),
+                               features=str(feats)), tmp_path / "cohort", progress=False)
+    return tmp_path / "cohort", feats
+
+
+@pytest.fixture(scope="module")
+def multi_slide(tmp_path_factory):
+    return _multi_slide_cohort(tmp_path_factory.mktemp("multi"))
+
+
+def test_patient_level_batches_hold_every_slide_under_the_cap(multi_slide):
+    from pathalign.cohort import load_cohort
+    from pathalign.train.data import BatchSpec, CohortData, StepBatches
+
+    cohort, _ = multi_slide
+    data = CohortData(load_cohort(cohort), None, ["wsi", "rna"])
+    idx = data.eligible(data.ids)
+    batches = StepBatches(data, idx, BatchSpec(5, 12, 40, 0.0, wsi_level="patient"))
+    batch = batches[3]
+    assert len(batch["slides"]) == len(batch["slide_ids"]) == len(batch["slide_rows"])
+    capped = 0
+    for r, slides, names in zip(batch["slide_rows"].tolist(), batch["slides"], batch["slide_ids"]):
+        i = data.index[batch["patients"][r]]
+        assert names == data.slides[i] and len(slides) == len(names)  # all of the patient's slides
+        lengths = [data.reader.n_patches(s) for s in names]
+        got = [len(s[0]) for s in slides]
+        assert got == allocate_tokens(lengths, 40) and sum(got) <= 40
+        capped += sum(lengths) > 40
+    assert capped > 0 and any(len(s) > 1 for s in batch["slides"])
+    again = StepBatches(data, idx, BatchSpec(5, 12, 40, 0.0, wsi_level="patient"))[3]  # a function of (seed, step)
+    for a, b in zip(batch["slides"], again["slides"]):
+        assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    slide_level = StepBatches(data, idx, BatchSpec(5, 12, 40, 0.0))[3]  # the default is unchanged: one slide each
+    assert all(isinstance(s, tuple) and len(s[0]) <= 40 for s in slide_level["slides"])
+
+
+@pytest.fixture(scope="module")
+def patient_run(multi_slide, tmp_path_factory):
+    from cohort_tables import train_cfg
+    from pathalign.train.trainer import Trainer
+
+    cohort, _ = multi_slide
+    run = tmp_path_factory.mktemp("prun") / "run"
+    Trainer(cohort, run, train_cfg(steps=2, wsi_level="patient", max_tokens=48, modalities=["wsi", "rna"],
+                                   val_every=1)).fit()
+    return cohort, run
+
+
+def test_train_at_patient_level_records_it_and_old_configs_load_as_slide(patient_run, tmp_path):
+    import json
+    import shutil
+
+    from pathalign.models.pathalign_model import load_model
+
+    _, run = patient_run
+    model = load_model(run / "model")
+    assert model.config.wsi_level == "patient"
+    assert json.loads((run / "model" / "config.json").read_text())["model_args"]["wsi_level"] == "patient"
+    old = tmp_path / "old"
+    shutil.copytree(run / "model", old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["model_args"]["wsi_level"]  # a model saved before the setting existed
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert load_model(old).config.wsi_level == "slide"
+
+
+def test_train_config_refuses_a_bad_level():
+    from cohort_tables import train_cfg
+
+    with pytest.raises(Exception, match="wsi_level"):
+        train_cfg(wsi_level="tile")
+    with pytest.raises(Exception, match="training setting"):
+        train_cfg(model_overrides={"wsi_level": "patient"})
+
+
+def test_embed_at_patient_level_gives_each_slide_its_patients_embedding(patient_run, tmp_path):
+    from pathalign.cohort import load_cohort
+    from pathalign.evaluate.embed import embed_with_model, read_embeddings
+    from pathalign.models.pathalign_model import load_model
+    from pathalign.slides.features_io import read_patch_features
+
+    cohort, run = patient_run
+    out = tmp_path / "emb.h5"
+    embed_with_model(run / "model", cohort, out, batch_size=5, progress=False)
+    emb = read_embeddings(out)
+    assert emb["_attrs"]["wsi_level"] == "patient"
+    model = load_model(run / "model")
+    man = load_cohort(cohort).manifest
+    feats = load_cohort(cohort).meta["slides_dir"]
+    g = emb["wsi"]
+    for case, sids in zip(man.case_id[:7], man.slide_ids[:7]):
+        slides = [tuple(torch.from_numpy(a) for a in read_patch_features(f"{feats}/{s}.h5").as_inputs()) for s in sids]
+        with torch.no_grad():
+            ref = model.encode_patient([slides])[0].numpy()
+        for s in sids:
+            row = g["ids"].index(s)
+            assert g["case_ids"][row] == case
+            assert np.allclose(g["embeddings"][row], ref, atol=1e-5)
+    # the same model at slide level: one embedding per slide, a one-slide patient's equal to the patient level's
+    slide_out = tmp_path / "slides.h5"
+    embed_with_model(run / "model", cohort, slide_out, progress=False, wsi_level="slide")
+    per_slide = read_embeddings(slide_out)
+    assert per_slide["_attrs"]["wsi_level"] == "slide"
+    one = [sids[0] for sids in man.slide_ids if len(sids) == 1]
+    for s in one:
+        a = per_slide["wsi"]["embeddings"][per_slide["wsi"]["ids"].index(s)]
+        b = g["embeddings"][g["ids"].index(s)]
+        assert np.allclose(a, b, atol=1e-5)
+    two = next(sids for sids in man.slide_ids if len(sids) > 1)
+    rows = [per_slide["wsi"]["ids"].index(s) for s in two]
+    assert not np.allclose(per_slide["wsi"]["embeddings"][rows[0]], per_slide["wsi"]["embeddings"][rows[1]])
+
+
+def test_embed_over_the_cap_encodes_a_seeded_proportional_subset(patient_run, tmp_path):
+    from pathalign.cohort import load_cohort
+    from pathalign.evaluate.embed import embed_with_model, patient_token_seed, read_embeddings
+    from pathalign.models.pathalign_model import load_model
+    from pathalign.slides.features_io import read_patch_features
+
+    cohort, run = patient_run
+    out = tmp_path / "capped.h5"
+    summary = embed_with_model(run / "model", cohort, out, progress=False, max_tokens=30)
+    emb = read_embeddings(out)
+    man = load_cohort(cohort).manifest
+    feats = load_cohort(cohort).meta["slides_dir"]
+    lengths = {c: [len(read_patch_features(f"{feats}/{s}.h5")) for s in sids]
+               for c, sids in zip(man.case_id, man.slide_ids)}
+    over = {c: sum(n) for c, n in lengths.items() if sum(n) > 30}
+    assert emb["_attrs"]["capped_patients"] == over and over
+    assert any("--max-tokens 30" in w for w in summary.warnings)
+    case = next(iter(over))
+    sids = man.slide_ids[man.case_id.tolist().index(case)]
+    rows = draw_patient_rows(lengths[case], 30, patient_token_seed(case))
+    slides = []
+    for s, r in zip(sids, rows):
+        arrays = read_patch_features(f"{feats}/{s}.h5").as_inputs()
+        slides.append(tuple(torch.from_numpy(a if r is None else a[r]) for a in arrays))
+    with torch.no_grad():
+        ref = load_model(run / "model").encode_patient([slides])[0].numpy()
+    assert np.allclose(emb["wsi"]["embeddings"][emb["wsi"]["ids"].index(sids[0])], ref, atol=1e-5)
+    # under the cap a patient is encoded whole: the same as without a cap
+    full = read_embeddings(embed_with_model(run / "model", cohort, tmp_path / "full.h5", progress=False) and
+                           tmp_path / "full.h5")
+    small = next(c for c in lengths if c not in over)
+    s0 = man.slide_ids[man.case_id.tolist().index(small)][0]
+    assert np.allclose(full["wsi"]["embeddings"][full["wsi"]["ids"].index(s0)],
+                       emb["wsi"]["embeddings"][emb["wsi"]["ids"].index(s0)], atol=1e-6)
+    with pytest.raises(Exception, match="max-tokens"):
+        embed_with_model(run / "model", cohort, tmp_path / "x.h5", progress=False, wsi_level="slide", max_tokens=30)
+
+
+def test_gradient_caching_at_patient_level_equals_the_full_batch(multi_slide):
+    from pathalign.cohort import load_cohort
+    from pathalign.models.pathalign_model import PathAlignConfig, PathAlignModel
+    from pathalign.models.siglip import MultimodalSigLIPLoss
+    from pathalign.train.data import BatchSpec, CohortData, StepBatches
+    from pathalign.train.gradcache import gradcache_step, plan_micro_batches, row_tokens, slice_batch
+
+    cohort, _ = multi_slide
+    data = CohortData(load_cohort(cohort), None, ["wsi", "rna"])
+    batch = StepBatches(data, data.eligible(data.ids), BatchSpec(1, 10, 50, 0.0, wsi_level="patient"))[0]
+    tokens = row_tokens(batch, 3)
+    for r, slides in zip(batch["slide_rows"].tolist(), batch["slides"]):
+        assert tokens[r] == sum(len(s[0]) for s in slides) + 3  # one prefix per patient
+    torch.manual_seed(0)
+    model = PathAlignModel(PathAlignConfig(["wsi", "rna"], data.input_dims, dropout=0.0, embed_dim=32, proj_dim=16,
+                                           wsi_level="patient")).train()
+    loss_fn = MultimodalSigLIPLoss(model.config.balance)
+    loss_fn(model(batch)).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    parts = [slice_batch(batch, a, b) for a, b in plan_micro_batches(tokens, 3, 80)]
+    assert len(parts) > 3
+    gradcache_step(lambda mb: model(mb, project=False), lambda e, v: loss_fn(model(embeddings=e, valid=v)), parts)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == ref.keys()
+    assert rel_err(torch.cat([got[n].flatten() for n in ref]), torch.cat([ref[n].flatten() for n in ref])) < 1e-5

@@ -9,6 +9,17 @@ sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_
 (``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
 incomplete features file, zero patches, an unreadable file) are skipped and named.
 
+With a patient-level model (``wsi_level="patient"`` in its config, or ``--wsi-level patient``), a
+patient's slides are encoded together as one sequence: the ``wsi`` group keeps one row per slide
+(``ids`` the slide ids, ``case_ids`` their patient) and every slide of a patient holds the patient's
+embedding, so every reader that looks a slide up or averages a patient's slides (bench, retrieval,
+heatmap, the viewer) gets the patient embedding unchanged. The file attribute ``wsi_level`` says which
+(absent: ``slide``). Per-slide embeddings of such a model: embed again with ``--wsi-level slide``.
+Under ``--max-tokens`` a patient with more patches keeps that many, shared by its slides in
+proportion to their patches, drawn with a seed made from the patient id (the same subset on every
+run, whatever the batch); the attributes ``patient_token_cap`` and ``capped_patients`` (JSON: patient
+→ its patches before the cap) say so. Without it every patch is encoded (memory is linear in them).
+
 A molecular group also has ``imputed_fraction`` [n] (float32): per patient, the fraction of the
 model's features the cohort's table lacks for them, filled with the training mean; the file
 attribute ``feature_overlap`` (JSON) gives per modality the model's features found in the table.
@@ -103,6 +114,81 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
     return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
 
 
+def _read_slide(path: Path):
+    """``(inputs, None)`` of a features file, or ``(None, why it cannot be embedded)``."""
+    problem = _slide_problem(path)
+    if problem is not None:
+        return None, problem
+    try:
+        pf = read_patch_features(path)
+    except FeatureFileError as e:
+        return None, str(e)
+    if pf.features is None:
+        return None, f"{path} has coordinates but no 'features' dataset"
+    if len(pf) == 0:
+        return None, f"{path} has zero patches"
+    return pf.as_inputs(), None
+
+
+def patient_token_seed(case_id: str) -> int:
+    """The seed of a patient's patch subset at inference: a stable hash of its id (no batch or order dependence)."""
+    import zlib
+
+    return zlib.crc32(str(case_id).encode())
+
+
+def _patient_embeddings(encode_patient, patients: Sequence[tuple[str, list[str]]], features_dir: Path,
+                        batch_size: int, progress: bool, device: str | torch.device = "cpu",
+                        max_tokens: int | None = None):
+    """Embed each patient's slides as one sequence.
+
+    Returns:
+        ``(kept slide ids, case id of each, [n, d] embeddings: the patient's for each of its slides,
+        {skipped slide: reason}, {capped patient: its patches before the cap})``.
+    """
+    from ..models.packing import draw_patient_rows
+
+    check_features_folder(features_dir, [s for _, sids in patients for s in sids])
+    out, kept, cases, skipped, capped = [], [], [], {}, {}
+    pending: list[tuple[str, list[str], list[tuple]]] = []
+
+    def flush():
+        if not pending:
+            return
+        with torch.no_grad():
+            z = encode_patient([p[2] for p in pending], names=[p[1] for p in pending]).float().cpu().numpy()
+        for (case, sids, _), row in zip(pending, z):
+            out.append(np.repeat(row[None], len(sids), 0))
+            kept.extend(sids)
+            cases.extend([case] * len(sids))
+        pending.clear()
+
+    bar = tqdm(patients, desc="embed patients", disable=not progress, leave=False)
+    for case, sids in bar:
+        inputs, names = [], []
+        for sid in sids:
+            arrays, problem = _read_slide(features_dir / f"{sid}.h5")
+            if problem is not None:
+                skipped[sid] = problem
+                continue
+            inputs.append(arrays)
+            names.append(sid)
+        if not inputs:
+            continue
+        lengths = [len(a[0]) for a in inputs]
+        if max_tokens is not None and sum(lengths) > max_tokens:
+            capped[case] = int(sum(lengths))
+            rows = draw_patient_rows(lengths, max_tokens, patient_token_seed(case))
+            inputs = [a if r is None else tuple(x[r] for x in a) for a, r in zip(inputs, rows)]
+        pending.append((case, names, [tuple(torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in a)
+                                      for a in inputs]))
+        if sum(len(p[1]) for p in pending) >= batch_size:
+            flush()
+    flush()
+    emb = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return kept, cases, emb, skipped, capped
+
+
 def _write_group(fh, name, ids, emb, **extra):
     g = fh.create_group(name)
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -151,7 +237,8 @@ def _check_encoder(model, features_dir: Path, slide_ids: list[str]) -> None:
 def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: str | Path,
                      features_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
                      name: str | None = None, trident_name: str | None = None,
-                     device: str | torch.device = "cpu") -> EmbedSummary:
+                     device: str | torch.device = "cpu", wsi_level: str | None = None,
+                     max_tokens: int | None = None) -> EmbedSummary:
     """Embed a cohort with a trained model.
 
     Args:
@@ -164,6 +251,8 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         name: model name of the Patho-Bench folder ``pathobench_<name>`` beside ``out_path`` (None: none written).
         trident_name: deprecated former name of ``name`` (warns).
         device: where the model runs (fp32).
+        wsi_level: ``"slide"`` or ``"patient"`` (None: the model's ``wsi_level``); see the module docstring.
+        max_tokens: patient level only: patches per patient at most (None: all of them).
 
     Returns:
         Counts per modality, the slides skipped with their reason, the Patho-Bench folder.
@@ -178,6 +267,12 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     from ..train.data import CohortData
 
     model = load_model(model_path).to(device)
+    level = wsi_level or model.config.wsi_level
+    if level not in ("slide", "patient"):
+        raise EmbedError(f"--wsi-level must be slide or patient, got {level!r}")
+    if max_tokens is not None and (level != "patient" or max_tokens < 1):
+        raise EmbedError("--max-tokens caps the patches of a patient: it needs --wsi-level patient and a value >= 1")
+    capped: dict[str, int] = {}
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
     counts, embs, ids, skipped = {}, {}, {}, {}
@@ -190,8 +285,13 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
             slide_ids += sids
             case_of += [p] * len(sids)
         _check_encoder(model, data.features_dir, slide_ids)
-        kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
-                                               progress, device)
+        if level == "patient":
+            kept, _, emb, skipped, capped = _patient_embeddings(
+                model.encode_patient, list(zip(data.ids, data.slides)), data.features_dir, batch_size, progress,
+                device, max_tokens)
+        else:
+            kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
+                                                   progress, device)
         listed = {s for sids in cohort.manifest.slide_ids for s in sids}
         for s in sorted(listed - set(slide_ids)):
             skipped[s] = (data.slide_problems.get(s) or _slide_problem(data.features_dir / f"{s}.h5")
@@ -208,6 +308,10 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["model"] = str(model_path)
         fh.attrs["skipped_slides"] = json.dumps(skipped)
+        fh.attrs["wsi_level"] = level
+        if max_tokens is not None:
+            fh.attrs["patient_token_cap"] = int(max_tokens)
+            fh.attrs["capped_patients"] = json.dumps(capped)
         held = (model.extra.get("splits") or {}).get("val")
         if held is not None:
             fh.attrs["heldout_patients"] = json.dumps(held)
@@ -233,6 +337,10 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     if "wsi" in embs and name:
         pb = pathobench_dir(out_path, name)
         write_pathobench_files(pb, ids["wsi"], ids["wsi_case"], embs["wsi"])
+    if capped:
+        warnings.append(f"{len(capped)} patients have more than --max-tokens {max_tokens} patches; each was encoded "
+                        f"from {max_tokens} of them, shared by its slides in proportion (e.g. "
+                        f"{', '.join(f'{c}: {n}' for c, n in list(capped.items())[:3])}); see capped_patients in {out_path}")
     return EmbedSummary(counts, skipped, pb, warnings)
 
 
@@ -353,6 +461,9 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
             out["_attrs"]["heldout_patients"] = json.loads(attrs["heldout_patients"])
         if "feature_overlap" in attrs:
             out["_attrs"]["feature_overlap"] = json.loads(attrs["feature_overlap"])
+        out["_attrs"]["wsi_level"] = str(attrs.get("wsi_level", "slide"))
+        if "capped_patients" in attrs:
+            out["_attrs"]["capped_patients"] = json.loads(attrs["capped_patients"])
         for name, g in fh.items():
             if name == "pairs":
                 out["pairs"] = {k: {m: np.asarray(v[m]) for m in v} | {"t": v.attrs.get("t"), "b": v.attrs.get("b")}
@@ -384,6 +495,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model name of the Patho-Bench sample folder pathobench_<name>/ (by_slide_id/, by_case_id/) "
                         "written beside --out (default: pathalign, the --slide-encoder name, or mean-pool)")
     p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
+    p.add_argument("--wsi-level", default=None, choices=["slide", "patient"],
+                   help="with --model: slide (one embedding per slide) or patient (a patient's slides encoded as one "
+                        "sequence; every slide row of embeddings.h5 holds its patient's embedding); default: the "
+                        "level the model was trained at")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="with a patient level: patches per patient at most (a patient over it keeps that many, shared "
+                        "by its slides in proportion, seeded by the patient id; recorded in embeddings.h5); default: all")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -431,7 +549,8 @@ def run(args: argparse.Namespace) -> int:
             raise EmbedError("--model needs --cohort")
         features = features_option(args.features, None, "--model")
         summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
-                                   not args.quiet, args.name or "pathalign", device=device)
+                                   not args.quiet, args.name or "pathalign", device=device,
+                                   wsi_level=args.wsi_level, max_tokens=args.max_tokens)
     elif args.mean_pool:
         features = features_option(args.features, args.cohort, "--mean-pool")
         summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")
