@@ -3,6 +3,7 @@ NoPE over all of the patient's slides), the token cap across slides, training an
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -408,3 +409,61 @@ def test_gradient_caching_at_patient_level_equals_the_full_batch(multi_slide):
     got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert got.keys() == ref.keys()
     assert rel_err(torch.cat([got[n].flatten() for n in ref]), torch.cat([ref[n].flatten() for n in ref])) < 1e-5
+
+
+# ---------------------------------------------------------------- the synthetic two-slide trait
+def test_paired_trait_truth_is_an_xor_of_two_independent_slide_cues_and_leaves_the_rest_unchanged():
+    from pathalign.synth.state import SynthConfig, sample_truth
+
+    plain = sample_truth(SynthConfig(patients=400, seed=4))
+    paired = sample_truth(SynthConfig(patients=400, seed=4, paired_trait=True))
+    assert (paired.n_slides == np.where(paired.has_wsi, 2, 0)).all()
+    xor = paired.paired_cue_1 != paired.paired_cue_2
+    assert (paired.paired_trait == np.where(xor, "discordant", "concordant")).all()
+    for cue in ("paired_cue_1", "paired_cue_2"):  # each cue alone says nothing of the trait
+        assert abs(paired.loc[xor, cue].mean() - paired.loc[~xor, cue].mean()) < 0.12
+    same = [c for c in plain.columns if c != "n_slides"]
+    pd.testing.assert_frame_equal(plain[same], paired[same])  # every other draw of the seed is unchanged
+
+
+def test_paired_trait_is_in_rna_and_the_cue_on_its_slide():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    from pathalign.synth.omics import rna_table
+    from pathalign.synth.slides import render_slide, texture_bank
+    from pathalign.synth.state import SynthConfig, sample_truth
+
+    cfg = SynthConfig(patients=300, seed=6, genes=200, paired_trait=True)
+    truth = sample_truth(cfg)
+    rna = rna_table(cfg, truth)
+    cols = [c for c in rna.columns if c[13:16] == "01A" and not c.startswith("TCGA-ZZ")]
+    x = np.log2(rna[cols].to_numpy(float).T + 1)
+    y = truth.set_index("case_id").loc[[c[:12] for c in cols], "paired_trait"].to_numpy()
+    assert cross_val_score(LogisticRegression(C=0.1, max_iter=3000), (x - x.mean(0)) / x.std(0), y, cv=5).mean() > 0.9
+    plain = rna_table(SynthConfig(patients=300, seed=6, genes=200), sample_truth(SynthConfig(patients=300, seed=6)))
+    assert list(plain.columns) == list(rna.columns) and not np.allclose(plain.to_numpy(), rna.to_numpy())
+    # the cue: pale, low-eosin lakes in the stroma of a slide that has it
+    params = cfg.slide_params
+    bank = texture_bank(0, params["nucleus_contrast"])
+    pale = {}
+    for mucin in (False, True):
+        img, frag = render_slide(np.random.default_rng(2), bank, "BRCA", 0, "left", np.zeros(4), 512, 3, "low",
+                                 dict(params, mucin=mucin))
+        od = -np.log(np.clip(img[frag >= 0].astype(float), 1, 255) / 255).sum(-1)
+        pale[mucin] = float((od < 0.35).mean())
+    assert pale[True] > pale[False] + 0.05, pale
+
+
+def test_synth_paired_trait_writes_two_slides_a_label_and_its_mechanism(tmp_path):
+    from pathalign.synth import SynthConfig, generate_cohort
+    from pathalign.synth.state import PAIRED_MECHANISM
+
+    truth = generate_cohort(tmp_path, SynthConfig(patients=6, seed=1, slide_size=512, genes=40, probes=30,
+                                                  paired_trait=True), workers=1, progress=False)
+    slides = pd.read_csv(tmp_path / "slides.tsv", sep="\t")
+    assert (slides.groupby("case_id").size() == 2).all() and set(slides.case_id) == set(truth.case_id[truth.has_wsi])
+    clinical = pd.read_csv(tmp_path / "clinical.tsv", sep="\t")
+    assert set(clinical.paired_trait) <= {"concordant", "discordant"}
+    assert "paired_cue_1" not in clinical  # the per-slide cues stay hidden
+    assert PAIRED_MECHANISM in (tmp_path / "truth.md").read_text()

@@ -1,0 +1,171 @@
+"""Patient-level encoding vs the mean of slide embeddings, on a trait that needs two slides.
+
+Writes a synthetic cohort with ``pathalign synth --paired-trait`` (two slides per patient, each with a
+binary cue of its own; the patient's ``paired_trait`` is whether the cues differ, an XOR that RNA
+carries; see the cohort's ``truth.md``), runs the slide pipeline (segment, patch, ``pathalign-stats``
+features) and builds a WSI + RNA cohort once. Then, for every seed, trains two models that differ only
+in ``--wsi-level``:
+
+* ``slide``: one slide per patient per step; a patient's embedding = the mean of its slide embeddings;
+* ``patient``: the patient's two slides packed as one sequence; one embedding per patient;
+
+embeds the cohort, and scores a linear probe of ``paired_trait`` on each patient's WSI embedding
+(stratified 5-fold cross-validated AUROC, logistic regression on standardised embeddings, over every
+patient with slides). The seed sets the split, the initialisation and the batches; the cohort is the
+same for every seed, so the two arms are paired by seed. Sanity rows: the same probe on the mean of
+the patient's patch features (no model), and a probe of each slide's own cue on that slide's mean
+features (the cue is visible in one slide).
+
+    python benchmarks/patient_level.py --seeds 0,1,2,3,4 --out /tmp/patient_level
+
+Prints a Markdown table (paired difference with its 95 % t-interval, :func:`pathalign.evaluate.ablate.paired_difference`)
+and writes ``results.json`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def build_data(out: Path, patients: int, slide_size: int, cohort_seed: int) -> tuple[Path, Path]:
+    """The synthetic cohort (paired trait), its features and the built cohort folder; reused when present."""
+    from pathalign.cohort import CohortSources, build_cohort
+    from pathalign.slides.patch import PatchConfig
+    from pathalign.slides.pipeline import PipelineConfig, find_slides, run_pipeline
+    from pathalign.slides.segment import SegmentConfig
+    from pathalign.synth import SynthConfig, generate_cohort
+
+    syn, cohort = out / "synth", out / "cohort"
+    if (cohort / "cohort.json").is_file():
+        return syn, cohort
+    t0 = time.perf_counter()
+    generate_cohort(syn, SynthConfig(patients=patients, seed=cohort_seed, slide_size=slide_size, genes=200,
+                                     paired_trait=True), workers=1, progress=False)
+    pipe = PipelineConfig(out=out / "slides", progress=False, patch=PatchConfig(patch_size=128),
+                          segment=SegmentConfig(min_fragment_um2=2_000))
+    run_pipeline(find_slides([str(syn / "slides")]), pipe)
+    build_cohort(CohortSources(clinical=str(syn / "clinical.tsv"), slides=str(syn / "slides.tsv"),
+                               features=str(pipe.features_dir), rna=str(syn / "rna_tpm.tsv.gz")), cohort,
+                 progress=False)
+    print(f"data: {patients} patients, slides, features and cohort in {time.perf_counter() - t0:.0f} s", flush=True)
+    return syn, cohort
+
+
+def probe_auroc(x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """Stratified 5-fold cross-validated AUROC of a logistic probe on standardised ``x``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(clf, x, y, cv=cv, scoring="roc_auc").mean())
+
+
+def patient_vectors(emb_path: Path) -> dict[str, np.ndarray]:
+    """Per patient, the mean of its ``wsi`` rows (a patient-level model's rows are its patient's embedding)."""
+    from pathalign.evaluate.embed import read_embeddings
+
+    g = read_embeddings(emb_path)["wsi"]
+    acc: dict[str, list] = {}
+    for c, e in zip(g["case_ids"], g["embeddings"]):
+        acc.setdefault(c, []).append(np.asarray(e, np.float64))
+    return {c: np.mean(v, 0) for c, v in acc.items()}
+
+
+def train_and_score(cohort: Path, run: Path, level: str, seed: int, steps: int, labels: pd.Series) -> float:
+    from pathalign.evaluate.embed import embed_with_model
+    from pathalign.train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_preset("tiny", steps=steps, seed=seed, wsi_level=level, modalities=["wsi", "rna"],
+                                  progress=False, val_every=0, diagnostics_every=0, checkpoint_every=steps,
+                                  max_tokens=256 if level == "slide" else 512)
+    Trainer(cohort, run, cfg).fit()
+    embed_with_model(run / "model", cohort, run / "embeddings.h5", progress=False)
+    vec = patient_vectors(run / "embeddings.h5")
+    ids = [c for c in labels.index if c in vec]
+    return probe_auroc(np.array([vec[c] for c in ids]), labels[ids].to_numpy())
+
+
+def sanity(syn: Path, cohort: Path, labels: pd.Series) -> dict:
+    """Probes without a model: the trait from the mean patch features of a patient, each cue from its slide's."""
+    from pathalign.cohort import load_cohort
+    from pathalign.slides.features_io import read_patch_features
+
+    co = load_cohort(cohort)
+    feats = Path(co.meta["slides_dir"])
+    truth = pd.read_parquet(syn / "truth.parquet").set_index("case_id")
+    per_patient, slide_x, slide_y = {}, [], []
+    for case, sids in zip(co.manifest.case_id, co.manifest.slide_ids):
+        rows = []
+        for sid in sids:
+            f = read_patch_features(feats / f"{sid}.h5").features.astype(np.float64)
+            rows.append(f)
+            slide_x.append(f.mean(0))
+            slide_y.append(int(truth.loc[case, f"paired_cue_{int(sid[-1])}"]))
+        if rows:
+            per_patient[case] = np.concatenate(rows).mean(0)
+    ids = [c for c in labels.index if c in per_patient]
+    return {"mean_patch_features_trait_auroc": probe_auroc(np.array([per_patient[c] for c in ids]), labels[ids].to_numpy()),
+            "single_slide_cue_auroc": probe_auroc(np.array(slide_x), np.array(slide_y))}
+
+
+def main() -> None:
+    from pathalign.evaluate.ablate import mean_ci, paired_difference
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="/tmp/pathalign_patient_level")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--slide-size", type=int, default=768)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--cohort-seed", type=int, default=0)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    syn, cohort = build_data(out, args.patients, args.slide_size, args.cohort_seed)
+    clinical = pd.read_csv(syn / "clinical.tsv", sep="\t").set_index("case_id")
+    labels = (clinical["paired_trait"] == "discordant").astype(int)
+    checks = sanity(syn, cohort, labels)
+    scores: dict[str, dict[int, float]] = {"slide": {}, "patient": {}}
+    times: dict[str, list[float]] = {"slide": [], "patient": []}
+    for seed in seeds:
+        for level in ("slide", "patient"):
+            t0 = time.perf_counter()
+            scores[level][seed] = train_and_score(cohort, out / f"run_{level}_{seed}", level, seed, args.steps, labels)
+            times[level].append(time.perf_counter() - t0)
+            print(f"seed {seed} {level:>7}: paired_trait AUROC {scores[level][seed]:.3f} "
+                  f"({times[level][-1]:.0f} s)", flush=True)
+    diff = paired_difference(scores["patient"], scores["slide"])
+    result = {"seeds": seeds, "args": vars(args), "scores": {k: {str(s): v for s, v in d.items()} for k, d in scores.items()},
+              "mean_ci": {k: mean_ci(list(d.values())) for k, d in scores.items()}, "paired_difference": diff,
+              "sanity": checks, "seconds_per_run": {k: float(np.mean(v)) for k, v in times.items()},
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS')}"}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+
+    def cell(d):
+        return f"{d['mean']:.3f} ± {d['half_width']:.3f}"
+
+    n = len(seeds)
+    print(f"\n| WSI embedding of the patient | paired_trait AUROC, mean ± 95 % t-CI half-width ({n} seeds) |")
+    print("|---|---|")
+    print(f"| mean of slide embeddings (`--wsi-level slide`) | {cell(result['mean_ci']['slide'])} |")
+    print(f"| patient-level packing (`--wsi-level patient`) | {cell(result['mean_ci']['patient'])} |")
+    print(f"| paired difference, patient − slide | {cell(diff)} (CI [{diff['low']:.3f}, {diff['high']:.3f}]) |")
+    print("\nper seed: " + ", ".join(f"{s}: slide {scores['slide'][s]:.3f} / patient {scores['patient'][s]:.3f}"
+                                      for s in seeds))
+    print(f"sanity: mean patch features → trait AUROC {checks['mean_patch_features_trait_auroc']:.3f}; "
+          f"one slide's mean features → its own cue AUROC {checks['single_slide_cue_auroc']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
