@@ -467,3 +467,24 @@ def test_synth_paired_trait_writes_two_slides_a_label_and_its_mechanism(tmp_path
     assert set(clinical.paired_trait) <= {"concordant", "discordant"}
     assert "paired_cue_1" not in clinical  # the per-slide cues stay hidden
     assert PAIRED_MECHANISM in (tmp_path / "truth.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_train_and_embed_at_patient_level(multi_slide, tmp_path, capsys):
+    import h5py
+
+    from pathalign.cli import main
+    from pathalign.models.pathalign_model import load_model
+
+    cohort, _ = multi_slide
+    run = tmp_path / "run"
+    assert main(["train", "--cohort", str(cohort), "--out", str(run), "--preset", "tiny", "--steps", "1",
+                 "--batch-size", "6", "--modalities", "wsi,rna", "--wsi-level", "patient", "--max-tokens", "40",
+                 "--val-every", "0", "--diagnostics-every", "0", "--quiet"]) == 0
+    assert load_model(run / "model").config.wsi_level == "patient"
+    out = tmp_path / "emb.h5"
+    assert main(["embed", "--model", str(run / "model"), "--cohort", str(cohort), "--out", str(out),
+                 "--max-tokens", "30", "--quiet"]) == 0
+    with h5py.File(out, "r") as fh:
+        assert fh.attrs["wsi_level"] == "patient" and fh.attrs["patient_token_cap"] == 30
+    assert "more than --max-tokens 30 patches" in capsys.readouterr().err

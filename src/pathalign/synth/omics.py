@@ -45,7 +45,7 @@ def rna_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
         prng = np.random.default_rng([cfg.seed, 14])
         w_pair = np.zeros(cfg.genes)
         moved = prng.choice(cfg.genes, max(1, int(PAIRED_GENE_FRACTION * cfg.genes)), replace=False)
-        w_pair[moved] = 1.5 * prng.choice([-1.0, 1.0], len(moved))
+        w_pair[moved] = 2.0 * prng.choice([-1.0, 1.0], len(moved))
         sign = np.where(truth["paired_trait"].to_numpy() == PAIRED_TRAIT[1], 1.0, -1.0)
         pair_term = sign[:, None] * w_pair[None, :]
     cols, values = [], []

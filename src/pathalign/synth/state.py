@@ -85,7 +85,7 @@ contrast of the two subclones 1 + 0.35 / difficulty.
 
 
 PAIRED_TRAIT = ("concordant", "discordant")  # the two cues of a patient's slides agree / differ
-PAIRED_GENE_FRACTION = 0.05  # RNA genes moved by the paired trait
+PAIRED_GENE_FRACTION = 0.2  # RNA genes moved by the paired trait
 PAIRED_MECHANISM = """
 ## (e) A trait that needs two slides (`--paired-trait`)
 
@@ -94,7 +94,8 @@ drawn independently per slide (`paired_cue_1`, `paired_cue_2` in `truth.parquet`
 pale mucin lakes replace about 30 % of the slide's stroma (painted before the stain variation, so
 they read as bright, low-eosin patches); without it, none. The patient's `paired_trait` (clinical
 column) is `discordant` when the two cues differ and `concordant` when they agree: an XOR. RNA carries
-it (5 % of the genes move by ±1.5 log2 units with it, no other modality does), so alignment can teach it.
+it strongly (20 % of the genes move by ±2 log2 units with it; no other modality does), so that alignment
+has a reason to teach it to the slide encoder.
 
 No single slide tells it (each cue is independent of the trait), and no linear read-out of the mean
 of a patient's slide embeddings does either: the mean of two slides is the same function of
