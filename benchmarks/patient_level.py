@@ -16,7 +16,7 @@ same for every seed, so the two arms are paired by seed. Sanity rows: the same p
 the patient's patch features (no model), and a probe of each slide's own cue on that slide's mean
 features (the cue is visible in one slide).
 
-    python benchmarks/patient_level.py --seeds 0,1,2,3,4 --out /tmp/patient_level
+    OMP_NUM_THREADS=1 python benchmarks/patient_level.py --seeds 0,1,2,3,4,5 --out /tmp/patient_level
 
 Prints a Markdown table (paired difference with its 95 % t-interval, :func:`pathalign.evaluate.ablate.paired_difference`)
 and writes ``results.json`` under ``--out``.
@@ -95,6 +95,15 @@ def train_and_score(cohort: Path, run: Path, level: str, seed: int, steps: int, 
     return probe_auroc(np.array([vec[c] for c in ids]), labels[ids].to_numpy())
 
 
+def rna_auroc(run: Path, labels: pd.Series) -> float:
+    """The same probe on the run's RNA embeddings (the alignment partner that carries the trait)."""
+    from pathalign.evaluate.embed import read_embeddings
+
+    g = read_embeddings(run / "embeddings.h5")["rna"]
+    keep = [i for i, c in enumerate(g["ids"]) if c in labels.index]
+    return probe_auroc(np.asarray(g["embeddings"])[keep], labels[[g["ids"][i] for i in keep]].to_numpy())
+
+
 def sanity(syn: Path, cohort: Path, labels: pd.Series) -> dict:
     """Probes without a model: the trait from the mean patch features of a patient, each cue from its slide's."""
     from pathalign.cohort import load_cohort
@@ -103,19 +112,40 @@ def sanity(syn: Path, cohort: Path, labels: pd.Series) -> dict:
     co = load_cohort(cohort)
     feats = Path(co.meta["slides_dir"])
     truth = pd.read_parquet(syn / "truth.parquet").set_index("case_id")
-    per_patient, slide_x, slide_y = {}, [], []
+    per_patient, both, slide_x, slide_y = {}, {}, [], []
     for case, sids in zip(co.manifest.case_id, co.manifest.slide_ids):
-        rows = []
-        for sid in sids:
+        rows, means = [], []
+        for sid in sorted(sids):
             f = read_patch_features(feats / f"{sid}.h5").features.astype(np.float64)
             rows.append(f)
+            means.append(f.mean(0))
             slide_x.append(f.mean(0))
             slide_y.append(int(truth.loc[case, f"paired_cue_{int(sid[-1])}"]))
         if rows:
             per_patient[case] = np.concatenate(rows).mean(0)
+        if len(means) == 2:
+            both[case] = means
     ids = [c for c in labels.index if c in per_patient]
+    # a reader given both slides and told the cues: each slide's cue probability from its mean features
+    # (cross-fitted on the hidden per-slide cues), the trait scored as |p(slide 1) - p(slide 2)|
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    prob = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), np.array(slide_x),
+                             np.array(slide_y), cv=5, method="predict_proba")[:, 1]
+    p_of, k = {}, 0
+    for case, sids in zip(co.manifest.case_id, co.manifest.slide_ids):
+        p_of[case] = prob[k:k + len(sids)]
+        k += len(sids)
+    pair = [c for c in labels.index if c in both]
+    from sklearn.metrics import roc_auc_score
+
+    oracle = roc_auc_score(labels[pair].to_numpy(), [abs(p_of[c][0] - p_of[c][1]) for c in pair])
     return {"mean_patch_features_trait_auroc": probe_auroc(np.array([per_patient[c] for c in ids]), labels[ids].to_numpy()),
-            "single_slide_cue_auroc": probe_auroc(np.array(slide_x), np.array(slide_y))}
+            "single_slide_cue_auroc": probe_auroc(np.array(slide_x), np.array(slide_y)),
+            "two_slide_cue_reader_trait_auroc": float(oracle)}
 
 
 def main() -> None:
@@ -124,9 +154,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="/tmp/pathalign_patient_level")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--patients", type=int, default=300)
     p.add_argument("--slide-size", type=int, default=768)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--cohort-seed", type=int, default=0)
     args = p.parse_args()
     out = Path(args.out)
@@ -138,16 +168,19 @@ def main() -> None:
     checks = sanity(syn, cohort, labels)
     scores: dict[str, dict[int, float]] = {"slide": {}, "patient": {}}
     times: dict[str, list[float]] = {"slide": [], "patient": []}
+    rna: dict[str, dict[int, float]] = {"slide": {}, "patient": {}}
     for seed in seeds:
         for level in ("slide", "patient"):
             t0 = time.perf_counter()
             scores[level][seed] = train_and_score(cohort, out / f"run_{level}_{seed}", level, seed, args.steps, labels)
             times[level].append(time.perf_counter() - t0)
-            print(f"seed {seed} {level:>7}: paired_trait AUROC {scores[level][seed]:.3f} "
-                  f"({times[level][-1]:.0f} s)", flush=True)
+            rna[level][seed] = rna_auroc(out / f"run_{level}_{seed}", labels)
+            print(f"seed {seed} {level:>7}: paired_trait AUROC {scores[level][seed]:.3f} (RNA embedding "
+                  f"{rna[level][seed]:.3f}; {times[level][-1]:.0f} s)", flush=True)
     diff = paired_difference(scores["patient"], scores["slide"])
     result = {"seeds": seeds, "args": vars(args), "scores": {k: {str(s): v for s, v in d.items()} for k, d in scores.items()},
               "mean_ci": {k: mean_ci(list(d.values())) for k, d in scores.items()}, "paired_difference": diff,
+              "rna_embedding_auroc": {k: {str(s): v for s, v in d.items()} for k, d in rna.items()},
               "sanity": checks, "seconds_per_run": {k: float(np.mean(v)) for k, v in times.items()},
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS')}"}
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -163,8 +196,10 @@ def main() -> None:
     print(f"| paired difference, patient − slide | {cell(diff)} (CI [{diff['low']:.3f}, {diff['high']:.3f}]) |")
     print("\nper seed: " + ", ".join(f"{s}: slide {scores['slide'][s]:.3f} / patient {scores['patient'][s]:.3f}"
                                       for s in seeds))
+    print("RNA embedding → trait AUROC: " + ", ".join(f"{k} {mean_ci(list(d.values()))['mean']:.3f}" for k, d in rna.items()))
     print(f"sanity: mean patch features → trait AUROC {checks['mean_patch_features_trait_auroc']:.3f}; "
-          f"one slide's mean features → its own cue AUROC {checks['single_slide_cue_auroc']:.3f}")
+          f"one slide's mean features → its own cue AUROC {checks['single_slide_cue_auroc']:.3f}; both slides' mean "
+          f"features read apart, cue told → trait AUROC {checks['two_slide_cue_reader_trait_auroc']:.3f}")
 
 
 if __name__ == "__main__":
