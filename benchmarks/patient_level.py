@@ -148,6 +148,38 @@ def sanity(syn: Path, cohort: Path, labels: pd.Series) -> dict:
             "two_slide_cue_reader_trait_auroc": float(oracle)}
 
 
+def plot(result: dict, path: Path) -> None:
+    """Per seed, the two arms' AUROC joined by a line, with the no-model and two-slide-reader references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = [str(s) for s in result["seeds"]]
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=120)
+    for s in seeds:
+        ax.plot([0, 1], [result["scores"]["slide"][s], result["scores"]["patient"][s]], "-o", color="0.55", lw=1, ms=4)
+    for x, k in ((0, "slide"), (1, "patient")):
+        m = result["mean_ci"][k]
+        ax.errorbar([x + 0.08], [m["mean"]], yerr=[[m["half_width"]], [m["half_width"]]], fmt="s", color="C3", capsize=4)
+    refs = result["sanity"]
+    ax.axhline(refs["mean_patch_features_trait_auroc"], color="C0", ls="--", lw=1, label="mean patch features (no model)")
+    ax.axhline(refs["two_slide_cue_reader_trait_auroc"], color="C2", ls=":", lw=1.2,
+               label="both slides read apart, cues told")
+    ax.axhline(0.5, color="k", lw=0.6)
+    ax.set_xticks([0, 1], ["mean of slide\nembeddings", "patient-level\npacking"])
+    ax.set_xlim(-0.4, 1.5)
+    ax.set_ylim(0.4, 0.9)
+    ax.set_ylabel("paired_trait AUROC (5-fold probe)")
+    d = result["paired_difference"]
+    ax.set_title(f"two-slide trait, {len(seeds)} seeds: patient − slide = {d['mean']:+.3f} "
+                 f"[{d['low']:+.3f}, {d['high']:+.3f}]", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     from pathalign.evaluate.ablate import mean_ci, paired_difference
 
@@ -158,8 +190,13 @@ def main() -> None:
     p.add_argument("--slide-size", type=int, default=768)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="also draw the per-seed figure to this PNG")
+    p.add_argument("--replot", action="store_true", help="only draw --plot from --out's results.json (no training)")
     args = p.parse_args()
     out = Path(args.out)
+    if args.replot:
+        plot(json.loads((out / "results.json").read_text()), Path(args.plot))
+        return
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     syn, cohort = build_data(out, args.patients, args.slide_size, args.cohort_seed)
@@ -184,6 +221,8 @@ def main() -> None:
               "sanity": checks, "seconds_per_run": {k: float(np.mean(v)) for k, v in times.items()},
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS')}"}
     (out / "results.json").write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, Path(args.plot))
 
     def cell(d):
         return f"{d['mean']:.3f} ± {d['half_width']:.3f}"

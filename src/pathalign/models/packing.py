@@ -422,7 +422,8 @@ def allocate_tokens(n_per_slide: Sequence[int], cap: int | None) -> list[int]:
     return keep.tolist()
 
 
-def draw_patient_rows(n_per_slide: Sequence[int], cap: int | None, seed) -> list[np.ndarray | None]:
+def draw_patient_rows(n_per_slide: Sequence[int], cap: int | None,
+                      seed: int | Sequence[int]) -> list[np.ndarray | None]:
     """Per slide, the increasing rows a patient keeps under ``cap`` (None: all of that slide's rows).
 
     The counts come from :func:`allocate_tokens`; the rows of each slide are a uniform random subset
