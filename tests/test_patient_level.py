@@ -488,3 +488,13 @@ def test_cli_train_and_embed_at_patient_level(multi_slide, tmp_path, capsys):
     with h5py.File(out, "r") as fh:
         assert fh.attrs["wsi_level"] == "patient" and fh.attrs["patient_token_cap"] == 30
     assert "more than --max-tokens 30 patches" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_level(patient_run):
+    from cohort_tables import train_cfg
+    from pathalign.train.trainer import Trainer, TrainingError
+
+    cohort, run = patient_run
+    with pytest.raises(TrainingError, match="wsi_level"):
+        Trainer(cohort, run, train_cfg(steps=2, wsi_level="slide", max_tokens=48, modalities=["wsi", "rna"],
+                                       val_every=1), resume=True)
