@@ -544,6 +544,8 @@ def features_option(features: str | None, cohort: str | None, option: str) -> st
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before any work
+    if not args.model and (args.wsi_level or args.max_tokens is not None):
+        raise EmbedError("--wsi-level and --max-tokens apply to --model (a trained pathalign model)")
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
