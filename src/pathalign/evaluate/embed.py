@@ -80,40 +80,6 @@ def _slide_problem(path: Path) -> str | None:
     return None
 
 
-def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool,
-                      device: str | torch.device = "cpu"):
-    """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
-    check_features_folder(features_dir, list(slide_ids))
-    out, kept, skipped = [], [], {}
-    bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
-    for start in bar:
-        chunk = slide_ids[start:start + batch_size]
-        slides, names = [], []
-        for sid in chunk:
-            path = features_dir / f"{sid}.h5"
-            problem = _slide_problem(path)
-            if problem is None:
-                try:
-                    pf = read_patch_features(path)
-                except FeatureFileError as e:
-                    problem = str(e)
-                else:
-                    if pf.features is None:
-                        problem = f"{path} has coordinates but no 'features' dataset"
-                    elif len(pf) == 0:
-                        problem = f"{path} has zero patches"
-            if problem is not None:
-                skipped[sid] = problem
-                continue
-            slides.append(tuple(torch.from_numpy(a).to(device) for a in pf.as_inputs()))
-            names.append(sid)
-        if slides:
-            with torch.no_grad():
-                out.append(encode(slides, names=names).float().cpu().numpy())
-            kept += names
-    return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
-
-
 def _read_slide(path: Path):
     """``(inputs, None)`` of a features file, or ``(None, why it cannot be embedded)``."""
     problem = _slide_problem(path)
@@ -128,6 +94,29 @@ def _read_slide(path: Path):
     if len(pf) == 0:
         return None, f"{path} has zero patches"
     return pf.as_inputs(), None
+
+
+def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool,
+                      device: str | torch.device = "cpu"):
+    """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
+    check_features_folder(features_dir, list(slide_ids))
+    out, kept, skipped = [], [], {}
+    bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
+    for start in bar:
+        chunk = slide_ids[start:start + batch_size]
+        slides, names = [], []
+        for sid in chunk:
+            arrays, problem = _read_slide(features_dir / f"{sid}.h5")
+            if problem is not None:
+                skipped[sid] = problem
+                continue
+            slides.append(tuple(torch.from_numpy(a).to(device) for a in arrays))
+            names.append(sid)
+        if slides:
+            with torch.no_grad():
+                out.append(encode(slides, names=names).float().cpu().numpy())
+            kept += names
+    return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
 
 
 def patient_token_seed(case_id: str) -> int:
