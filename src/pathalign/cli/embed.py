@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model name of the Patho-Bench sample folder pathobench_<name>/ (by_slide_id/, by_case_id/) "
                         "written beside --out (default: pathalign, the --slide-encoder name, or mean-pool)")
     p.add_argument("--batch-size", type=int, default=16, help="slides per packed pass")
+    p.add_argument("--wsi-level", default=None, choices=["slide", "patient"],
+                   help="with --model: slide (one embedding per slide) or patient (a patient's slides encoded as one "
+                        "sequence; every slide row of embeddings.h5 holds its patient's embedding); default: the "
+                        "level the model was trained at")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="with a patient level: patches per patient at most (a patient over it keeps that many, shared "
+                        "by its slides in proportion, seeded by the patient id; recorded in embeddings.h5); default: all")
     include(p, device_option(), quiet_option())
 
 
@@ -81,12 +88,15 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.embed import EmbedError, embed_mean_pool, embed_with_model, embed_with_slide_encoder
 
     device = resolve_device(args.device)  # before any work
+    if not args.model and (args.wsi_level or args.max_tokens is not None):
+        raise EmbedError("--wsi-level and --max-tokens apply to --model (a trained pathalign model)")
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
         features = features_option(args.features, None, "--model")
         summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
-                                   not args.quiet, args.name or "pathalign", device=device)
+                                   not args.quiet, args.name or "pathalign", device=device,
+                                   wsi_level=args.wsi_level, max_tokens=args.max_tokens)
     elif args.mean_pool:
         features = features_option(args.features, args.cohort, "--mean-pool")
         summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")

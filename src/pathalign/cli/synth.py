@@ -33,12 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiplies every noise level and weakens the slide cues (default 1.0; 0.5 easier, 2 harder); "
                         "see truth.md in the output for what it scales")
     p.add_argument("--workers", type=int, default=None, help="processes rendering slides (default: all cores)")
+    p.add_argument("--paired-trait", action="store_true",
+                   help="two slides per patient, each with a cue of its own, and a clinical label paired_trait (do the "
+                        "two cues differ?) that only reading both slides together tells; RNA carries it (see truth.md)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..synth import SynthConfig, generate_cohort
 
     cfg = SynthConfig(patients=args.patients, seed=args.seed, slide_size=args.slide_size, mpp=args.mpp, genes=args.genes,
-                      difficulty=args.difficulty)
+                      difficulty=args.difficulty, paired_trait=args.paired_trait)
     generate_cohort(args.out, cfg, workers=args.workers)
     return 0

@@ -21,7 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (random subset)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="patches per slide per step (random subset); with --wsi-level patient, per patient: its slides "
+                        "share them in proportion to their patches")
+    p.add_argument("--wsi-level", default=None, choices=["slide", "patient"],
+                   help="slide (default): one slide per patient per step, a patient's slide embeddings averaged at "
+                        "inference; patient: all of a patient's slides packed as one sequence (RoPE within each "
+                        "slide's fragments, global blocks over all of them), recorded in the model's config")
     p.add_argument("--modality-dropout", type=float, default=None,
                    help="probability of hiding each available modality of a patient in a step (default: the preset's)")
     p.add_argument("--train-missing-rate", type=float, default=None,
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if "model" in overrides:
         overrides["model_overrides"] = overrides.pop("model")
     flags = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens,
+                 wsi_level=args.wsi_level,
                  modality_dropout=args.modality_dropout, checkpoint_every=args.checkpoint_every,
                  features=args.features, rna_fm=args.rna_fm, slide_encoder_weights=args.slide_encoder_weights,
                  rna_embeddings=args.rna_embeddings, device=args.device, workers=args.workers, seed=args.seed,

@@ -11,6 +11,17 @@ sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_
 (``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
 incomplete features file, zero patches, an unreadable file) are skipped and named.
 
+With a patient-level model (``wsi_level="patient"`` in its config, or ``--wsi-level patient``), a
+patient's slides are encoded together as one sequence: the ``wsi`` group keeps one row per slide
+(``ids`` the slide ids, ``case_ids`` their patient) and every slide of a patient holds the patient's
+embedding, so every reader that looks a slide up or averages a patient's slides (bench, retrieval,
+heatmap, the viewer) gets the patient embedding unchanged. The file attribute ``wsi_level`` says which
+(absent: ``slide``). Per-slide embeddings of such a model: embed again with ``--wsi-level slide``.
+Under ``--max-tokens`` a patient with more patches keeps that many, shared by its slides in
+proportion to their patches, drawn with a seed made from the patient id (the same subset on every
+run, whatever the batch); the attributes ``patient_token_cap`` and ``capped_patients`` (JSON: patient
+→ its patches before the cap) say so. Without it every patch is encoded (memory is linear in them).
+
 A molecular group also has ``imputed_fraction`` [n] (float32): per patient, the fraction of the
 model's features the cohort's table lacks for them, filled with the training mean; the file
 attribute ``feature_overlap`` (JSON) gives per modality the model's features found in the table.
@@ -66,6 +77,22 @@ def _slide_problem(path: Path) -> str | None:
     return None
 
 
+def _read_slide(path: Path):
+    """``(inputs, None)`` of a features file, or ``(None, why it cannot be embedded)``."""
+    problem = _slide_problem(path)
+    if problem is not None:
+        return None, problem
+    try:
+        pf = read_patch_features(path)
+    except FeatureFileError as e:
+        return None, str(e)
+    if pf.features is None:
+        return None, f"{path} has coordinates but no 'features' dataset"
+    if len(pf) == 0:
+        return None, f"{path} has zero patches"
+    return pf.as_inputs(), None
+
+
 def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool,
                       device: str | torch.device = "cpu"):
     """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
@@ -76,28 +103,76 @@ def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, pr
         chunk = slide_ids[start:start + batch_size]
         slides, names = [], []
         for sid in chunk:
-            path = features_dir / f"{sid}.h5"
-            problem = _slide_problem(path)
-            if problem is None:
-                try:
-                    pf = read_patch_features(path)
-                except FeatureFileError as e:
-                    problem = str(e)
-                else:
-                    if pf.features is None:
-                        problem = f"{path} has coordinates but no 'features' dataset"
-                    elif len(pf) == 0:
-                        problem = f"{path} has zero patches"
+            arrays, problem = _read_slide(features_dir / f"{sid}.h5")
             if problem is not None:
                 skipped[sid] = problem
                 continue
-            slides.append(tuple(torch.from_numpy(a).to(device) for a in pf.as_inputs()))
+            slides.append(tuple(torch.from_numpy(a).to(device) for a in arrays))
             names.append(sid)
         if slides:
             with torch.no_grad():
                 out.append(encode(slides, names=names).float().cpu().numpy())
             kept += names
     return kept, (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), skipped
+
+
+def patient_token_seed(case_id: str) -> int:
+    """The seed of a patient's patch subset at inference: a stable hash of its id (no batch or order dependence)."""
+    import zlib
+
+    return zlib.crc32(str(case_id).encode())
+
+
+def _patient_embeddings(encode_patient, patients: Sequence[tuple[str, list[str]]], features_dir: Path,
+                        batch_size: int, progress: bool, device: str | torch.device = "cpu",
+                        max_tokens: int | None = None):
+    """Embed each patient's slides as one sequence.
+
+    Returns:
+        ``(kept slide ids, case id of each, [n, d] embeddings: the patient's for each of its slides,
+        {skipped slide: reason}, {capped patient: its patches before the cap})``.
+    """
+    from ..models.packing import draw_patient_rows
+
+    check_features_folder(features_dir, [s for _, sids in patients for s in sids])
+    out, kept, cases, skipped, capped = [], [], [], {}, {}
+    pending: list[tuple[str, list[str], list[tuple]]] = []
+
+    def flush():
+        if not pending:
+            return
+        with torch.no_grad():
+            z = encode_patient([p[2] for p in pending], names=[p[1] for p in pending]).float().cpu().numpy()
+        for (case, sids, _), row in zip(pending, z):
+            out.append(np.repeat(row[None], len(sids), 0))
+            kept.extend(sids)
+            cases.extend([case] * len(sids))
+        pending.clear()
+
+    bar = tqdm(patients, desc="embed patients", disable=not progress, leave=False)
+    for case, sids in bar:
+        inputs, names = [], []
+        for sid in sids:
+            arrays, problem = _read_slide(features_dir / f"{sid}.h5")
+            if problem is not None:
+                skipped[sid] = problem
+                continue
+            inputs.append(arrays)
+            names.append(sid)
+        if not inputs:
+            continue
+        lengths = [len(a[0]) for a in inputs]
+        if max_tokens is not None and sum(lengths) > max_tokens:
+            capped[case] = int(sum(lengths))
+            rows = draw_patient_rows(lengths, max_tokens, patient_token_seed(case))
+            inputs = [a if r is None else tuple(x[r] for x in a) for a, r in zip(inputs, rows)]
+        pending.append((case, names, [tuple(torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in a)
+                                      for a in inputs]))
+        if sum(len(p[1]) for p in pending) >= batch_size:
+            flush()
+    flush()
+    emb = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return kept, cases, emb, skipped, capped
 
 
 def pathobench_dir(out_path: str | Path, name: str) -> Path:
@@ -130,7 +205,8 @@ def _check_encoder(model, features_dir: Path, slide_ids: list[str]) -> None:
 def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: str | Path,
                      features_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
                      name: str | None = None, trident_name: str | None = None,
-                     device: str | torch.device = "cpu") -> EmbedSummary:
+                     device: str | torch.device = "cpu", wsi_level: str | None = None,
+                     max_tokens: int | None = None) -> EmbedSummary:
     """Embed a cohort with a trained model.
 
     Args:
@@ -143,6 +219,8 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         name: model name of the Patho-Bench folder ``pathobench_<name>`` beside ``out_path`` (None: none written).
         trident_name: deprecated former name of ``name`` (warns).
         device: where the model runs (fp32).
+        wsi_level: ``"slide"`` or ``"patient"`` (None: the model's ``wsi_level``); see the module docstring.
+        max_tokens: patient level only: patches per patient at most (None: all of them).
 
     Returns:
         Counts per modality, the slides skipped with their reason, the Patho-Bench folder.
@@ -157,6 +235,12 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     from ..models.pathalign_model import load_model
 
     model = load_model(model_path).to(device)
+    level = wsi_level or model.config.wsi_level
+    if level not in ("slide", "patient"):
+        raise EmbedError(f"--wsi-level must be slide or patient, got {level!r}")
+    if max_tokens is not None and (level != "patient" or max_tokens < 1):
+        raise EmbedError("--max-tokens caps the patches of a patient: it needs --wsi-level patient and a value >= 1")
+    capped: dict[str, int] = {}
     cohort = load_cohort(cohort_path)
     mods = [m for m in model.modalities if m in cohort.modalities]
     counts, embs, ids, skipped = {}, {}, {}, {}
@@ -169,8 +253,13 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
             slide_ids += sids
             case_of += [p] * len(sids)
         _check_encoder(model, data.features_dir, slide_ids)
-        kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
-                                               progress, device)
+        if level == "patient":
+            kept, _, emb, skipped, capped = _patient_embeddings(
+                model.encode_patient, list(zip(data.ids, data.slides)), data.features_dir, batch_size, progress,
+                device, max_tokens)
+        else:
+            kept, emb, skipped = _slide_embeddings(model.encode_slide, slide_ids, data.features_dir, batch_size,
+                                                   progress, device)
         listed = {s for sids in cohort.manifest.slide_ids for s in sids}
         for s in sorted(listed - set(slide_ids)):
             skipped[s] = (data.slide_problems.get(s) or _slide_problem(data.features_dir / f"{s}.h5")
@@ -183,7 +272,9 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
             embs[m] = model.encode_molecular(m, torch.from_numpy(inp.x).to(device)).cpu().numpy()
         ids[m] = inp.ids
     out_path = Path(out_path)
-    attrs = {"model": str(model_path), "skipped_slides": skipped}
+    attrs = {"model": str(model_path), "skipped_slides": skipped, "wsi_level": level}
+    if max_tokens is not None:
+        attrs |= {"patient_token_cap": int(max_tokens), "capped_patients": capped}
     held = ((model.training_info or {}).get("splits") or {}).get("val")
     if held is not None:
         attrs["heldout_patients"] = held
@@ -210,6 +301,10 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     if "wsi" in embs and name:
         pb = pathobench_dir(out_path, name)
         write_pathobench_files(pb, ids["wsi"], ids["wsi_case"], embs["wsi"])
+    if capped:
+        warnings.append(f"{len(capped)} patients have more than --max-tokens {max_tokens} patches; each was encoded "
+                        f"from {max_tokens} of them, shared by its slides in proportion (e.g. "
+                        f"{', '.join(f'{c}: {n}' for c, n in list(capped.items())[:3])}); see capped_patients in {out_path}")
     return EmbedSummary(counts, skipped, pb, warnings)
 
 

@@ -26,7 +26,7 @@ from .atomic import atomic_path
 from .hdf5 import open_hdf5
 
 STRING_DATASETS = ("ids", "case_ids")
-JSON_ATTRS = ("skipped_slides", "heldout_patients", "feature_overlap")
+JSON_ATTRS = ("skipped_slides", "heldout_patients", "feature_overlap", "capped_patients")
 
 
 class EmbeddingsFileError(PathalignError, ValueError):
@@ -51,7 +51,9 @@ def write_embeddings(path: str | Path, groups: Mapping[str, Mapping], pairs: Map
         groups: modality → ``{"ids", "embeddings", optional "case_ids", other arrays (``imputed_fraction``)}``.
         pairs: ``"a-b"`` → ``{a: [n, P], b: [n, P], "t": float, "b": float}`` (None: no ``pairs`` group; a
             model's file always has one, empty when no pair has both sides).
-        attrs: file attributes; ``skipped_slides``, ``heldout_patients`` and ``feature_overlap`` are stored as JSON.
+        attrs: file attributes; ``skipped_slides``, ``heldout_patients``, ``feature_overlap`` and ``capped_patients``
+            are stored as JSON. ``wsi_level`` (``slide`` or ``patient``: whether each slide row holds the slide's
+            embedding or its patient's, all slides packed together) is read back as ``slide`` when absent.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,9 @@ def read_embeddings(path: str | Path) -> dict[str, dict]:
         for k in JSON_ATTRS:
             if k in attrs:
                 out["_attrs"][k] = json.loads(attrs[k])
+        out["_attrs"]["wsi_level"] = str(attrs.get("wsi_level", "slide"))  # files from before patient level: slide
+        if "patient_token_cap" in attrs:
+            out["_attrs"]["patient_token_cap"] = int(attrs["patient_token_cap"])
         for name, g in fh.items():
             if name == "pairs":
                 out["pairs"] = {k: {m: np.asarray(v[m]) for m in v} | {"t": v.attrs.get("t"), "b": v.attrs.get("b")}

@@ -8,6 +8,20 @@ Two segmentations of that sequence drive attention (DESIGN §4):
   segment per tissue fragment; a slide given without fragment ids is a single segment that
   holds its prefix too, as the published code does.
 
+A *patient* (several slides read together) is packed the same way by :func:`pack_patients`: one
+prefix for the patient, then each slide's patches (slide after slide, each sorted by fragment).
+Fragment ids are offset per slide, so the fragments of different slides are different segments:
+
+* ``global_segments``: one segment per patient, prefix and every slide included (NoPE blocks read
+  the slides together);
+* ``fragment_segments``: the prefix on its own, then one segment per (slide, fragment); a slide given
+  without fragment ids is one segment;
+* ``slide_segments`` (RoPE blocks when the fragment mask is off): the prefix on its own, then one
+  segment per slide.
+
+So a RoPE segment never holds tokens of two slides, and coordinates stay those of each slide (two
+slides' positions are never compared). A one-slide patient is laid out exactly as that slide alone.
+
 Nothing here is of size T x T: segments are lengths and offsets. Everything is built on the host
 (lengths are host numbers that the attention loop needs) and moved to the device once per batch,
 without waiting (:meth:`PackedSlides.to`); nothing is read back from the device.
@@ -79,6 +93,13 @@ class PackedSlides:
         rope_units: per slide, the RoPE unit in level-0 px.
         slide_of: long ``[P]``: the slide of each packed patch.
         patch_units: float64 ``[P]``: the RoPE unit of each packed patch's slide.
+        slide_segments: RoPE segments when the fragment mask is off (None: ``global_segments``); set by
+            :func:`pack_patients`, where a RoPE segment must not span two slides.
+        slides_per_item: for :func:`pack_patients`, the patches of each slide of each item (patient), in
+            input order (None: every item is one slide).
+
+    With :func:`pack_patients` an *item* (``S`` above) is a patient: ``n_patches``, ``order`` and
+    ``prefix_slots`` are per patient, ``order`` indexes the patient's slides' patches concatenated.
     """
 
     features: Tensor
@@ -92,6 +113,8 @@ class PackedSlides:
     rope_units: list[float]
     slide_of: Tensor | None = None
     patch_units: Tensor | None = None
+    slide_segments: Segments | None = None
+    slides_per_item: list[list[int]] | None = None
 
     def __post_init__(self):
         if self.slide_of is None:
@@ -103,6 +126,11 @@ class PackedSlides:
     @property
     def total(self) -> int:
         return self.global_segments.total
+
+    @property
+    def rope_free_segments(self) -> Segments:
+        """The segments of RoPE blocks without the fragment mask: per slide (never two slides together)."""
+        return self.slide_segments if self.slide_segments is not None else self.global_segments
 
     def patch_unit_per_token(self) -> Tensor:
         """float64 ``[P]``: the RoPE unit of each packed patch's slide (on the packed batch's device)."""
@@ -252,3 +280,159 @@ def pack_slides(
         fragment_segments=Segments(fragment_lengths),
         rope_units=[float(u) for u in rope_units],
     )
+
+
+def pack_patients(
+    patients: Sequence[Sequence[tuple]],
+    n_prefix: int,
+    input_dim: int,
+    rope_units: Sequence[Sequence[float]],
+    names: Sequence[Sequence[str]] | None = None,
+) -> PackedSlides:
+    """Lay out ``patients`` (each a list of slides ``(features, coords, fragment | None)``) as one sequence.
+
+    Per patient: one prefix, then the slides in the given order, each slide's patches sorted by
+    fragment. Fragment ids become ``offset_slide + rank of the id within its slide`` (a slide without
+    ids is one fragment), so fragments of different slides never share a RoPE segment; coordinates
+    and RoPE units stay per slide. The NoPE blocks see the patient as one segment. A patient with one
+    slide is packed exactly as :func:`pack_slides` packs that slide (the prefix joins a slide without
+    fragment ids, as in the published code); with several slides the prefix is always its own RoPE
+    segment. See the module docstring.
+
+    Args:
+        patients: per patient, its slides' inputs.
+        n_prefix: CLS + register tokens per patient.
+        input_dim: expected feature dim ``C``.
+        rope_units: per patient, the RoPE unit (level-0 px) of each slide.
+        names: optional slide names per patient, for error messages.
+
+    Returns:
+        A :class:`PackedSlides` whose items are the patients (``slides_per_item`` set).
+    """
+    if len(patients) == 0:
+        raise SlideInputError("no patients to encode")
+    feats_all, coords_all, units_all, order_all, n_patches, per_item = [], [], [], [], [], []
+    global_lengths: list[int] = []
+    fragment_lengths: list[int] = []
+    slide_lengths: list[int] = []
+    patch_slots, prefix_slots = [], []
+    start = 0
+    for p, slides in enumerate(patients):
+        if len(slides) == 0:
+            raise SlideInputError(f"patient {p}: no slides")
+        if len(rope_units[p]) != len(slides):
+            raise SlideInputError(f"patient {p}: {len(slides)} slides but {len(rope_units[p])} RoPE units")
+        frag_ids, xys, feats, counts_per_slide = [], [], [], []
+        offset = 0
+        for s, item in enumerate(slides):
+            where = f"patient {p} slide {s}" + (f" ({names[p][s]!r})" if names is not None else "")
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                raise SlideInputError(f"{where}: expected (features, coords[, fragment])")
+            features, coords, fragment = (tuple(item) + (None,))[:3]
+            f, xy, frag = validate_slide(features, coords, fragment, input_dim, where)
+            n = f.shape[0]
+            if frag is None:
+                local = np.zeros(n, np.int64)
+            else:
+                _, local = np.unique(frag, return_inverse=True)  # rank of each id within the slide
+            frag_ids.append(local.reshape(-1) + offset)  # offset per slide: fragments of two slides never meet
+            offset += int(local.max()) + 1
+            feats.append(f)
+            xys.append(xy.astype(np.float64))
+            counts_per_slide.append(n)
+        all_ids = np.concatenate(frag_ids)
+        order = np.argsort(all_ids, kind="stable")  # slide after slide, then fragment after fragment
+        n = len(order)
+        one_plain_slide = len(slides) == 1 and (tuple(slides[0]) + (None,))[2] is None
+        if one_plain_slide:
+            fragment_lengths.append(n_prefix + n)  # as pack_slides lays out one slide without fragment ids
+            slide_lengths.append(n_prefix + n)
+        else:
+            _, counts = np.unique(all_ids, return_counts=True)
+            fragment_lengths.append(n_prefix)
+            fragment_lengths.extend(int(c) for c in counts)
+            if len(slides) == 1:
+                slide_lengths.append(n_prefix + n)
+            else:
+                slide_lengths.append(n_prefix)
+                slide_lengths.extend(counts_per_slide)
+        global_lengths.append(n_prefix + n)
+        dtypes = {f.dtype for f in feats}
+        common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
+        order_t = torch.from_numpy(order)
+        feats_all.append(torch.cat([f.to(common) for f in feats])[order_t])
+        coords_all.append(torch.from_numpy(np.concatenate(xys)[order]))
+        units_all.append(np.repeat(np.asarray(rope_units[p], np.float64), counts_per_slide)[order])
+        order_all.append(order)
+        n_patches.append(n)
+        per_item.append(counts_per_slide)
+        prefix_slots.append(torch.arange(start, start + n_prefix))
+        patch_slots.append(torch.arange(start + n_prefix, start + n_prefix + n))
+        start += n_prefix + n
+    dtypes = {f.dtype for f in feats_all}
+    common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
+    return PackedSlides(
+        features=torch.cat([f.to(common) for f in feats_all]),
+        coords=torch.cat(coords_all),
+        patch_slots=torch.cat(patch_slots),
+        prefix_slots=torch.stack(prefix_slots),
+        order=order_all,
+        n_patches=n_patches,
+        global_segments=Segments(global_lengths),
+        fragment_segments=Segments(fragment_lengths),
+        rope_units=[float(u[0]) for u in rope_units],
+        patch_units=torch.from_numpy(np.concatenate(units_all)),
+        slide_segments=Segments(slide_lengths),
+        slides_per_item=per_item,
+    )
+
+
+def allocate_tokens(n_per_slide: Sequence[int], cap: int | None) -> list[int]:
+    """How many patches each slide of a patient keeps under ``cap`` tokens for the patient.
+
+    Proportional to each slide's patches (largest remainder, ties to the earlier slide), every slide
+    keeping at least one patch while ``cap`` allows; a patient within the cap keeps everything.
+
+    Example:
+        >>> allocate_tokens([300, 100], 200)
+        [150, 50]
+    """
+    n = np.asarray(n_per_slide, np.int64)
+    total = int(n.sum())
+    if cap is None or total <= cap:
+        return n.tolist()
+    if cap < 1:
+        raise ValueError(f"the token cap must be >= 1, got {cap}")
+    keep = np.zeros(len(n), np.int64)
+    floor_one = cap >= len(n)
+    if floor_one:
+        keep += 1
+    budget = cap - int(keep.sum())
+    share = (n - keep) * budget / max(1, int((n - keep).sum()))
+    base = np.minimum(np.floor(share).astype(np.int64), n - keep)
+    keep += base
+    left = cap - int(keep.sum())
+    frac = share - base
+    for i in sorted(range(len(n)), key=lambda i: (-frac[i], i)):  # largest remainder, earlier slide first
+        if left <= 0:
+            break
+        if keep[i] < n[i]:
+            keep[i] += 1
+            left -= 1
+    return keep.tolist()
+
+
+def draw_patient_rows(n_per_slide: Sequence[int], cap: int | None,
+                      seed: int | Sequence[int]) -> list[np.ndarray | None]:
+    """Per slide, the increasing rows a patient keeps under ``cap`` (None: all of that slide's rows).
+
+    The counts come from :func:`allocate_tokens`; the rows of each slide are a uniform random subset
+    drawn from ``np.random.default_rng(seed)`` (slide after slide), so the draw depends on ``seed`` and
+    the slides' lengths alone (no data is read to choose it).
+    """
+    keep = allocate_tokens(n_per_slide, cap)
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray | None] = []
+    for n, k in zip(n_per_slide, keep):
+        out.append(None if k >= n else np.sort(rng.choice(n, k, replace=False)))
+    return out

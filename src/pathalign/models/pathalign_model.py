@@ -49,6 +49,7 @@ from .slide_encoder import SlideEncoder
 from .slide_encoder_config import SLIDE_ENCODER_PRESETS, SlideEncoderConfig
 
 ARCHITECTURE = "pathalign"
+WSI_LEVELS = ("slide", "patient")  # what the slide encoder reads as one sequence: a slide, or all of a patient's
 MOLECULAR_DEFAULT_ENCODER = "mlp"
 
 
@@ -72,6 +73,9 @@ class PathAlignConfig:
         balance: loss balance (``"siglip"`` or ``"pos_neg"``), recorded for training.
         rna_encoder: ``MOLECULAR_ENCODERS`` entry for RNA (``"mlp"`` or ``"frozen_fm"``).
         rna_fm: the RNA foundation model's config (``frozen_fm`` only).
+        wsi_level: ``"slide"`` (one sequence per slide; a patient's slides are averaged at inference) or
+            ``"patient"`` (all of a patient's slides packed as one sequence, :meth:`PathAlignModel.encode_patient`).
+            A config saved without it (older models) is ``"slide"``.
     """
 
     modalities: list[str]
@@ -88,6 +92,7 @@ class PathAlignConfig:
     pairs: list[list[str]] | None = None
     rna_encoder: str = MOLECULAR_DEFAULT_ENCODER
     rna_fm: dict | None = None
+    wsi_level: str = "slide"
 
     def __post_init__(self):
         check_modalities(self.modalities, "PathAlignConfig.modalities")
@@ -101,6 +106,8 @@ class PathAlignConfig:
             raise ValueError("rna_encoder='frozen_fm' needs rna_fm (the RNA foundation model's config)")
         if self.balance not in BALANCES:
             raise ValueError(f"balance must be one of {BALANCES}, got {self.balance!r}")
+        if self.wsi_level not in WSI_LEVELS:
+            raise ValueError(f"wsi_level must be one of {WSI_LEVELS}, got {self.wsi_level!r}")
         if WSI in self.modalities:
             self.slide_encoder_config()  # unknown or bad slide-encoder settings fail here
 
@@ -196,6 +203,14 @@ class PathAlignModel(nn.Module):
             raise KeyError("this model has no slide encoder (trained without WSI)")
         return self.slide_encoder(slides, mpps, names)
 
+    def encode_patient(self, patients: Sequence[Sequence[tuple]], mpps: Sequence[Sequence[float | None]] | None = None,
+                       names: Sequence[Sequence[str]] | None = None) -> Tensor:
+        """Patient embeddings ``[B, D_wsi]``: each patient's slides ``[(features, coords, fragment), ...]`` packed
+        as one sequence (see :meth:`SlideEncoder.encode_patients`); ``names`` (slide ids) are named in input errors."""
+        if self.slide_encoder is None:
+            raise KeyError("this model has no slide encoder (trained without WSI)")
+        return self.slide_encoder.forward_patients(patients, mpps, names)
+
     def encode_molecular(self, modality: str, x: Tensor) -> Tensor:
         """Embeddings ``[B, embed_dim]`` of preprocessed molecular inputs ``x`` ``[B, input_dims[modality]]``."""
         if modality not in self.encoders:
@@ -265,7 +280,8 @@ class PathAlignModel(nn.Module):
         """Embeddings ``[B, d]`` and validity ``[B]`` per modality of a training batch.
 
         ``batch``: ``valid`` (dict of bool [B]), ``slides`` (list of (features, coords, fragment) for the
-        rows in ``slide_rows``), and one float tensor [B, d_in] per molecular modality.
+        rows in ``slide_rows``; with ``wsi_level="patient"`` one list of such slides per row), and one
+        float tensor [B, d_in] per molecular modality.
         """
         valid = {m: batch["valid"][m] for m in self.modalities}
         b = next(iter(valid.values())).shape[0]
@@ -275,7 +291,9 @@ class PathAlignModel(nn.Module):
                 out = torch.zeros(b, self.output_dim(WSI), device=self._device())
                 rows = batch["slide_rows"]
                 if len(rows):
-                    out = out.index_copy(0, rows.to(out.device, non_blocking=True), self.encode_slide(batch["slides"], names=batch.get("slide_ids")).to(out.dtype))
+                    encode = self.encode_patient if self.config.wsi_level == "patient" else self.encode_slide
+                    z = encode(batch["slides"], names=batch.get("slide_ids"))
+                    out = out.index_copy(0, rows.to(out.device, non_blocking=True), z.to(out.dtype))
                 emb[m] = out
             else:
                 emb[m] = self.encode_molecular(m, batch[m].to(self._device()))
@@ -440,5 +458,5 @@ def list_models() -> list[str]:
     return MODEL_PRESETS.names()
 
 
-__all__ = ["ARCHITECTURE", "MOLECULAR", "PathAlignConfig", "PathAlignModel", "create_model", "list_models",
-           "load_model", "load_preset", "upgrade_state_dict"]
+__all__ = ["ARCHITECTURE", "MOLECULAR", "WSI_LEVELS", "PathAlignConfig", "PathAlignModel", "create_model",
+           "list_models", "load_model", "load_preset", "upgrade_state_dict"]

@@ -5,6 +5,11 @@ Blocks alternate between NoPE (global attention over each slide, no position) an
 fragment, prefix tokens their own segment). A batch of slides is packed into one sequence
 (:mod:`.packing`) and attention runs segment by segment (:mod:`.attention`), so no default
 path builds anything of size T x T.
+
+Patient level (:meth:`SlideEncoder.encode_patients`): a patient's slides are packed as one sequence
+with one prefix; RoPE blocks stay within each (slide, fragment), NoPE blocks read all of the
+patient's slides together, and the embedding pools over the patient's patches. A one-slide patient
+gives exactly that slide's slide-level outputs.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from torch import Tensor, nn
 from .attention import ATTENTION_BACKENDS, choose_backend
 from .exaone import load_exaone_slide_encoder
 from .layers import SwiGLU
-from .packing import PackedSlides, Segments, SlideInputError, pack_slides
+from .packing import PackedSlides, Segments, SlideInputError, pack_patients, pack_slides
 from .rope import apply_rope, rope_cos_sin, rope_periods, rope_positions
 from .slide_encoder_config import POOLINGS, SLIDE_ENCODER_PRESETS, SlideEncoderConfig
 
@@ -166,6 +171,17 @@ class SlideEncoder(nn.Module):
             raise SlideInputError(f"{len(slides)} slides but {len(mpps)} mpp values")
         return pack_slides(slides, self.config.n_prefix, self.config.input_dim, self._rope_units(mpps), names)
 
+    def pack_patients(self, patients: Sequence[Sequence[tuple]],
+                      mpps: Sequence[Sequence[float | None]] | None = None,
+                      names: Sequence[Sequence[str]] | None = None) -> PackedSlides:
+        """Validate and pack ``patients`` (see :func:`~pathalign.models.packing.pack_patients`); ``mpps``
+        per patient per slide (the RoPE unit stays each slide's own)."""
+        mpps = [list(m) for m in mpps] if mpps is not None else [[None] * len(p) for p in patients]
+        if len(mpps) != len(patients) or any(len(m) != len(p) for m, p in zip(mpps, patients)):
+            raise SlideInputError("give one mpp per slide of every patient")
+        units = [self._rope_units(m) for m in mpps]
+        return pack_patients(patients, self.config.n_prefix, self.config.input_dim, units, names)
+
     def _rope_tables(self, packed: PackedSlides, device) -> tuple[Tensor, Tensor]:
         """cos/sin ``[T, D_h]`` over the whole sequence, built on ``device``; prefix rows are the identity rotation."""
         t, dh = packed.total, self.config.head_dim
@@ -199,7 +215,7 @@ class SlideEncoder(nn.Module):
         x[packed.patch_slots] = patch_tokens
         x[packed.prefix_slots.reshape(-1)] = prefix.reshape(-1, cfg.dim).to(x.dtype)  # [S*P, D]
         rope = self._rope_tables(packed, device) if cfg.use_rope and any(b.rope_block for b in self.blocks) else None
-        rope_segments = packed.fragment_segments if cfg.fragment_mask else packed.global_segments
+        rope_segments = packed.fragment_segments if cfg.fragment_mask else packed.rope_free_segments
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for blk in self.blocks[:stop]:
             args = (rope_segments, backend, rope) if blk.rope_block else (packed.global_segments, backend, None)
@@ -282,3 +298,36 @@ class SlideEncoder(nn.Module):
             (torch.Size([80]), torch.Size([5, 64]))
         """
         return self.encode_batch([(features, coords, fragment)], mpps=[mpp])[0]
+
+    def encode_patients(self, patients: Sequence[Sequence[SlideInput]],
+                        mpps: Sequence[Sequence[float | None]] | None = None,
+                        names: Sequence[Sequence[str]] | None = None) -> list[dict]:
+        """Encode several patients, each one packed sequence of its slides, in one pass.
+
+        Args:
+            patients: per patient, ``[(features [N,C], coords [N,2] level-0 px, fragment [N] or None), ...]``.
+            mpps: optional µm/px per patient per slide (needed only with ``rope_unit_um``).
+            names: optional slide names per patient, used in error messages.
+
+        Returns:
+            One dict per patient: ``slide_embedding`` ``[output_dim]`` (the patient's embedding: pooled over
+            all of its patches), ``cls`` ``[D]``, and ``patch_tokens``: a list of ``[N_s, D]``, one per slide,
+            in each slide's input order.
+        """
+        packed = self.pack_patients(patients, mpps, names)
+        out = self.forward_packed(packed)
+        results, start = [], 0
+        for p, (n, order) in enumerate(zip(packed.n_patches, packed.order)):
+            tok = out["tokens"][start : start + n]
+            inverse = torch.empty(n, dtype=torch.long, device=tok.device)
+            inverse[torch.as_tensor(order, device=tok.device)] = torch.arange(n, device=tok.device)
+            per_slide = list(torch.split(tok[inverse], packed.slides_per_item[p]))
+            results.append({"slide_embedding": out["slide_embedding"][p], "patch_tokens": per_slide, "cls": out["cls"][p]})
+            start += n
+        return results
+
+    def forward_patients(self, patients: Sequence[Sequence[SlideInput]],
+                         mpps: Sequence[Sequence[float | None]] | None = None,
+                         names: Sequence[Sequence[str]] | None = None) -> Tensor:
+        """Patient embeddings ``[B, output_dim]``, one packed sequence per patient (see :meth:`encode_patients`)."""
+        return self.forward_packed(self.pack_patients(patients, mpps, names))["slide_embedding"]

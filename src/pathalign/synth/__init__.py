@@ -29,7 +29,16 @@ import pandas as pd
 from ..io.atomic import atomic_path, atomic_write_df, atomic_write_json, atomic_write_text
 from .omics import cnv_table, maf_table, methylation_table, rna_table
 from .slides import render_slide, texture_bank, write_pyramidal_tiff
-from .state import CANCER_TYPES, MECHANISMS, MODALITY_RATES, PROGRAMS, SUBTYPES, SynthConfig, sample_truth
+from .state import (
+    CANCER_TYPES,
+    MECHANISMS,
+    MODALITY_RATES,
+    PAIRED_MECHANISM,
+    PROGRAMS,
+    SUBTYPES,
+    SynthConfig,
+    sample_truth,
+)
 
 __all__ = ["MECHANISMS", "SynthConfig", "generate_cohort"]
 
@@ -69,7 +78,9 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
             slide_rows.append((slide_id, r.case_id, f"slides/{slide_id}.tiff"))
             jobs.append(dict(seed=cfg.seed, index=len(jobs), path=str(path), cancer_type=r.cancer_type,
                              sub=SUBTYPES[r.cancer_type].index(r.subtype.split("_", 1)[1]), pattern=r.tumour_side,
-                             instability=r.genomic_instability, params=cfg.slide_params,
+                             instability=r.genomic_instability,
+                             params=dict(cfg.slide_params, mucin=bool(r[f"paired_cue_{k + 1}"])) if cfg.paired_trait
+                             else cfg.slide_params,
                              programs=[float(r[f"program_{p}"]) for p in PROGRAMS], size=cfg.slide_size, mpp=cfg.mpp))
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
@@ -82,7 +93,7 @@ def generate_cohort(out: str | Path, cfg: SynthConfig, workers: int | None = Non
         print(f"synth: {len(jobs)} slides written in {time.perf_counter() - t0:.1f} s", flush=True)
     atomic_write_df(pd.DataFrame(slide_rows, columns=["slide_id", "case_id", "path"]), out / "slides.tsv")
     clinical = truth[["case_id", "cancer_type", "subtype", "tumour_side", "genomic_instability", "age", "OS_days",
-                      "OS_event"]]
+                      "OS_event"] + (["paired_trait"] if cfg.paired_trait else [])]
     atomic_write_df(clinical, out / "clinical.tsv")
     atomic_write_df(rna_table(cfg, truth), out / "rna_tpm.tsv.gz", index=True)
     maf = maf_table(cfg, truth)
@@ -105,7 +116,12 @@ def describe(cfg: SynthConfig, truth: pd.DataFrame) -> str:
     has = truth[[f"has_{m}" for m in MODALITY_RATES]]
     rates = "\n".join(f"| {m} | {cfg.modality_rates[m]:.2f} | {has[f'has_{m}'].mean():.3f} |" for m in MODALITY_RATES)
     slide = ", ".join(f"{k} {v:.3f}" for k, v in cfg.slide_params.items())
-    return (MECHANISMS + f"""
+    paired = ""
+    if cfg.paired_trait:
+        paired = PAIRED_MECHANISM + (f"\nThis cohort: `paired_trait` discordant for "
+                                     f"{(truth.paired_trait == 'discordant')[truth.has_wsi].mean():.1%} of the patients "
+                                     f"with slides.\n")
+    return (MECHANISMS + paired + f"""
 ## This cohort
 
 Seed {cfg.seed}, {cfg.patients} patients, difficulty {cfg.difficulty:g}; slide cues: {slide}.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .state import SynthConfig, instability_vector, latent_matrix
+from .state import PAIRED_GENE_FRACTION, PAIRED_TRAIT, SynthConfig, instability_vector, latent_matrix
 
 INSTABILITY_GENES = 10  # MUT000..MUT009: mutated far more often in genomically unstable tumours
 INSTABILITY_PROBE_FRACTION = 0.1  # the first 10 % of probes: hypermethylated when unstable
@@ -40,11 +40,19 @@ def rna_table(cfg: SynthConfig, truth: pd.DataFrame) -> pd.DataFrame:
     w_met = _loadings(rng, 1, cfg.genes, 0.3, 1.5)[0]
     met = truth["program_metabolic"].to_numpy()
     noise = 0.9 * cfg.difficulty
+    pair_term = np.zeros((len(truth), cfg.genes))
+    if cfg.paired_trait:  # the two-slide trait moves a few genes (its own stream: other draws unchanged)
+        prng = np.random.default_rng([cfg.seed, 14])
+        w_pair = np.zeros(cfg.genes)
+        moved = prng.choice(cfg.genes, max(1, int(PAIRED_GENE_FRACTION * cfg.genes)), replace=False)
+        w_pair[moved] = 2.0 * prng.choice([-1.0, 1.0], len(moved))
+        sign = np.where(truth["paired_trait"].to_numpy() == PAIRED_TRAIT[1], 1.0, -1.0)
+        pair_term = sign[:, None] * w_pair[None, :]
     cols, values = [], []
     idx = np.flatnonzero(truth["has_rna"].to_numpy())
     for i in idx:
         case = truth.case_id.iat[i]
-        expr = base + lat[i] @ w + met[i] * w_met + rng.normal(0, noise, cfg.genes)
+        expr = base + lat[i] @ w + met[i] * w_met + pair_term[i] + rng.normal(0, noise, cfg.genes)
         cols.append(_aliquot(case, "01A", "R", rng, "07"))
         values.append(expr)
         if rng.random() < cfg.duplicate_vial_rate:  # a second vial: the TCGA rule keeps vial A

@@ -188,7 +188,8 @@ def render_slide(rng: np.random.Generator, bank: dict[tuple[str, int, str], np.n
                  n_fragments: int, instability: str = "low", params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """RGB ``[size, size, 3]`` slide and its per-pixel fragment map.
 
-    ``params``: ``discordant_fragments`` and ``fraction_noise`` (:attr:`SynthConfig.slide_params`; default none).
+    ``params``: ``discordant_fragments`` and ``fraction_noise`` (:attr:`SynthConfig.slide_params`; default none),
+    and ``mucin`` (the paired-trait cue: pale mucin lakes in about 30 % of the stroma; default off).
     """
     p = params or {}
     cls, frag, kind, _ = tissue_classes(rng, size, n_fragments, pattern, programs, instability,
@@ -205,6 +206,8 @@ def render_slide(rng: np.random.Generator, bank: dict[tuple[str, int, str], np.n
         oy, ox = rng.integers(0, BANK, 2)
         tile = np.ascontiguousarray(np.tile(bank[(ctype, sub, name)], reps)[oy:oy + size, ox:ox + size])
         cv2.copyTo(tile, mask, img)
+    if p.get("mucin"):
+        _paint_mucin(rng, img, cls == 1 + CLASSES.index("stroma"))
     # scanner/stain variation (a batch effect unrelated to biology): per-channel gain and gamma
     gain = rng.normal(1.0, 0.06, 3)
     gamma = rng.uniform(0.75, 1.3, 3)
@@ -214,6 +217,21 @@ def render_slide(rng: np.random.Generator, bank: dict[tuple[str, int, str], np.n
     noise = cv2.resize(rng.normal(0, 3, (size // 8, size // 8)).astype(np.float32), (size, size))
     img = cv2.add(img, cv2.merge([noise] * 3), dtype=cv2.CV_8U)
     return img, frag
+
+
+MUCIN_FRACTION = 0.3  # of the stroma, with the paired-trait cue
+
+
+def _paint_mucin(rng: np.random.Generator, img: np.ndarray, stroma: np.ndarray) -> None:
+    """Pale, faintly blue mucin lakes over about :data:`MUCIN_FRACTION` of the ``stroma`` pixels of ``img`` (in place)."""
+    size = img.shape[0]
+    blob = cv2.resize(rng.random((max(2, size // 64),) * 2).astype(np.float32), (size, size),
+                      interpolation=cv2.INTER_CUBIC)
+    cut = np.quantile(blob[stroma], MUCIN_FRACTION) if stroma.any() else 0.0
+    lake = stroma & (blob < cut)
+    h = 0.12 + 0.04 * rng.random((size, size)).astype(np.float32)
+    e = 0.05 + 0.02 * rng.random((size, size)).astype(np.float32)
+    cv2.copyTo(_to_rgb(h, e), lake.view(np.uint8), img)
 
 
 def write_pyramidal_tiff(path: Path, rgb: np.ndarray, mpp: float, magnification: float = 20.0,

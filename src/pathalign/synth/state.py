@@ -12,6 +12,10 @@ so that each claim of the method has a mechanism to test (see :data:`MECHANISMS`
 
 ``difficulty`` multiplies every noise level (and weakens the slide cues), so signal to noise falls
 monotonically as it grows; 1.0 is the default cohort.
+
+Optionally (``paired_trait``), a trait that needs two of a patient's slides: every patient with slides
+has two, each showing one binary cue of its own, and the patient's trait is whether the two cues differ
+(an XOR); see :data:`PAIRED_MECHANISM`.
 """
 from __future__ import annotations
 
@@ -70,10 +74,34 @@ Mechanisms, one per claim of the method:
   0..1) with their own noise levels (below). Per-pair adapters can select, for each pair, the part that
   pair shares; one shared projection per modality must carry all of it into every pair.
 
+* **(e) optional (`pathalign synth --paired-trait`): a trait that needs two slides read together** — see
+  the section below when this cohort has it.
+
 Noise (standard deviation, each times `difficulty`): RNA log2-expression 0.9 per gene; CNV 0.6 per arm
 and 0.35 per gene; methylation 0.7 (logit scale) per probe; mutation calls are Bernoulli draws (their
 logits get 0.8 of noise); slides: tissue-fraction noise 0.08, discordant fragments 0.15, nucleus-size
 contrast of the two subclones 1 + 0.35 / difficulty.
+"""
+
+
+PAIRED_TRAIT = ("concordant", "discordant")  # the two cues of a patient's slides agree / differ
+PAIRED_GENE_FRACTION = 0.2  # RNA genes moved by the paired trait
+PAIRED_MECHANISM = """
+## (e) A trait that needs two slides (`--paired-trait`)
+
+Every patient with slides has exactly two (`DX1`, `DX2`). Each slide carries one binary cue of its own,
+drawn independently per slide (`paired_cue_1`, `paired_cue_2` in `truth.parquet`): with the cue,
+pale mucin lakes replace about 30 % of the slide's stroma (painted before the stain variation, so
+they read as bright, low-eosin patches); without it, none. The patient's `paired_trait` (clinical
+column) is `discordant` when the two cues differ and `concordant` when they agree: an XOR. RNA carries
+it strongly (20 % of the genes move by ±2 log2 units with it; no other modality does), so that alignment
+has a reason to teach it to the slide encoder.
+
+No single slide tells it (each cue is independent of the trait), and no linear read-out of the mean
+of a patient's slide embeddings does either: the mean of two slides is the same function of
+(cue 1 + cue 2) whichever slide holds which cue, and the trait is 1 exactly at the middle value of
+that sum (both class means of any linear score lie on one line, the discordant one between the two
+concordant ones). A model that reads both slides in one sequence can compute it.
 """
 
 
@@ -104,6 +132,7 @@ class SynthConfig:
     duplicate_vial_rate: float = 0.03
     methylation_na_rate: float = 0.03
     orphan_samples: int = 2
+    paired_trait: bool = False
 
     def __post_init__(self):
         if self.patients < 4:
@@ -167,6 +196,10 @@ def sample_truth(cfg: SynthConfig) -> pd.DataFrame:
     extra = np.random.default_rng([cfg.seed, 12])
     instability = extra.integers(0, 2, n)
     metabolic = extra.normal(0, 1, n)
+    paired = None
+    if cfg.paired_trait:  # its own stream, so every other draw of a seed is unchanged
+        n_slides = np.where(has["wsi"], 2, 0)
+        paired = np.random.default_rng([cfg.seed, 13]).integers(0, 2, (n, 2))
     df = pd.DataFrame({
         "case_id": cases,
         "cancer_type": [CANCER_TYPES[c] for c in cancer],
@@ -183,6 +216,9 @@ def sample_truth(cfg: SynthConfig) -> pd.DataFrame:
     for m in mods:
         df[f"has_{m}"] = has[m]
     df["n_slides"] = n_slides
+    if paired is not None:
+        df["paired_cue_1"], df["paired_cue_2"] = paired[:, 0], paired[:, 1]
+        df["paired_trait"] = [PAIRED_TRAIT[int(a != b)] for a, b in paired]
     return df
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..cohort import CohortInputError
 from ..cohort.model_view import CohortData
+from ..models.packing import draw_patient_rows
 
 DEFAULT_VAL_FRACTION = 0.2  # TrainConfig.val_fraction
 DEFAULT_STRATIFY = "cancer_type"  # TrainConfig.stratify
@@ -76,10 +77,18 @@ class BatchSpec:
     modality_dropout: float
     rank: int = 0
     world_size: int = 1
+    wsi_level: str = "slide"  # "patient": every usable slide of a patient, max_tokens patches for them together
 
 
 class StepBatches(Dataset):
-    """``dataset[step]`` = this rank's share of the global batch of that step (a dict ready for the model)."""
+    """``dataset[step]`` = this rank's share of the global batch of that step (a dict ready for the model).
+
+    Slide level (``spec.wsi_level == "slide"``): one slide per patient, drawn at random, at most
+    ``max_tokens`` of its patches. Patient level: all of the patient's usable slides, at most
+    ``max_tokens`` patches for the patient, shared across its slides in proportion to their patches
+    (:func:`~pathalign.models.packing.draw_patient_rows`); ``slides`` then holds one list of slides per
+    row and ``slide_ids`` one list of ids. Either way the draw is a function of (seed, step) alone.
+    """
 
     def __init__(self, data: CohortData, train_idx: np.ndarray, spec: BatchSpec):
         if len(train_idx) < spec.batch_size:
@@ -125,6 +134,11 @@ class StepBatches(Dataset):
             for r, (i, c, ts) in enumerate(zip(idx, np.asarray(choice)[mine], token_seeds[mine])):
                 if not batch["valid"]["wsi"][r]:
                     continue
+                if spec.wsi_level == "patient":
+                    slides.append(self._patient_slides(data.slides[i], spec.max_tokens, ts))
+                    rows.append(r)
+                    names.append(list(data.slides[i]))
+                    continue
                 sid = data.slides[i][c]
                 n = data.reader.n_patches(sid)
                 keep = None
@@ -136,3 +150,12 @@ class StepBatches(Dataset):
                 names.append(sid)
             batch.update(slides=slides, slide_rows=torch.tensor(rows, dtype=torch.long), slide_ids=names)
         return batch
+
+    def _patient_slides(self, slide_ids: list[str], max_tokens: int, seed: int) -> list[tuple]:
+        """All of a patient's slides, at most ``max_tokens`` patches together (rows chosen from the lengths alone)."""
+        keep = draw_patient_rows([self.data.reader.n_patches(s) for s in slide_ids], max_tokens, seed)
+        out = []
+        for sid, rows in zip(slide_ids, keep):
+            feats, coords, frag = self.data.load_slide(sid, rows)  # only those rows are read
+            out.append((torch.from_numpy(feats), torch.from_numpy(coords), torch.from_numpy(frag)))
+        return out

@@ -34,11 +34,15 @@ Embeddings = dict[str, Tensor]
 
 
 def row_tokens(batch: dict, n_prefix: int = 0) -> list[int]:
-    """Tokens each row of ``batch`` brings to the slide encoder (0 for a row without a slide)."""
+    """Tokens each row of ``batch`` brings to the slide encoder (0 for a row without a slide; a patient-level
+    row's slides together)."""
     b = len(next(iter(batch["valid"].values())))
     tokens = [0] * b
     for r, slide in zip(batch.get("slide_rows", torch.zeros(0, dtype=torch.long)).tolist(), batch.get("slides", [])):
-        tokens[r] = int(slide[0].shape[0]) + n_prefix
+        if isinstance(slide, list):  # patient level: the patient's slides, one prefix
+            tokens[r] = sum(int(s[0].shape[0]) for s in slide) + n_prefix
+        else:
+            tokens[r] = int(slide[0].shape[0]) + n_prefix
     return tokens
 
 

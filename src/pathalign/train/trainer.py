@@ -33,8 +33,8 @@ from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..io.stale_tmp import remove_stale_tmp
 from ..io.model_folder import dataclass_from_dict
+from ..models.pathalign_model import WSI_LEVELS, PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.preprocessing import MODEL_TRANSFORMS
-from ..models.pathalign_model import PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
 from ..models.siglip import LossOutput, MultimodalSigLIPLoss
 from .data import DEFAULT_STRATIFY, DEFAULT_VAL_FRACTION, BatchSpec, StepBatches, split_notes, split_patients
 from .loader_workers import worker_init
@@ -58,7 +58,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20
-    max_tokens: int = 512
+    max_tokens: int = 512  # patches per slide per step; with wsi_level "patient", per patient (all its slides)
+    wsi_level: str = "slide"  # "patient": a patient's slides read as one sequence (recorded in the model's config)
     modality_dropout: float = 0.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -102,6 +103,11 @@ class TrainConfig:
             raise ValueError("micro_batch_tokens needs micro_batch (gradient caching)")
         if self.feature_cache_mb is not None and self.feature_cache_mb < 0:
             raise ValueError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        if self.wsi_level not in WSI_LEVELS:
+            raise ValueError(f"wsi_level must be one of {WSI_LEVELS}, got {self.wsi_level!r}")
+        if "wsi_level" in self.model_overrides:
+            raise ValueError("wsi_level is a training setting (--wsi-level, or wsi_level: at the top of the YAML), "
+                             "not a model: override")
         check_validation_settings(self.val_every, self.select_metric, self.early_stopping_patience)
 
     @classmethod
@@ -175,7 +181,7 @@ class Trainer:
             # a key missing from an older checkpoint is a setting added since: it was trained at its default
             saved = {**{f.name: f.default for f in fields(TrainConfig)}, **json.loads(self.state["train_config"])}
             for key in ("seed", "batch_size", "steps", "preset", "max_tokens", "modality_dropout", "modalities",
-                        "train_missing_rate", "select_metric"):
+                        "train_missing_rate", "select_metric", "wsi_level"):
                 if saved.get(key) != asdict(cfg).get(key) and not (key == "modalities" and cfg.modalities is None):
                     raise TrainingError(f"--resume with a different {key}: checkpoint has {saved.get(key)!r}, "
                                         f"now {asdict(cfg).get(key)!r}")
@@ -217,7 +223,7 @@ class Trainer:
         self.data = CohortData(self.cohort, cfg.features, modalities, splits["train"], preprocessing,
                                cfg.transform_options, rna_emb, feature_cache_bytes=cache, hidden=self.hidden,
                                transforms=MODEL_TRANSFORMS)
-        overrides = dict(cfg.model_overrides)
+        overrides = dict(cfg.model_overrides, wsi_level=cfg.wsi_level)
         if rna_fm_cfg is not None:
             overrides.update(rna_encoder="frozen_fm", rna_fm=rna_fm_cfg)
         if cfg.slide_encoder_weights and "wsi" in modalities:
@@ -250,7 +256,8 @@ class Trainer:
         self.train_idx = self.data.eligible(splits["train"])
         if cfg.complete_cases:
             self.train_idx = self.train_idx[self.data.n_valid[self.train_idx] == len(self.data.modalities)]
-        spec = BatchSpec(cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.modality_dropout, self.rank, self.world)
+        spec = BatchSpec(cfg.seed, cfg.batch_size, cfg.max_tokens, cfg.modality_dropout, self.rank, self.world,
+                         cfg.wsi_level)
         self.batches = StepBatches(self.data, self.train_idx, spec)
         self.validation = Validation.for_trainer(self)
         self.net = self.model
@@ -447,7 +454,7 @@ class Trainer:
         val_idx = self.data.eligible(self.splits.get("val", []))
         if self.cfg.diagnostics_every <= 0 or len(val_idx) < 2:
             return None
-        spec = BatchSpec(self.cfg.seed, min(len(val_idx), 128), self.cfg.max_tokens, 0.0)
+        spec = BatchSpec(self.cfg.seed, min(len(val_idx), 128), self.cfg.max_tokens, 0.0, wsi_level=self.cfg.wsi_level)
         batch = self._to_device(StepBatches(self.data, val_idx, spec)[0])
         return DiagnosticsLog(self.run, batch, self.cfg.diagnostics_every, self.model.config.balance, self.start_step)
     def autocast(self) -> torch.autocast:

@@ -129,11 +129,12 @@ class ValidationScorer:
         to_device: moves a batch to the model's device.
         autocast: a context manager factory for the forward (the trainer's).
         pairs: the model's pairs ``(a, b)`` (default: every pair of ``data.modalities`` in order).
+        wsi_level: ``"slide"`` or ``"patient"`` (the model's; see :class:`~pathalign.train.data.StepBatches`).
     """
 
     def __init__(self, data: CohortData, val_ids: Sequence[str], batch_size: int, max_tokens: int, seed: int,
                  balance: str, to_device: Callable[[dict], dict], autocast: Callable[[], Any],
-                 pairs: Sequence[tuple[str, str]] | None = None):
+                 pairs: Sequence[tuple[str, str]] | None = None, wsi_level: str = "slide"):
         from ..models.siglip import MultimodalSigLIPLoss
 
         self.idx = data.eligible(list(val_ids))
@@ -143,7 +144,7 @@ class ValidationScorer:
         if len(self.idx) >= 2:
             bs = min(batch_size, len(self.idx))
             n = -(-len(self.idx) // bs)
-            self.batches = _Chunks(data, self.idx, BatchSpec(seed, bs, max_tokens, 0.0), n)
+            self.batches = _Chunks(data, self.idx, BatchSpec(seed, bs, max_tokens, 0.0, wsi_level=wsi_level), n)
         mods = data.modalities
         pairs = pairs if pairs is not None else [(a, b) for i, a in enumerate(mods) for b in mods[i + 1:]]
         both = {f"{a}-{b}": int((data.valid[a][self.idx] & data.valid[b][self.idx]).sum()) for a, b in pairs}
@@ -294,7 +295,7 @@ class Validation:
             return None
         scorer = ValidationScorer(trainer.data, trainer.splits.get("val", []), cfg.batch_size, cfg.max_tokens,
                                   cfg.seed, trainer.model_config.balance, trainer._to_device, trainer.autocast,
-                                  trainer.model.pair_heads.pairs)
+                                  trainer.model.pair_heads.pairs, cfg.wsi_level)
         metric, reason = cfg.select_metric, ""
         if not scorer.usable and metric != "last":
             metric = "last"
