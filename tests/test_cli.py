@@ -37,29 +37,50 @@ def _option_entries(parser: argparse.ArgumentParser) -> list[tuple[argparse.Acti
             if not isinstance(a, (argparse._SubParsersAction, argparse._HelpAction))]
 
 
+def _help_problems(parser: argparse.ArgumentParser) -> list[str]:
+    """What is wrong with ``parser``'s ``--help``: an option without help, an option whose default is not shown
+    (a default that is 'not given' — None, False, SUPPRESS, compared by identity so that 0 is shown — excepted)."""
+    problems = []
+    for action, entry in _option_entries(parser):
+        name = "/".join(action.option_strings) or action.dest
+        if not (action.help and action.help.strip()):
+            problems.append(f"{parser.prog}: {name} has no help text")
+        not_given = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if action.option_strings and not not_given and "default" not in entry.lower():
+            problems.append(f"{parser.prog}: {name} does not show its default: {entry!r}")
+    return problems
+
+
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_every_option_of_every_verb_nested_ones_too_is_explained_with_its_default(verb):
     from pathalign.cli import _parsers
 
     for parser in _parsers(_verb_parser(verb)):
-        for action, entry in _option_entries(parser):
-            name = "/".join(action.option_strings) or action.dest
-            assert action.help and action.help.strip(), f"{parser.prog}: {name} has no help text"
-            shows = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
-            assert shows or "default" in entry.lower(), f"{parser.prog}: {name} does not show its default: {entry!r}"
+        assert _help_problems(parser) == []
         assert any("--debug" in a.option_strings for a in parser._actions), f"{parser.prog} has no --debug"
 
 
-def test_the_help_check_finds_an_option_without_help():
-    """The check above on a parser with a planted option that has no help (and one hiding its default)."""
+def test_the_help_check_finds_an_option_without_help_and_a_hidden_zero_default():
+    """The check above on a planted parser: an option without help, and a default of 0 that is not shown."""
+    p = argparse.ArgumentParser(prog="x")  # the plain formatter never shows a default
+    p.add_argument("--silent", type=int, default=3)
+    p.add_argument("--zero", type=int, default=0, help="how many")
+    p.add_argument("--unset", type=int, default=None, help="how many")
+    problems = _help_problems(p)
+    assert len(problems) == 3, problems  # --silent: no help and no default; --zero: no default
+    assert any("--silent has no help" in m for m in problems)
+    assert any("--zero does not show its default" in m for m in problems)
+    assert not any("--unset" in m for m in problems)
+
+
+def test_a_zero_default_is_shown():
     from pathalign.cli import _HelpFormatter
 
     p = argparse.ArgumentParser(prog="x", formatter_class=_HelpFormatter)
-    p.add_argument("--silent", type=int, default=3)
+    p.add_argument("--zero", type=int, default=0, help="how many")
     p.add_argument("--told", type=int, default=4, help="how many")
-    entries = {a.dest: (a, e) for a, e in _option_entries(p)}
-    assert not entries["silent"][0].help
-    assert "(default: 4)" in entries["told"][1]
+    entries = {a.dest: e for a, e in _option_entries(p)}
+    assert "(default: 0)" in entries["zero"] and "(default: 4)" in entries["told"]
 
 
 def test_nested_verbs_take_debug_and_report_errors_as_pathalign(tmp_path, capsys, monkeypatch):

@@ -73,7 +73,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+        not_given = any(action.default is v for v in (None, False, argparse.SUPPRESS))  # by identity: 0 == False
+        if (not action.option_strings or "default" in text.lower() or not_given
                 or isinstance(action, argparse._VersionAction)):
             return text
         if isinstance(action.default, list):  # a list option's default, written in the list syntax
