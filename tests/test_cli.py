@@ -246,6 +246,29 @@ def test_every_seed_option_refuses_a_non_integer(capsys):
     assert {"pathalign bench --missing-seeds", "pathalign ablate --seeds", "pathalign train --seed"} <= set(seen), seen
 
 
+def test_every_single_seed_option_is_built_by_seed_option():
+    """One --seed, built once: every verb's --seed converts as the seeds parser does (seed_type, no copied int)."""
+    from pathalign.cli.options import seed_type
+
+    verbs = set()
+    for parser in _all_parsers():
+        for action in parser._actions:
+            if "--seed" in action.option_strings:
+                verbs.add(parser.prog)
+                assert action.type is seed_type, (parser.prog, action.type)
+    assert len(verbs) == 8, sorted(verbs)
+
+
+def test_ablate_refuses_seed_with_seeds(capsys):
+    parser = _verb_parser("ablate")
+    base = _required_args(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(base + ["--seed", "0", "--seeds", "1,2"])
+    assert exit_.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert parser.parse_args(base + ["--seed", "3"]).seed == 3
+    assert parser.parse_args(base + ["--seeds", "1,2"]).seeds == [1, 2]
+
+
 def test_seed_lists_refuse_repeats():
     parser = _verb_parser("ablate")
     with pytest.raises(SystemExit):

@@ -27,7 +27,16 @@ from __future__ import annotations
 
 import argparse
 
-from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, seeds_option
+from .options import (
+    LIST_SYNTAX,
+    ListOption,
+    device_option,
+    include,
+    include_exclusive,
+    out_option,
+    seed_option,
+    seeds_option,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,9 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="patients per batch (default: the preset's, 32 for tiny); an arm with fewer training "
                         "patients uses them all, with a note")
     p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
-    include(p, seeds_option("--seeds", None, f"seeds ({LIST_SYNTAX} integers, e.g. 0,1,2): every arm runs once per "
-                                             "seed; the table gives mean ± 95 %% CI and the paired difference to full"))
+    # one seed or several, not both: a --seed beside --seeds would otherwise be silently ignored
+    include_exclusive(p, seed_option("the one seed of every arm (default: 0); or --seeds", default=None),
+                      seeds_option("--seeds", None, f"seeds ({LIST_SYNTAX} integers, e.g. 0,1,2): every arm runs once "
+                                                    "per seed; the table gives mean ± 95 %% CI and the paired "
+                                                    "difference to full"))
     p.add_argument("--folds", type=int, default=5, help="folds of the benchmark tasks")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder")
     p.add_argument("--only", action=ListOption, default=None, metavar="ARM",
@@ -56,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.ablate import run_ablations
 
     device = str(resolve_device(args.device))  # before any work
-    seeds = list(args.seeds) if args.seeds else [args.seed]
+    seed = 0 if args.seed is None else args.seed
+    seeds = list(args.seeds) if args.seeds else [seed]
     only = list(args.only) if args.only else None
-    run_ablations(args.cohort, args.out, args.preset, args.steps, args.seed, args.rna_fm, only=only, seeds=seeds,
+    run_ablations(args.cohort, args.out, args.preset, args.steps, seed, args.rna_fm, only=only, seeds=seeds,
                   batch_size=args.batch_size, max_tokens=args.max_tokens, folds=args.folds,
                   device=device)
     print((Path(args.out) / "ablation.md").read_text())

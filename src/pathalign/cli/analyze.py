@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import out_option
+from .options import include, out_option, seed_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--k", type=int, default=8, help="dominant input directions compared per adapter (default 8)")
     a.add_argument("--top", type=int, default=20, help="input features listed per adapter (default 20)")
     a.add_argument("--null-draws", type=int, default=200, help="random matrices in each null (default 200)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the nulls")
+    include(a, seed_option("seed of the nulls"))
 
 
 def run(args: argparse.Namespace) -> int:

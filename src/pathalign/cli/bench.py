@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import LIST_SYNTAX, ListOption, include, out_option, seeds_option
+from .options import LIST_SYNTAX, ListOption, include, out_option, seed_option, seeds_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="folds for cohort-derived tasks")
     p.add_argument("--labels", action=ListOption, default=None, metavar="COLUMN",
                    help=f"label columns ({LIST_SYNTAX}; default: every categorical one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds derived from a cohort")
+    include(p, seed_option("seed of the cross-validation folds derived from a cohort"))
     p.add_argument("--missing-rates", action=ListOption, item=float, default=None, metavar="RATE",
                    help=f"fractions ({LIST_SYNTAX}, e.g. 0,0.25,0.5,0.75,1): also hide that fraction of each "
                         "non-slide modality at inference and report every task and cross-modal pair as a curve")

@@ -1,4 +1,4 @@
-"""Options shared by the verbs, built once: ``--out``, ``--device``, ``--seeds``, ``--quiet``, ``--debug``,
+"""Options shared by the verbs, built once: ``--out``, ``--device``, ``--seed``, ``--seeds``, ``--quiet``, ``--debug``,
 and the one syntax of every list-valued option.
 
 Each builder returns a parent parser (``argparse.ArgumentParser(add_help=False)``) that a verb takes with
@@ -18,8 +18,8 @@ from typing import Any
 
 from ..devices import DEVICE_HELP
 
-__all__ = ["ListOption", "debug_option", "device_option", "include", "out_option", "parse_seeds", "quiet_option",
-           "seed_value", "seeds_option", "split_list"]
+__all__ = ["ListOption", "debug_option", "device_option", "include", "include_exclusive", "out_option", "parse_seeds",
+           "quiet_option", "seed_option", "seed_type", "seed_value", "seeds_option", "split_list"]
 
 DEBUG_HELP = "show the Python traceback of expected errors too (also PATHALIGN_DEBUG=1)"
 LIST_SYNTAX = "comma- or space-separated"
@@ -45,6 +45,14 @@ def seed_value(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"a seed is an integer, got {text!r}") from None
+
+
+def seed_type(text: str) -> int:
+    """:func:`seed_value` as an argparse ``type``: a non-integer is a usage error naming the option."""
+    try:
+        return seed_value(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_seeds(values: str | list[str], option: str = "--seeds") -> list[int]:
@@ -119,6 +127,19 @@ def include(parser: argparse.ArgumentParser, *parents: argparse.ArgumentParser) 
     return parser
 
 
+def include_exclusive(parser: argparse.ArgumentParser, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``parents`` to ``parser`` as one mutually exclusive group: giving two is a usage error.
+
+    An option's default should be ``None``: argparse sees an option as given only when its value is not its
+    default *object* (``--seed 0`` with a default of ``0`` would go unseen)."""
+    group = parser.add_mutually_exclusive_group()
+    for parent in parents:
+        for action in parent._actions:
+            group._add_action(action)
+        parser._defaults.update(parent._defaults)
+    return parser
+
+
 def out_option(help: str, *, required: bool = True, default: str | None = None) -> argparse.ArgumentParser:
     """``--out``: where the verb writes (checked writable before any work by ``pathalign``'s preflight)."""
     p = _parent()
@@ -130,6 +151,13 @@ def device_option(default: str | None = "auto", help: str = DEVICE_HELP) -> argp
     """``--device``: where the verb computes (resolved by :func:`pathalign.devices.resolve_device`)."""
     p = _parent()
     p.add_argument("--device", default=default, help=help)
+    return p
+
+
+def seed_option(help: str, default: int | None = 0) -> argparse.ArgumentParser:
+    """``--seed``: one integer seed, converted as the seeds of :func:`seeds_option` are (``1.5`` refused)."""
+    p = _parent()
+    p.add_argument("--seed", type=seed_type, default=default, metavar="SEED", help=help)
     return p
 
 

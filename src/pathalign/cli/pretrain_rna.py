@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import device_option, include, out_option
+from .options import device_option, include, out_option, seed_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,9 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="RNA samples per step")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--mask-ratio", type=float, default=0.3, help="fraction of genes hidden per sample")
-    p.add_argument("--seed", type=int, default=0,
-                   help="training seed, and the seed of the train/val split: give the --seed 'pathalign train' will "
-                        "use, so the foundation model never sees the trainer's validation patients")
+    include(p, seed_option("training seed, and the seed of the train/val split: give the --seed 'pathalign train' will "
+                            "use, so the foundation model never sees the trainer's validation patients"))
     p.add_argument("--val-fraction", type=float, default=None,
                    help="the trainer's val_fraction (default: TrainConfig's, 0.2); its val patients are left out")
     p.add_argument("--stratify", default=None,

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 
-from .options import include, out_option
+from .options import include, out_option, seed_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     include(p, out_option("output folder"))
     p.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (the cohort is deterministic for a seed)")
+    include(p, seed_option("random seed (the cohort is deterministic for a seed)"))
     p.add_argument("--slide-size", type=int, default=2048, help="slide side in level-0 px (default 2048)")
     p.add_argument("--mpp", type=float, default=0.5, help="µm per level-0 px (default 0.5 = 20x)")
     p.add_argument("--genes", type=int, default=1000, help="RNA genes")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..devices import DEVICE_HELP
-from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, quiet_option
+from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, quiet_option, seed_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
     include(p, device_option(None, f"{DEVICE_HELP}; default: the --config's device, else auto"))
     p.add_argument("--workers", type=int, default=None, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=None, help="seed of the split, the initialisation and the batches (default: 0)")
+    include(p, seed_option("seed of the split, the initialisation and the batches (default: 0)", default=None))
     p.add_argument("--micro-batch", type=int, default=None,
                    help="gradient caching: encode the global batch this many patients at a time, with the full-batch "
                         "gradients (the contrastive batch is then not bound by accelerator memory)")
