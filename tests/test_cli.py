@@ -289,3 +289,20 @@ def test_every_verb_help_imports_no_torch():
     assert proc.returncode == 0, proc.stderr
     with_torch = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not with_torch, f"torch imported by the --help of {with_torch[0]} (and kept for {with_torch[1:]})"
+
+
+def test_doctor_and_patch_share_the_slide_reader_and_patch_grid_options():
+    """doctor checks slides under the settings patch/preprocess will use: the same options, defaults, choices and
+    help, and --backend offers exactly the reader's backends."""
+    from pathalign.slides.reader import SLIDE_BACKENDS
+
+    shared = ("--magnification", "--patch-size", "--scale", "--mpp", "--backend")
+
+    def options(verb):
+        actions = {a.option_strings[0]: a for a in _verb_parser(verb)._actions if a.option_strings}
+        return {o: (type(actions[o]), actions[o].type, actions[o].default, actions[o].choices, actions[o].help)
+                for o in shared}
+
+    assert options("doctor") == options("patch") == options("preprocess")
+    backend = options("doctor")["--backend"]
+    assert list(backend[3]) == ["auto", *SLIDE_BACKENDS.names()] and "wsidicom" in backend[3]
