@@ -306,3 +306,10 @@ def test_doctor_and_patch_share_the_slide_reader_and_patch_grid_options():
     assert options("doctor") == options("patch") == options("preprocess")
     backend = options("doctor")["--backend"]
     assert list(backend[3]) == ["auto", *SLIDE_BACKENDS.names()] and "wsidicom" in backend[3]
+
+
+@pytest.mark.parametrize("option, fallback", [("--batch-size", "the preset's"), ("--max-tokens", "the preset's"),
+                                              ("--workers", "0"), ("--modalities", "the cohort's")])
+def test_train_options_without_a_default_say_what_they_fall_back_to(option, fallback):
+    action = next(a for a in _verb_parser("train")._actions if option in a.option_strings)
+    assert action.default is None and f"default: {fallback}" in action.help, action.help

@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cohort without slides with at least 200 trainable patients, else tiny")
     p.add_argument("--config", default=None, help="YAML with TrainConfig fields (and a 'model:' section)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step; default: the preset's, 32 for tiny)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (random subset)")
+    p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (random subset; default: the preset's, 512 for tiny)")
     p.add_argument("--modality-dropout", type=float, default=None,
                    help="probability of hiding each available modality of a patient in a step (default: the preset's)")
     p.add_argument("--train-missing-rate", type=float, default=None,
@@ -30,14 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints in RUN/checkpoints (default: the preset's)")
     p.add_argument("--modalities", action=ListOption, default=None, metavar="MODALITY",
-                   help=f"subset of wsi,rna,snp,cnv,methylation ({LIST_SYNTAX})")
+                   help=f"subset of wsi,rna,snp,cnv,methylation ({LIST_SYNTAX}; default: the cohort's, or on --resume "
+                        "the run's)")
     p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder (pathalign pretrain-rna)")
     p.add_argument("--rna-embeddings", default=None, help="table of precomputed RNA embeddings (rows = patients)")
     p.add_argument("--slide-encoder-weights", default=None,
                    help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
     include(p, device_option(None, f"{DEVICE_HELP}; default: the --config's device, else auto"))
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0, batches loaded in the training process)")
     include(p, seed_option("seed of the split, the initialisation and the batches (default: 0)", default=None))
     p.add_argument("--micro-batch", type=int, default=None,
                    help="gradient caching: encode the global batch this many patients at a time, with the full-batch "
