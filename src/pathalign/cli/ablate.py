@@ -42,7 +42,9 @@ from .options import (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder with slide features")
     include(p, out_option("folder for the runs and the table"))
-    p.add_argument("--preset", default="tiny", help="model preset of every arm")
+    p.add_argument("--preset", default="tiny",
+                   help="model preset of every arm: tiny, small, molecular, exaone-path-2.5, or auto (chosen once "
+                        "from the cohort as train --preset auto chooses, the same for every arm)")
     p.add_argument("--steps", type=int, default=300, help="training steps per arm and seed (default 300)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="patients per batch (default: the preset's, 32 for tiny); an arm with fewer training "
@@ -65,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..devices import resolve_device
     from ..evaluate.ablate import run_ablations
+    from ..models.presets import resolve_preset
 
     device = str(resolve_device(args.device))  # before any work
+    preset = resolve_preset(args.preset, args.cohort, None, report=print)  # one preset for every arm
     seed = 0 if args.seed is None else args.seed
     seeds = list(args.seeds) if args.seeds else [seed]
     only = list(args.only) if args.only else None
-    run_ablations(args.cohort, args.out, args.preset, args.steps, seed, args.rna_fm, only=only, seeds=seeds,
+    run_ablations(args.cohort, args.out, preset, args.steps, seed, args.rna_fm, only=only, seeds=seeds,
                   batch_size=args.batch_size, max_tokens=args.max_tokens, folds=args.folds,
                   device=device)
     print((Path(args.out) / "ablation.md").read_text())

@@ -39,59 +39,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     include(p, device_option(), quiet_option())
 
 
-def features_option(features: str | None, cohort: str | None, option: str) -> str | None:
-    """The features folder of ``--features`` as ``cohort build`` reads it, else the cohort's.
-
-    Args:
-        features: ``--features``: the folder of ``<slide_id>.h5``, or a ``preprocess`` output holding one
-            ``features_<encoder>/`` subfolder (:func:`pathalign.cohort.build.resolve_features_dir`).
-        cohort: ``--cohort``, whose recorded features folder is used when ``features`` is not given.
-        option: the mode (``--mean-pool``, ...) for the error message.
-
-    Returns:
-        The folder, or None with neither (``--model`` then uses the cohort's).
-
-    Raises:
-        EmbedError: neither given where one is needed; CohortInputError: a folder without features files.
-    """
-    from ..cohort.build import resolve_features_dir
-    from ..evaluate.embed import EmbedError
-
-    if features:
-        path, note = resolve_features_dir(features)
-        if note:
-            print(f"embed: {note}", file=sys.stderr)
-        return str(path)
-    if cohort:
-        from ..cohort import load_cohort
-
-        recorded = load_cohort(cohort).meta.get("slides_dir")
-        if recorded:
-            return str(recorded)
-        if option != "--model":
-            raise EmbedError(f"{option}: the cohort {cohort} records no features folder (built without --features); "
-                             "give --features DIR")
-    elif option != "--model":
-        raise EmbedError(f"{option} needs --features DIR (or --cohort, whose features folder is used)")
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..cohort.build import features_dir_for
     from ..devices import resolve_device
     from ..evaluate.embed import EmbedError, embed_mean_pool, embed_with_model, embed_with_slide_encoder
+
+    def features_dir(cohort: str | None, mode: str) -> str | None:  # and its note on stderr
+        path, note = features_dir_for(args.features, cohort, mode)
+        if note:
+            print(f"embed: {note}", file=sys.stderr)
+        return path
 
     device = resolve_device(args.device)  # before any work
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
-        features = features_option(args.features, None, "--model")
+        features = features_dir(None, "--model")
         summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
                                    not args.quiet, args.name or "pathalign", device=device)
     elif args.mean_pool:
-        features = features_option(args.features, args.cohort, "--mean-pool")
+        features = features_dir(args.cohort, "--mean-pool")
         summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")
     elif args.slide_encoder:
-        features = features_option(args.features, args.cohort, "--slide-encoder")
+        features = features_dir(args.cohort, "--slide-encoder")
         summary = embed_with_slide_encoder(args.slide_encoder, args.weights, features, args.out,
                                            args.batch_size, not args.quiet, args.cohort, args.name, device=device)
     else:

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..io.model_folder import ConfigError
+    from ..models.presets import resolve_preset
     from ..train.trainer import TrainConfig, Trainer
 
     overrides = _read_yaml(args.config) if args.config else {}
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in flags.items() if v is not None})
     overrides["device"] = str(overrides.get("device", "auto"))  # resolved per process by setup_distributed
     overrides["progress"] = not args.quiet
-    preset = resolve_preset(args.preset, args.cohort, overrides.get("modalities"))
+    preset = resolve_preset(args.preset, args.cohort, overrides.get("modalities"), report=print)
     try:
         cfg = TrainConfig.from_preset(preset, **overrides)
     except (ValueError, KeyError, TypeError) as e:
@@ -115,20 +116,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
           f"model exported to {Path(args.out) / 'model'} ({chosen}); final step in {Path(args.out) / 'model-last'}")
     return 0
-
-
-def resolve_preset(preset: str, cohort: str, modalities: list[str] | None) -> str:
-    """``preset``, or for ``auto`` the one :func:`~pathalign.models.presets.preset_for_cohort` picks (printed)."""
-    from ..models.presets import AUTO, preset_for_cohort
-
-    if preset != AUTO:
-        return preset
-    from ..cohort import load_cohort
-
-    co = load_cohort(cohort)
-    chosen = preset_for_cohort(co.manifest, modalities or co.modalities)
-    print(f"--preset auto: {chosen} ({', '.join(modalities or co.modalities)}; {len(co.manifest)} patients)")
-    return chosen
 
 
 def _read_yaml(path: str) -> dict:
