@@ -313,3 +313,27 @@ def test_doctor_and_patch_share_the_slide_reader_and_patch_grid_options():
 def test_train_options_without_a_default_say_what_they_fall_back_to(option, fallback):
     action = next(a for a in _verb_parser("train")._actions if option in a.option_strings)
     assert action.default is None and f"default: {fallback}" in action.help, action.help
+
+
+#: verbs whose --help description is their library module's docstring (the verb's module only points to it)
+LIBRARY_DOCS = {"ablate": "evaluate/ablate.py", "embed": "evaluate/embed.py", "bench": "evaluate/bench.py",
+                "analyze": "evaluate/analyze.py", "pretrain-rna": "train/rna_pretrain.py",
+                "synth": "synth/__init__.py", "view": "viewer/server.py"}
+
+
+@pytest.mark.parametrize("verb", sorted(LIBRARY_DOCS))
+def test_verb_modules_point_to_the_library_and_help_shows_its_docstring(verb):
+    import ast
+    import importlib
+
+    mod = importlib.import_module(VERBS[verb].module)
+    library = (SRC / "pathalign" / LIBRARY_DOCS[verb])
+    doc = ast.get_docstring(ast.parse(library.read_text()))
+    own = mod.__doc__.strip()
+    assert len(own.splitlines()) <= 2 and f"pathalign {verb}" in own, own  # no copy of the library's docstring
+    dotted = "pathalign." + LIBRARY_DOCS[verb].removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    assert dotted in own, own
+    from pathalign.cli import _parsers
+
+    for parser in _parsers(_verb_parser(verb)):  # analyze adapters too
+        assert parser.description.strip() == doc.strip(), parser.prog

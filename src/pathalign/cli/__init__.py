@@ -23,7 +23,7 @@ import sys
 from typing import NamedTuple
 
 from ..errors import PathalignError
-from .options import debug_option, include
+from .options import debug_option, include, library_doc
 
 
 class Verb(NamedTuple):
@@ -124,7 +124,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
         mod = importlib.import_module(spec.module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or spec.help).strip(),
+        doc = library_doc(mod.DOC_FROM) if hasattr(mod, "DOC_FROM") else mod.__doc__  # the library's, not a copy
+        p = sub.add_parser(name, help=help_text, description=(doc or spec.help).strip(),
                            formatter_class=_HelpFormatter)
         mod.add_arguments(p)
         for q in _parsers(p):  # nested verbs too: 'pathalign cohort build ... --debug'

@@ -1,27 +1,5 @@
-"""``pathalign ablate``: the method with one part changed at a time, over several seeds, in one table.
-
-Arms (``--only`` picks some; ``full`` is always trained, it is what the others are compared with):
-
-* ``full`` — the method as configured;
-* position: ``no-rope`` (every block NoPE), ``rope-no-fragment-mask``, ``fragment-mask-no-rope``;
-* loss: ``single-pair-wsi-rna`` (WSI↔RNA only), ``shared-projection`` (no pair adapters: one space for
-  every pair, each modality's encoder being its only projection; ``embed_dim`` is set to the slide
-  embedding's dim so that the identity fits);
-* data: ``complete-case`` (training restricted to patients with every modality), ``without-<m>``
-  (modality ``m`` left out of training), ``train-missing-0.25/0.5/0.75`` (that fraction of the training
-  patients' molecular data hidden, per modality, seeded and patient-level: the training-time
-  missingness curve, with ``full`` as rate 0, drawn in ``training_missing.png``);
-* ``random-slide-encoder`` — the slide encoder frozen at its random initialisation (molecular encoders
-  and pair heads trained as usual);
-* ``mean-pooling`` — the mean of each slide's patch features (no training).
-
-Each trained arm runs once per seed (``--seeds 0,1,2``): the seed sets the training seed, the held-out
-patients and the benchmark folds, identically for every arm, so arms are compared *paired by seed*.
-Per metric the table gives the mean over seeds ± the half-width of its 95 % t-interval
-(``t_{n-1, 0.975} · sd / √n``), and for every arm the paired difference to ``full`` (per-seed
-differences, same t-interval). Outputs: ``<out>/seed_<s>/<arm>/`` (runs), ``<out>/seed_<s>/results.*``
-(the bench of that seed), ``<out>/ablation.json``, ``<out>/ablation.md`` and, with the ``train-missing``
-arms, ``<out>/training_missing.{csv,png}``.
+"""``pathalign ablate``: options → :func:`pathalign.evaluate.ablate.run_ablations`; the arms, the seeds and
+the table: :mod:`pathalign.evaluate.ablate` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
@@ -37,6 +15,9 @@ from .options import (
     seed_option,
     seeds_option,
 )
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.evaluate.ablate"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

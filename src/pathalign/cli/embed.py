@@ -1,18 +1,5 @@
-"""``pathalign embed``: embeddings of every available modality of every patient and slide.
-
-``embeddings.h5`` holds one group per modality (``wsi``, ``rna``, …) with ``ids`` (utf-8) and
-``embeddings`` [n, d]; the ``wsi`` group also has ``case_ids`` (the patient of each slide). With
-a trained model, ``pairs/<a>-<b>/<a>`` and ``.../<b>`` hold the embeddings projected into each
-pair's shared space (l2-normalised, so that retrieval needs no model). Beside it, Patho-Bench
-sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_id/<case_id>.h5``,
-``features`` [1, d], a patient's slides averaged) are written for every way of embedding
-(``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
-incomplete features file, zero patches, an unreadable file) are skipped and named.
-
-A molecular group also has ``imputed_fraction`` [n] (float32): per patient, the fraction of the
-model's features the cohort's table lacks for them, filled with the training mean; the file
-attribute ``feature_overlap`` (JSON) gives per modality the model's features found in the table.
-Fewer than half of them found is refused before any work (:mod:`pathalign.models.feature_names`).
+"""``pathalign embed``: options → :func:`pathalign.evaluate.embed.embed_with_model` (or ``embed_mean_pool``,
+``embed_with_slide_encoder``); what it writes: :mod:`pathalign.evaluate.embed` (its docstring is the ``--help``).
 """
 from __future__ import annotations
 
@@ -20,6 +7,9 @@ import argparse
 import sys
 
 from .options import device_option, include, out_option, quiet_option
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.evaluate.embed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

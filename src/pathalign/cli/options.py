@@ -18,7 +18,7 @@ from typing import Any
 
 from ..devices import DEVICE_HELP
 
-__all__ = ["ListOption", "debug_option", "device_option", "include", "include_exclusive", "out_option", "parse_seeds",
+__all__ = ["ListOption", "debug_option", "device_option", "include", "include_exclusive", "library_doc", "out_option", "parse_seeds",
            "quiet_option", "seed_option", "seed_type", "seed_value", "seeds_option", "split_list"]
 
 DEBUG_HELP = "show the Python traceback of expected errors too (also PATHALIGN_DEBUG=1)"
@@ -113,6 +113,18 @@ class ListOption(argparse.Action):
                 kind = {int: "integers", float: "numbers"}.get(self.item, "values")
                 raise ValueError(f"{option} takes {LIST_SYNTAX} {kind}, got {item!r}") from None
         return out
+
+
+def library_doc(module: str) -> str:
+    """The docstring of the library module ``module`` (``"pathalign.evaluate.bench"``), read from its source
+    without importing it, so that ``pathalign VERB --help`` stays light. A verb module that sets ``DOC_FROM``
+    gets it as its ``--help`` description."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1].joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
 
 
 def _parent() -> argparse.ArgumentParser:

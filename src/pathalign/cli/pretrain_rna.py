@@ -1,18 +1,14 @@
-"""``pathalign pretrain-rna``: pretrain pathalign's bulk-RNA foundation model on a cohort.
-
-It fits on the RNA of the training patients only: the split ``pathalign train`` draws with
-the same seed (:func:`~pathalign.train.data.split_patients`, the trainer's ``val_fraction``
-and ``stratify``), so the trainer's validation patients, on which it scores and selects, never
-reach the foundation model (patients without slides count too). ``patients.json`` in the model
-folder records the split and the patients it saw. A held-out fraction of those training
-samples measures masked-reconstruction error against mean imputation; both are written to
-``metrics.json`` and printed. The model is then used frozen by ``pathalign train``.
+"""``pathalign pretrain-rna``: options → :func:`pathalign.train.rna_pretrain.pretrain_rna`; what it fits
+and on which patients: :mod:`pathalign.train.rna_pretrain` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
 import argparse
 
 from .options import device_option, include, out_option, seed_option
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.train.rna_pretrain"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
