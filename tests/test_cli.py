@@ -37,29 +37,50 @@ def _option_entries(parser: argparse.ArgumentParser) -> list[tuple[argparse.Acti
             if not isinstance(a, (argparse._SubParsersAction, argparse._HelpAction))]
 
 
+def _help_problems(parser: argparse.ArgumentParser) -> list[str]:
+    """What is wrong with ``parser``'s ``--help``: an option without help, an option whose default is not shown
+    (a default that is 'not given' — None, False, SUPPRESS, compared by identity so that 0 is shown — excepted)."""
+    problems = []
+    for action, entry in _option_entries(parser):
+        name = "/".join(action.option_strings) or action.dest
+        if not (action.help and action.help.strip()):
+            problems.append(f"{parser.prog}: {name} has no help text")
+        not_given = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if action.option_strings and not not_given and "default" not in entry.lower():
+            problems.append(f"{parser.prog}: {name} does not show its default: {entry!r}")
+    return problems
+
+
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_every_option_of_every_verb_nested_ones_too_is_explained_with_its_default(verb):
     from pathalign.cli import _parsers
 
     for parser in _parsers(_verb_parser(verb)):
-        for action, entry in _option_entries(parser):
-            name = "/".join(action.option_strings) or action.dest
-            assert action.help and action.help.strip(), f"{parser.prog}: {name} has no help text"
-            shows = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
-            assert shows or "default" in entry.lower(), f"{parser.prog}: {name} does not show its default: {entry!r}"
+        assert _help_problems(parser) == []
         assert any("--debug" in a.option_strings for a in parser._actions), f"{parser.prog} has no --debug"
 
 
-def test_the_help_check_finds_an_option_without_help():
-    """The check above on a parser with a planted option that has no help (and one hiding its default)."""
+def test_the_help_check_finds_an_option_without_help_and_a_hidden_zero_default():
+    """The check above on a planted parser: an option without help, and a default of 0 that is not shown."""
+    p = argparse.ArgumentParser(prog="x")  # the plain formatter never shows a default
+    p.add_argument("--silent", type=int, default=3)
+    p.add_argument("--zero", type=int, default=0, help="how many")
+    p.add_argument("--unset", type=int, default=None, help="how many")
+    problems = _help_problems(p)
+    assert len(problems) == 3, problems  # --silent: no help and no default; --zero: no default
+    assert any("--silent has no help" in m for m in problems)
+    assert any("--zero does not show its default" in m for m in problems)
+    assert not any("--unset" in m for m in problems)
+
+
+def test_a_zero_default_is_shown():
     from pathalign.cli import _HelpFormatter
 
     p = argparse.ArgumentParser(prog="x", formatter_class=_HelpFormatter)
-    p.add_argument("--silent", type=int, default=3)
+    p.add_argument("--zero", type=int, default=0, help="how many")
     p.add_argument("--told", type=int, default=4, help="how many")
-    entries = {a.dest: (a, e) for a, e in _option_entries(p)}
-    assert not entries["silent"][0].help
-    assert "(default: 4)" in entries["told"][1]
+    entries = {a.dest: e for a, e in _option_entries(p)}
+    assert "(default: 0)" in entries["zero"] and "(default: 4)" in entries["told"]
 
 
 def test_nested_verbs_take_debug_and_report_errors_as_pathalign(tmp_path, capsys, monkeypatch):
@@ -225,6 +246,29 @@ def test_every_seed_option_refuses_a_non_integer(capsys):
     assert {"pathalign bench --missing-seeds", "pathalign ablate --seeds", "pathalign train --seed"} <= set(seen), seen
 
 
+def test_every_single_seed_option_is_built_by_seed_option():
+    """One --seed, built once: every verb's --seed converts as the seeds parser does (seed_type, no copied int)."""
+    from pathalign.cli.options import seed_type
+
+    verbs = set()
+    for parser in _all_parsers():
+        for action in parser._actions:
+            if "--seed" in action.option_strings:
+                verbs.add(parser.prog)
+                assert action.type is seed_type, (parser.prog, action.type)
+    assert len(verbs) == 8, sorted(verbs)
+
+
+def test_ablate_refuses_seed_with_seeds(capsys):
+    parser = _verb_parser("ablate")
+    base = _required_args(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(base + ["--seed", "0", "--seeds", "1,2"])
+    assert exit_.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert parser.parse_args(base + ["--seed", "3"]).seed == 3
+    assert parser.parse_args(base + ["--seeds", "1,2"]).seeds == [1, 2]
+
+
 def test_seed_lists_refuse_repeats():
     parser = _verb_parser("ablate")
     with pytest.raises(SystemExit):
@@ -245,3 +289,51 @@ def test_every_verb_help_imports_no_torch():
     assert proc.returncode == 0, proc.stderr
     with_torch = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not with_torch, f"torch imported by the --help of {with_torch[0]} (and kept for {with_torch[1:]})"
+
+
+def test_doctor_and_patch_share_the_slide_reader_and_patch_grid_options():
+    """doctor checks slides under the settings patch/preprocess will use: the same options, defaults, choices and
+    help, and --backend offers exactly the reader's backends."""
+    from pathalign.slides.reader import SLIDE_BACKENDS
+
+    shared = ("--magnification", "--patch-size", "--scale", "--mpp", "--backend")
+
+    def options(verb):
+        actions = {a.option_strings[0]: a for a in _verb_parser(verb)._actions if a.option_strings}
+        return {o: (type(actions[o]), actions[o].type, actions[o].default, actions[o].choices, actions[o].help)
+                for o in shared}
+
+    assert options("doctor") == options("patch") == options("preprocess")
+    backend = options("doctor")["--backend"]
+    assert list(backend[3]) == ["auto", *SLIDE_BACKENDS.names()] and "wsidicom" in backend[3]
+
+
+@pytest.mark.parametrize("option, fallback", [("--batch-size", "the preset's"), ("--max-tokens", "the preset's"),
+                                              ("--workers", "0"), ("--modalities", "the cohort's")])
+def test_train_options_without_a_default_say_what_they_fall_back_to(option, fallback):
+    action = next(a for a in _verb_parser("train")._actions if option in a.option_strings)
+    assert action.default is None and f"default: {fallback}" in action.help, action.help
+
+
+#: verbs whose --help description is their library module's docstring (the verb's module only points to it)
+LIBRARY_DOCS = {"ablate": "evaluate/ablate.py", "embed": "evaluate/embed.py", "bench": "evaluate/bench.py",
+                "analyze": "evaluate/analyze.py", "pretrain-rna": "train/rna_pretrain.py",
+                "synth": "synth/__init__.py", "view": "viewer/server.py"}
+
+
+@pytest.mark.parametrize("verb", sorted(LIBRARY_DOCS))
+def test_verb_modules_point_to_the_library_and_help_shows_its_docstring(verb):
+    import ast
+    import importlib
+
+    mod = importlib.import_module(VERBS[verb].module)
+    library = (SRC / "pathalign" / LIBRARY_DOCS[verb])
+    doc = ast.get_docstring(ast.parse(library.read_text()))
+    own = mod.__doc__.strip()
+    assert len(own.splitlines()) <= 2 and f"pathalign {verb}" in own, own  # no copy of the library's docstring
+    dotted = "pathalign." + LIBRARY_DOCS[verb].removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    assert dotted in own, own
+    from pathalign.cli import _parsers
+
+    for parser in _parsers(_verb_parser(verb)):  # analyze adapters too
+        assert parser.description.strip() == doc.strip(), parser.prog

@@ -69,8 +69,24 @@ def test_offline_and_cache_are_read_when_resolving(fake_hub, tmp_path, monkeypat
     assert calls[-1]["local_files_only"] is True and calls[-1]["cache_dir"] == str(tmp_path / "cache")
     from pathalign.io.model_folder import ConfigError
 
-    with pytest.raises(ConfigError, match="my-lab/missing: cannot resolve .* HF_HUB_OFFLINE"):
+    with pytest.raises(ConfigError, match="my-lab/missing: no such local folder .* HF_HUB_OFFLINE"):
         pathalign.load_model("my-lab/missing")
+    with pytest.raises(ConfigError, match="hf-hub:my-lab/missing: cannot resolve on the Hugging Face Hub .* HF_HUB_OFFLINE"):
+        pathalign.load_model("hf-hub:my-lab/missing")  # spelled as a Hub id: the Hub comes first
+
+
+def test_a_missing_two_part_path_is_said_missing_as_a_folder_first(fake_hub, tmp_path, monkeypatch):
+    """``--model run/model`` (the README's spelling) without such a folder: the error leads with the folder,
+    then says the Hub id of the same spelling was tried too."""
+    from pathalign.io.model_folder import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        pathalign.load_model("run/model")
+    message = str(e.value)
+    assert message.startswith(f"run/model: no such local folder ({tmp_path / 'run' / 'model'})"), message
+    assert "not found as a Hub id" in message and message.index("local folder") < message.index("Hub")
+    assert fake_hub[0][-1]["repo_id"] == "run/model"  # still tried on the Hub: bare ORG/NAME ids keep working
 
 
 def test_a_missing_deeper_path_is_not_a_hub_id(fake_hub, tmp_path):

@@ -61,18 +61,53 @@ def _molecular_cohort(tmp_path: Path, n: int) -> Path:
     return out
 
 
-def test_train_preset_auto_resolves_from_the_cohort(tmp_path, capsys):
-    from pathalign.cli.train import add_arguments, resolve_preset
+def test_train_preset_auto_resolves_from_the_cohort(tmp_path):
+    from pathalign.cli.train import add_arguments
+    from pathalign.models.presets import resolve_preset
 
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert p.parse_args(["--cohort", "c", "--out", "o"]).preset == "auto"
     big, small = _molecular_cohort(tmp_path, 210), _molecular_cohort(tmp_path, 40)
-    assert resolve_preset("auto", str(big), None) == "molecular"
-    assert "--preset auto: molecular" in capsys.readouterr().out
+    notes = []
+    assert resolve_preset("auto", str(big), None, report=notes.append) == "molecular"
+    assert notes and notes[0].startswith("--preset auto: molecular")
     assert resolve_preset("auto", str(small), None) == "tiny"
     assert resolve_preset("auto", str(big), ["rna"]) == "tiny"  # one modality: nobody has two
     assert resolve_preset("small", str(big), None) == "small"
+
+
+def test_ablate_preset_auto_is_resolved_once_from_the_cohort(tmp_path, monkeypatch, capsys):
+    """ablate --preset auto picks the preset train would (every arm trained with it), before run_ablations."""
+    from pathalign.cli import main
+    from pathalign.evaluate import ablate
+
+    seen = {}
+
+    def fake_run_ablations(cohort, out, preset, *args, **kwargs):
+        seen["preset"] = preset
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "ablation.md").write_text("table")
+
+    monkeypatch.setattr(ablate, "run_ablations", fake_run_ablations)
+    big = _molecular_cohort(tmp_path, 210)
+    assert main(["ablate", "--cohort", str(big), "--out", str(tmp_path / "abl"), "--preset", "auto",
+                 "--device", "cpu"]) == 0
+    assert seen["preset"] == "molecular" and "--preset auto: molecular" in capsys.readouterr().out
+
+
+def test_the_cli_modules_hold_no_library_logic():
+    """The helpers live in the library; the verbs' modules only parse and call them."""
+    import pathalign.cli.embed
+    import pathalign.cli.heatmap
+    import pathalign.cli.train
+    from pathalign.cohort.build import features_dir_for  # noqa: F401
+    from pathalign.evaluate.heatmap import patient_targets  # noqa: F401
+    from pathalign.models.presets import resolve_preset  # noqa: F401
+
+    assert not hasattr(pathalign.cli.train, "resolve_preset")
+    assert not hasattr(pathalign.cli.heatmap, "patient_targets")
+    assert not hasattr(pathalign.cli.embed, "features_option")
 
 
 def test_benchmark_log2_clipping():

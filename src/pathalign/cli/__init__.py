@@ -23,7 +23,7 @@ import sys
 from typing import NamedTuple
 
 from ..errors import PathalignError
-from .options import debug_option, include
+from .options import debug_option, include, library_doc
 
 
 class Verb(NamedTuple):
@@ -73,7 +73,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+        not_given = any(action.default is v for v in (None, False, argparse.SUPPRESS))  # by identity: 0 == False
+        if (not action.option_strings or "default" in text.lower() or not_given
                 or isinstance(action, argparse._VersionAction)):
             return text
         if isinstance(action.default, list):  # a list option's default, written in the list syntax
@@ -123,7 +124,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
         mod = importlib.import_module(spec.module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or spec.help).strip(),
+        doc = library_doc(mod.DOC_FROM) if hasattr(mod, "DOC_FROM") else mod.__doc__  # the library's, not a copy
+        p = sub.add_parser(name, help=help_text, description=(doc or spec.help).strip(),
                            formatter_class=_HelpFormatter)
         mod.add_arguments(p)
         for q in _parsers(p):  # nested verbs too: 'pathalign cohort build ... --debug'

@@ -1,47 +1,41 @@
-"""``pathalign ablate``: the method with one part changed at a time, over several seeds, in one table.
-
-Arms (``--only`` picks some; ``full`` is always trained, it is what the others are compared with):
-
-* ``full`` — the method as configured;
-* position: ``no-rope`` (every block NoPE), ``rope-no-fragment-mask``, ``fragment-mask-no-rope``;
-* loss: ``single-pair-wsi-rna`` (WSI↔RNA only), ``shared-projection`` (no pair adapters: one space for
-  every pair, each modality's encoder being its only projection; ``embed_dim`` is set to the slide
-  embedding's dim so that the identity fits);
-* data: ``complete-case`` (training restricted to patients with every modality), ``without-<m>``
-  (modality ``m`` left out of training), ``train-missing-0.25/0.5/0.75`` (that fraction of the training
-  patients' molecular data hidden, per modality, seeded and patient-level: the training-time
-  missingness curve, with ``full`` as rate 0, drawn in ``training_missing.png``);
-* ``random-slide-encoder`` — the slide encoder frozen at its random initialisation (molecular encoders
-  and pair heads trained as usual);
-* ``mean-pooling`` — the mean of each slide's patch features (no training).
-
-Each trained arm runs once per seed (``--seeds 0,1,2``): the seed sets the training seed, the held-out
-patients and the benchmark folds, identically for every arm, so arms are compared *paired by seed*.
-Per metric the table gives the mean over seeds ± the half-width of its 95 % t-interval
-(``t_{n-1, 0.975} · sd / √n``), and for every arm the paired difference to ``full`` (per-seed
-differences, same t-interval). Outputs: ``<out>/seed_<s>/<arm>/`` (runs), ``<out>/seed_<s>/results.*``
-(the bench of that seed), ``<out>/ablation.json``, ``<out>/ablation.md`` and, with the ``train-missing``
-arms, ``<out>/training_missing.{csv,png}``.
+"""``pathalign ablate``: options → :func:`pathalign.evaluate.ablate.run_ablations`; the arms, the seeds and
+the table: :mod:`pathalign.evaluate.ablate` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
 import argparse
 
-from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, seeds_option
+from .options import (
+    LIST_SYNTAX,
+    ListOption,
+    device_option,
+    include,
+    include_exclusive,
+    out_option,
+    seed_option,
+    seeds_option,
+)
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.evaluate.ablate"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort folder with slide features")
     include(p, out_option("folder for the runs and the table"))
-    p.add_argument("--preset", default="tiny", help="model preset of every arm")
+    p.add_argument("--preset", default="tiny",
+                   help="model preset of every arm: tiny, small, molecular, exaone-path-2.5, or auto (chosen once "
+                        "from the cohort as train --preset auto chooses, the same for every arm)")
     p.add_argument("--steps", type=int, default=300, help="training steps per arm and seed (default 300)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="patients per batch (default: the preset's, 32 for tiny); an arm with fewer training "
                         "patients uses them all, with a note")
     p.add_argument("--max-tokens", type=int, default=None, help="patches per slide per step (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
-    include(p, seeds_option("--seeds", None, f"seeds ({LIST_SYNTAX} integers, e.g. 0,1,2): every arm runs once per "
-                                             "seed; the table gives mean ± 95 %% CI and the paired difference to full"))
+    # one seed or several, not both: a --seed beside --seeds would otherwise be silently ignored
+    include_exclusive(p, seed_option("the one seed of every arm (default: 0); or --seeds", default=None),
+                      seeds_option("--seeds", None, f"seeds ({LIST_SYNTAX} integers, e.g. 0,1,2): every arm runs once "
+                                                    "per seed; the table gives mean ± 95 %% CI and the paired "
+                                                    "difference to full"))
     p.add_argument("--folds", type=int, default=5, help="folds of the benchmark tasks")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder")
     p.add_argument("--only", action=ListOption, default=None, metavar="ARM",
@@ -54,11 +48,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..devices import resolve_device
     from ..evaluate.ablate import run_ablations
+    from ..models.presets import resolve_preset
 
     device = str(resolve_device(args.device))  # before any work
-    seeds = list(args.seeds) if args.seeds else [args.seed]
+    preset = resolve_preset(args.preset, args.cohort, None, report=print)  # one preset for every arm
+    seed = 0 if args.seed is None else args.seed
+    seeds = list(args.seeds) if args.seeds else [seed]
     only = list(args.only) if args.only else None
-    run_ablations(args.cohort, args.out, args.preset, args.steps, args.seed, args.rna_fm, only=only, seeds=seeds,
+    run_ablations(args.cohort, args.out, preset, args.steps, seed, args.rna_fm, only=only, seeds=seeds,
                   batch_size=args.batch_size, max_tokens=args.max_tokens, folds=args.folds,
                   device=device)
     print((Path(args.out) / "ablation.md").read_text())

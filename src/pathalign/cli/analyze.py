@@ -1,25 +1,20 @@
-"""``pathalign analyze adapters``: what each pair adapter W_ij keeps of its modality, on a cohort.
-
-Writes to ``--out``: ``adapters.json`` (every number, named), ``adapters.png`` (same-source
-subspace overlaps and same-target CKA as heatmaps, with their random nulls), ``attribution.png``
-(top input features per adapter) and ``adapters.md`` (a short summary). See
-:mod:`pathalign.evaluate.adapters` for the measures and ``docs/choices.md`` for the nulls.
-
-Examples:
-    pathalign analyze adapters --model run/model --out adapters
-    pathalign analyze adapters --model run/model --cohort cohort --embeddings emb.h5 --out adapters
+"""``pathalign analyze adapters``: options → :func:`pathalign.evaluate.analyze.analyze_adapters`; what it
+computes: :mod:`pathalign.evaluate.analyze` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
 import argparse
 
-from .options import out_option
+from .options import include, library_doc, out_option, seed_option
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.evaluate.analyze"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     a = sub.add_parser("adapters", help="subspaces, CKA and input attribution of the pair adapters W_ij",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=library_doc(DOC_FROM), formatter_class=argparse.RawDescriptionHelpFormatter,
                        parents=[out_option("output folder")])
     a.add_argument("--model", required=True, help="a trained model folder (RUN/model)")
     a.add_argument("--cohort", help="cohort folder: adds CKA of projected embeddings and input attribution")
@@ -30,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--k", type=int, default=8, help="dominant input directions compared per adapter (default 8)")
     a.add_argument("--top", type=int, default=20, help="input features listed per adapter (default 20)")
     a.add_argument("--null-draws", type=int, default=200, help="random matrices in each null (default 200)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the nulls")
+    include(a, seed_option("seed of the nulls"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,22 +1,5 @@
-"""``pathalign bench``: linear probes, survival, slide retrieval and cross-modal retrieval of one or
-more embedding sets on Patho-Bench split folders or tasks derived from a cohort.
-
-Outputs in ``--out``: ``results.json`` (the recipe, every metric as mean, std and SE over folds,
-the number of samples per task and fold with what was dropped and why, skipped tasks with their
-reason), ``results.md`` (one table, tasks x models, mean ± SE, then details) and plots.
-
-Patient-level tasks (``sample_col: case_id``) are scored per patient, a patient's embedding being
-the mean of its slides' embeddings (Patho-Bench's late fusion). A split that names samples the
-embeddings lack is an error unless ``--allow-missing``; ``--recipe patho-bench`` reproduces
-Patho-Bench's linear probe and Cox settings (see :mod:`pathalign.evaluate.probes`).
-
-Every modality: besides the slides, each task is scored per patient on each molecular embedding
-and on the fused multimodal representation (:mod:`pathalign.evaluate.representations`), with or without slides in
-the cohort (``--modality`` chooses); with ``--cohort`` the raw and PCA features of each molecular
-modality and a CCA beside every cross-modal pair are scored in the same run (:mod:`pathalign.evaluate.baselines`;
-``--no-baselines`` leaves them out). Split ids are matched after the cohort's id normalisation;
-survival rows with negative or missing times are left out and named, and patients whose slides lie
-on both sides of a fold are warned about (:mod:`pathalign.evaluate.tasks`).
+"""``pathalign bench``: options → :func:`pathalign.evaluate.bench.run_bench`; what it computes:
+:mod:`pathalign.evaluate.bench` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
@@ -24,7 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import LIST_SYNTAX, ListOption, include, out_option, seeds_option
+from .options import LIST_SYNTAX, ListOption, include, out_option, seed_option, seeds_option
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.evaluate.bench"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="folds for cohort-derived tasks")
     p.add_argument("--labels", action=ListOption, default=None, metavar="COLUMN",
                    help=f"label columns ({LIST_SYNTAX}; default: every categorical one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds derived from a cohort")
+    include(p, seed_option("seed of the cross-validation folds derived from a cohort"))
     p.add_argument("--missing-rates", action=ListOption, item=float, default=None, metavar="RATE",
                    help=f"fractions ({LIST_SYNTAX}, e.g. 0,0.25,0.5,0.75,1): also hide that fraction of each "
                         "non-slide modality at inference and report every task and cross-modal pair as a curve")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import device_option, include, out_option
+from .options import device_option, include, out_option, seed_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=int, default=128, help="patch side at 20x (128 keeps the demo fast)")
     p.add_argument("--genes", type=int, default=1000, help="genes in the synthetic RNA table")
     p.add_argument("--steps", type=int, default=300, help="training steps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cohort and of the training")
+    include(p, seed_option("seed of the cohort and of the training"))
     p.add_argument("--ablations", action="store_true", help="also train and bench the ablations (slower)")
     p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
     include(p, device_option())

@@ -12,15 +12,12 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..slides.scale import SCALES
+    from .slide_stages import add_grid_arguments, add_reader_arguments
 
     p.add_argument("slides", nargs="+", metavar="SLIDES", help="slide files, folders or glob patterns")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON to FILE")
-    p.add_argument("--magnification", type=float, default=20.0, help="target magnification (default 20)")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the target magnification")
-    p.add_argument("--scale", choices=SCALES, default="nominal", help="as preprocess --scale")
-    p.add_argument("--mpp", type=float, default=None, help="as preprocess --mpp")
-    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide or tiffslide")
+    add_grid_arguments(p)  # the options of patch / preprocess, so that doctor checks what they will do
+    add_reader_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

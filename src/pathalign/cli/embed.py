@@ -1,18 +1,5 @@
-"""``pathalign embed``: embeddings of every available modality of every patient and slide.
-
-``embeddings.h5`` holds one group per modality (``wsi``, ``rna``, …) with ``ids`` (utf-8) and
-``embeddings`` [n, d]; the ``wsi`` group also has ``case_ids`` (the patient of each slide). With
-a trained model, ``pairs/<a>-<b>/<a>`` and ``.../<b>`` hold the embeddings projected into each
-pair's shared space (l2-normalised, so that retrieval needs no model). Beside it, Patho-Bench
-sample files (``pathobench_<name>/by_slide_id/<slide_id>.h5`` and ``.../by_case_id/<case_id>.h5``,
-``features`` [1, d], a patient's slides averaged) are written for every way of embedding
-(``--model``, ``--slide-encoder``, ``--mean-pool``). Slides that cannot be embedded (no or an
-incomplete features file, zero patches, an unreadable file) are skipped and named.
-
-A molecular group also has ``imputed_fraction`` [n] (float32): per patient, the fraction of the
-model's features the cohort's table lacks for them, filled with the training mean; the file
-attribute ``feature_overlap`` (JSON) gives per modality the model's features found in the table.
-Fewer than half of them found is refused before any work (:mod:`pathalign.models.feature_names`).
+"""``pathalign embed``: options → :func:`pathalign.evaluate.embed.embed_with_model` (or ``embed_mean_pool``,
+``embed_with_slide_encoder``); what it writes: :mod:`pathalign.evaluate.embed` (its docstring is the ``--help``).
 """
 from __future__ import annotations
 
@@ -20,6 +7,9 @@ import argparse
 import sys
 
 from .options import device_option, include, out_option, quiet_option
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.evaluate.embed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,46 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     include(p, device_option(), quiet_option())
 
 
-def features_option(features: str | None, cohort: str | None, option: str) -> str | None:
-    """The features folder of ``--features`` as ``cohort build`` reads it, else the cohort's.
-
-    Args:
-        features: ``--features``: the folder of ``<slide_id>.h5``, or a ``preprocess`` output holding one
-            ``features_<encoder>/`` subfolder (:func:`pathalign.cohort.build.resolve_features_dir`).
-        cohort: ``--cohort``, whose recorded features folder is used when ``features`` is not given.
-        option: the mode (``--mean-pool``, ...) for the error message.
-
-    Returns:
-        The folder, or None with neither (``--model`` then uses the cohort's).
-
-    Raises:
-        EmbedError: neither given where one is needed; CohortInputError: a folder without features files.
-    """
-    from ..cohort.build import resolve_features_dir
-    from ..evaluate.embed import EmbedError
-
-    if features:
-        path, note = resolve_features_dir(features)
-        if note:
-            print(f"embed: {note}", file=sys.stderr)
-        return str(path)
-    if cohort:
-        from ..cohort import load_cohort
-
-        recorded = load_cohort(cohort).meta.get("slides_dir")
-        if recorded:
-            return str(recorded)
-        if option != "--model":
-            raise EmbedError(f"{option}: the cohort {cohort} records no features folder (built without --features); "
-                             "give --features DIR")
-    elif option != "--model":
-        raise EmbedError(f"{option} needs --features DIR (or --cohort, whose features folder is used)")
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..cohort.build import features_dir_for
     from ..devices import resolve_device
     from ..evaluate.embed import EmbedError, embed_mean_pool, embed_with_model, embed_with_slide_encoder
+
+    def features_dir(cohort: str | None, mode: str) -> str | None:  # and its note on stderr
+        path, note = features_dir_for(args.features, cohort, mode)
+        if note:
+            print(f"embed: {note}", file=sys.stderr)
+        return path
 
     device = resolve_device(args.device)  # before any work
     if not args.model and (args.wsi_level or args.max_tokens is not None):
@@ -93,15 +53,15 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         if not args.cohort:
             raise EmbedError("--model needs --cohort")
-        features = features_option(args.features, None, "--model")
+        features = features_dir(None, "--model")
         summary = embed_with_model(args.model, args.cohort, args.out, features, args.batch_size,
                                    not args.quiet, args.name or "pathalign", device=device,
                                    wsi_level=args.wsi_level, max_tokens=args.max_tokens)
     elif args.mean_pool:
-        features = features_option(args.features, args.cohort, "--mean-pool")
+        features = features_dir(args.cohort, "--mean-pool")
         summary = embed_mean_pool(features, args.out, args.cohort, args.name or "mean-pool")
     elif args.slide_encoder:
-        features = features_option(args.features, args.cohort, "--slide-encoder")
+        features = features_dir(args.cohort, "--slide-encoder")
         summary = embed_with_slide_encoder(args.slide_encoder, args.weights, features, args.out,
                                            args.batch_size, not args.quiet, args.cohort, args.name, device=device)
     else:

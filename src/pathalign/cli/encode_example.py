@@ -7,13 +7,15 @@ from __future__ import annotations
 import argparse
 import time
 
+from .options import include, seed_option
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="slide-encoder preset (tiny, small, exaone-path-2.5)")
     p.add_argument("--patches", type=int, default=4000, help="patches in the random slide")
     p.add_argument("--fragments", type=int, default=6, help="tissue fragments in the random slide")
     p.add_argument("--weights", default=None, help="published EXAONE Path 2.5 slide-encoder checkpoint to load instead")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the random slide")
+    include(p, seed_option("seed of the random weights and the random slide"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,34 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     include(p, device_option("cpu", "cpu, cuda, cuda:N or auto (default: cpu)"))
 
 
-def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
-    """The patient's molecular embeddings in ``embeddings_path``: ``({modality: [d]}, case id, notes)``."""
-    from ..evaluate.heatmap import HeatmapError
-    from ..io.embeddings import read_embeddings, slide_case_id
-
-    emb = read_embeddings(embeddings_path)
-    notes = []
-    if case_id is None:
-        case_id = slide_case_id(emb, slide_id)
-        if case_id is None:
-            raise HeatmapError(f"{embeddings_path}: slide {slide_id!r} is not in its wsi group; give --case-id")
-    targets = {}
-    for modality, group in emb.items():
-        if modality in ("wsi", "pairs", "_attrs") or "ids" not in group:
-            continue
-        ids = list(group["ids"])
-        if case_id in ids:
-            targets[modality] = group["embeddings"][ids.index(case_id)]
-        else:
-            notes.append(f"no align/{modality}: patient {case_id} has no {modality} embedding")
-    return targets, case_id, notes
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from ..evaluate.heatmap import HeatmapError, compute_heatmaps
+    from ..evaluate.heatmap import HeatmapError, compute_heatmaps, patient_targets
     from ..evaluate.heatmap_plot import plot_heatmap
     from ..io.heatmaps import write_heatmaps
     from ..io.qupath import fragment_annotations, patch_features, write_qupath_geojson

@@ -1,4 +1,4 @@
-"""Options shared by the verbs, built once: ``--out``, ``--device``, ``--seeds``, ``--quiet``, ``--debug``,
+"""Options shared by the verbs, built once: ``--out``, ``--device``, ``--seed``, ``--seeds``, ``--quiet``, ``--debug``,
 and the one syntax of every list-valued option.
 
 Each builder returns a parent parser (``argparse.ArgumentParser(add_help=False)``) that a verb takes with
@@ -18,8 +18,8 @@ from typing import Any
 
 from ..devices import DEVICE_HELP
 
-__all__ = ["ListOption", "debug_option", "device_option", "include", "out_option", "parse_seeds", "quiet_option",
-           "seed_value", "seeds_option", "split_list"]
+__all__ = ["ListOption", "debug_option", "device_option", "include", "include_exclusive", "library_doc", "out_option", "parse_seeds",
+           "quiet_option", "seed_option", "seed_type", "seed_value", "seeds_option", "split_list"]
 
 DEBUG_HELP = "show the Python traceback of expected errors too (also PATHALIGN_DEBUG=1)"
 LIST_SYNTAX = "comma- or space-separated"
@@ -45,6 +45,14 @@ def seed_value(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"a seed is an integer, got {text!r}") from None
+
+
+def seed_type(text: str) -> int:
+    """:func:`seed_value` as an argparse ``type``: a non-integer is a usage error naming the option."""
+    try:
+        return seed_value(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_seeds(values: str | list[str], option: str = "--seeds") -> list[int]:
@@ -107,6 +115,18 @@ class ListOption(argparse.Action):
         return out
 
 
+def library_doc(module: str) -> str:
+    """The docstring of the library module ``module`` (``"pathalign.evaluate.bench"``), read from its source
+    without importing it, so that ``pathalign VERB --help`` stays light. A verb module that sets ``DOC_FROM``
+    gets it as its ``--help`` description."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1].joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+
+
 def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
 
@@ -115,6 +135,19 @@ def include(parser: argparse.ArgumentParser, *parents: argparse.ArgumentParser) 
     """Add the options of ``parents`` to an existing ``parser``, as ``parents=`` does when a parser is made."""
     for parent in parents:
         parser._add_container_actions(parent)
+        parser._defaults.update(parent._defaults)
+    return parser
+
+
+def include_exclusive(parser: argparse.ArgumentParser, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``parents`` to ``parser`` as one mutually exclusive group: giving two is a usage error.
+
+    An option's default should be ``None``: argparse sees an option as given only when its value is not its
+    default *object* (``--seed 0`` with a default of ``0`` would go unseen)."""
+    group = parser.add_mutually_exclusive_group()
+    for parent in parents:
+        for action in parent._actions:
+            group._add_action(action)
         parser._defaults.update(parent._defaults)
     return parser
 
@@ -130,6 +163,13 @@ def device_option(default: str | None = "auto", help: str = DEVICE_HELP) -> argp
     """``--device``: where the verb computes (resolved by :func:`pathalign.devices.resolve_device`)."""
     p = _parent()
     p.add_argument("--device", default=default, help=help)
+    return p
+
+
+def seed_option(help: str, default: int | None = 0) -> argparse.ArgumentParser:
+    """``--seed``: one integer seed, converted as the seeds of :func:`seeds_option` are (``1.5`` refused)."""
+    p = _parent()
+    p.add_argument("--seed", type=seed_type, default=default, metavar="SEED", help=help)
     return p
 
 

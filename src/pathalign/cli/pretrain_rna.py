@@ -1,18 +1,14 @@
-"""``pathalign pretrain-rna``: pretrain pathalign's bulk-RNA foundation model on a cohort.
-
-It fits on the RNA of the training patients only: the split ``pathalign train`` draws with
-the same seed (:func:`~pathalign.train.data.split_patients`, the trainer's ``val_fraction``
-and ``stratify``), so the trainer's validation patients, on which it scores and selects, never
-reach the foundation model (patients without slides count too). ``patients.json`` in the model
-folder records the split and the patients it saw. A held-out fraction of those training
-samples measures masked-reconstruction error against mean imputation; both are written to
-``metrics.json`` and printed. The model is then used frozen by ``pathalign train``.
+"""``pathalign pretrain-rna``: options → :func:`pathalign.train.rna_pretrain.pretrain_rna`; what it fits
+and on which patients: :mod:`pathalign.train.rna_pretrain` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
 import argparse
 
-from .options import device_option, include, out_option
+from .options import device_option, include, out_option, seed_option
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.train.rna_pretrain"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,9 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="RNA samples per step")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--mask-ratio", type=float, default=0.3, help="fraction of genes hidden per sample")
-    p.add_argument("--seed", type=int, default=0,
-                   help="training seed, and the seed of the train/val split: give the --seed 'pathalign train' will "
-                        "use, so the foundation model never sees the trainer's validation patients")
+    include(p, seed_option("training seed, and the seed of the train/val split: give the --seed 'pathalign train' will "
+                            "use, so the foundation model never sees the trainer's validation patients"))
     p.add_argument("--val-fraction", type=float, default=None,
                    help="the trainer's val_fraction (default: TrainConfig's, 0.2); its val patients are left out")
     p.add_argument("--stratify", default=None,

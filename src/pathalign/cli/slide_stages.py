@@ -20,13 +20,36 @@ class SlideSettingsError(PathalignError, ValueError):
     """Unusable slide-stage settings or no slide to work on; the message names the option or the paths."""
 
 
+def add_reader_arguments(p: argparse.ArgumentParser) -> None:
+    """How a slide is opened: ``--mpp`` and ``--backend`` (every slide verb, and ``doctor``).
+
+    The backends are the reader's own (:data:`pathalign.slides.reader.SLIDE_BACKENDS`), plus ``auto``."""
+    from ..slides.reader import SLIDE_BACKENDS
+
+    backends = ["auto", *SLIDE_BACKENDS.names()]
+    p.add_argument("--mpp", type=float, default=None,
+                   help="µm/px for slides whose file has none (before the file's objective power)")
+    p.add_argument("--backend", choices=backends, default="auto",
+                   help=f"slide reader: {', '.join(backends)} (auto: the first that opens the slide)")
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """The patch grid: ``--magnification``, ``--patch-size``, ``--scale`` (``patch``, ``extract``, ``preprocess``,
+    and ``doctor``, which reports the grid they would use)."""
+    from ..slides.scale import SCALES
+
+    p.add_argument("--magnification", type=float, default=20.0, help="target magnification (default 20)")
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the target magnification")
+    p.add_argument("--scale", choices=SCALES, default="nominal",
+                   help="level-0 patch size from the nominal magnification (the mpp binned, as Trident does; "
+                   "default) or from the exact mpp (as EXAONE Path 2.5's patchify does)")
+
+
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """SLIDES, ``--out``, the reader's and the segmentation's options (every slide verb has them)."""
     p.add_argument("slides", nargs="+", metavar="SLIDES", help="slide files, folders or glob patterns")
     include(p, out_option("output folder"))
-    p.add_argument("--mpp", type=float, default=None,
-                   help="µm/px for slides whose file has none (before the file's objective power)")
-    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide, tiffslide or wsidicom")
+    add_reader_arguments(p)
     p.add_argument("--seg-mpp", type=float, default=2.0, help="segmentation resolution (µm/px)")
     p.add_argument("--saturation-threshold", type=int, default=None, help="fixed saturation threshold (default Otsu)")
     p.add_argument("--min-fragment-um2", type=float, default=10_000, help="smallest kept fragment (µm²)")
@@ -35,14 +58,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_patch_arguments(p: argparse.ArgumentParser) -> None:
-    """The patch grid's options (``patch``, ``extract``, ``preprocess``)."""
-    from ..slides.scale import SCALES
-
-    p.add_argument("--magnification", type=float, default=20.0, help="target magnification (default 20)")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in px at the target magnification")
-    p.add_argument("--scale", choices=SCALES, default="nominal",
-                   help="level-0 patch size from the nominal magnification (the mpp binned, as Trident does; "
-                   "default) or from the exact mpp (as EXAONE Path 2.5's patchify does)")
+    """The patch grid's options and the kept patches' tissue fraction (``patch``, ``extract``, ``preprocess``)."""
+    add_grid_arguments(p)
     p.add_argument("--tissue-threshold", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
 
 

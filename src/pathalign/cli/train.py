@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..devices import DEVICE_HELP
-from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, quiet_option
+from .options import LIST_SYNTAX, ListOption, device_option, include, out_option, quiet_option, seed_option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,11 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cohort without slides with at least 200 trainable patients, else tiny")
     p.add_argument("--config", default=None, help="YAML with TrainConfig fields (and a 'model:' section)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (patients per step; default: the preset's, 32 for tiny)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="patches per slide per step (random subset); with --wsi-level patient, per patient: its slides "
-                        "share them in proportion to their patches")
+                        "share them in proportion to their patches (default: the preset's, 512 for tiny)")
     p.add_argument("--wsi-level", default=None, choices=["slide", "patient"],
                    help="slide (default): one slide per patient per step, a patient's slide embeddings averaged at "
                         "inference; patient: all of a patient's slides packed as one sequence (RoPE within each "
@@ -36,15 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints in RUN/checkpoints (default: the preset's)")
     p.add_argument("--modalities", action=ListOption, default=None, metavar="MODALITY",
-                   help=f"subset of wsi,rna,snp,cnv,methylation ({LIST_SYNTAX})")
+                   help=f"subset of wsi,rna,snp,cnv,methylation ({LIST_SYNTAX}; default: the cohort's, or on --resume "
+                        "the run's)")
     p.add_argument("--features", default=None, help="patch-features folder (default: the cohort's)")
     p.add_argument("--rna-fm", default=None, help="pretrained RNA foundation model folder (pathalign pretrain-rna)")
     p.add_argument("--rna-embeddings", default=None, help="table of precomputed RNA embeddings (rows = patients)")
     p.add_argument("--slide-encoder-weights", default=None,
                    help="start the slide encoder from the published EXAONE Path 2.5 checkpoint")
     include(p, device_option(None, f"{DEVICE_HELP}; default: the --config's device, else auto"))
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=None, help="seed of the split, the initialisation and the batches (default: 0)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0, batches loaded in the training process)")
+    include(p, seed_option("seed of the split, the initialisation and the batches (default: 0)", default=None))
     p.add_argument("--micro-batch", type=int, default=None,
                    help="gradient caching: encode the global batch this many patients at a time, with the full-batch "
                         "gradients (the contrastive batch is then not bound by accelerator memory)")
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..io.model_folder import ConfigError
+    from ..models.presets import resolve_preset
     from ..train.trainer import TrainConfig, Trainer
 
     overrides = _read_yaml(args.config) if args.config else {}
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in flags.items() if v is not None})
     overrides["device"] = str(overrides.get("device", "auto"))  # resolved per process by setup_distributed
     overrides["progress"] = not args.quiet
-    preset = resolve_preset(args.preset, args.cohort, overrides.get("modalities"))
+    preset = resolve_preset(args.preset, args.cohort, overrides.get("modalities"), report=print)
     try:
         cfg = TrainConfig.from_preset(preset, **overrides)
     except (ValueError, KeyError, TypeError) as e:
@@ -121,20 +123,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {metrics['steps']} steps; data wait {metrics['data_wait_fraction']:.1%} of step time; "
           f"model exported to {Path(args.out) / 'model'} ({chosen}); final step in {Path(args.out) / 'model-last'}")
     return 0
-
-
-def resolve_preset(preset: str, cohort: str, modalities: list[str] | None) -> str:
-    """``preset``, or for ``auto`` the one :func:`~pathalign.models.presets.preset_for_cohort` picks (printed)."""
-    from ..models.presets import AUTO, preset_for_cohort
-
-    if preset != AUTO:
-        return preset
-    from ..cohort import load_cohort
-
-    co = load_cohort(cohort)
-    chosen = preset_for_cohort(co.manifest, modalities or co.modalities)
-    print(f"--preset auto: {chosen} ({', '.join(modalities or co.modalities)}; {len(co.manifest)} patients)")
-    return chosen
 
 
 def _read_yaml(path: str) -> dict:

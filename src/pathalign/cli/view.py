@@ -1,18 +1,13 @@
-"""``pathalign view``: a slide with its heatmaps in the browser, served on 127.0.0.1 only.
-
-The page is OpenSeadragon (shipped in ``viewer/static``, see its README) over deep-zoom tiles that
-OpenSlide's :class:`~openslide.deepzoom.DeepZoomGenerator` cuts from the slide; each heatmap score
-(``pathalign heatmap``) is a switchable image overlay with an opacity slider, the fragment outlines
-another; with ``--embeddings`` the panel lists the patient's nearest neighbours in each pair space.
-
-Every URL the server answers is one of a fixed set of routes (the page, the viewer script, the DZI,
-its tiles, the overlays); no part of a URL is ever used as a file path, so nothing but the files
-given on the command line and the packaged script can be read through it.
+"""``pathalign view``: options → :func:`pathalign.viewer.server.serve`; the page and its safety:
+:mod:`pathalign.viewer.server` (its docstring is this verb's ``--help``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+#: the library module whose docstring is ``--help``'s description
+DOC_FROM = "pathalign.viewer.server"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

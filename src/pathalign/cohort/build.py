@@ -115,6 +115,40 @@ def resolve_features_dir(path: str | Path) -> tuple[Path, str | None]:
                            "(give the folder that holds <slide_id>.h5)")
 
 
+def features_dir_for(features: str | None, cohort: str | Path | None, mode: str) -> tuple[str | None, str | None]:
+    """The features folder a verb reads (``embed``): ``features`` as :func:`resolve_features_dir` reads it, else
+    the folder ``cohort`` recorded when it was built.
+
+    Args:
+        features: ``--features``: the folder of ``<slide_id>.h5``, or a ``preprocess`` output holding one
+            ``features_<encoder>/`` subfolder.
+        cohort: the cohort folder whose recorded features folder is used when ``features`` is not given.
+        mode: what needs the folder (``--mean-pool``, ``--slide-encoder``; ``--model`` can do without), for the
+            error message.
+
+    Returns:
+        ``(folder, note)``: the folder, or None with neither given under ``--model`` (which then uses the
+        cohort's); the note of :func:`resolve_features_dir` when the folder was looked up, else None.
+
+    Raises:
+        CohortInputError: neither given where one is needed, a cohort that records none, or a folder without
+            features files.
+    """
+    if features:
+        path, note = resolve_features_dir(features)
+        return str(path), note
+    if cohort:
+        recorded = load_cohort(cohort).meta.get("slides_dir")
+        if recorded:
+            return str(recorded), None
+        if mode != "--model":
+            raise CohortInputError(f"{mode}: the cohort {cohort} records no features folder (built without "
+                                   "--features); give --features DIR")
+    elif mode != "--model":
+        raise CohortInputError(f"{mode} needs --features DIR (or --cohort, whose features folder is used)")
+    return None, None
+
+
 def _read_slides(path: str, features_dir: Path | None, case_col: str, rule: IdRule, drops: list[Drop],
                  warnings: list[str]) -> pd.DataFrame:
     df = read_table(path)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import PathalignError
+from ..io.embeddings import read_embeddings, slide_case_id
 from ..io.heatmaps import SlideHeatmaps
 from ..models.packing import PackedSlides
 from ..models.pathalign_model import PathAlignModel
@@ -114,6 +115,38 @@ def query_similarity(tokens: Tensor, query_packed: int) -> Tensor:
 
 
 @torch.no_grad()
+def patient_targets(embeddings_path: str | Path, slide_id: str, case_id: str | None) -> tuple[dict, str | None, list]:
+    """The alignment targets of a slide: its patient's molecular embeddings in an ``embeddings.h5``.
+
+    Args:
+        embeddings_path: an ``embeddings.h5`` of ``pathalign embed`` with the heatmap's model.
+        slide_id: the slide (its patient is looked up in the file's ``wsi`` group unless ``case_id`` is given).
+        case_id: the slide's patient, when the file does not give it.
+
+    Returns:
+        ``({modality: [d] embedding}, case id, notes)``: a note for each modality the patient has no embedding of.
+
+    Raises:
+        HeatmapError: the slide is not in the file's ``wsi`` group and no ``case_id`` was given.
+    """
+    emb = read_embeddings(embeddings_path)
+    notes = []
+    if case_id is None:
+        case_id = slide_case_id(emb, slide_id)
+        if case_id is None:
+            raise HeatmapError(f"{embeddings_path}: slide {slide_id!r} is not in its wsi group; give --case-id")
+    targets = {}
+    for modality, group in emb.items():
+        if modality in ("wsi", "pairs", "_attrs") or "ids" not in group:
+            continue
+        ids = list(group["ids"])
+        if case_id in ids:
+            targets[modality] = group["embeddings"][ids.index(case_id)]
+        else:
+            notes.append(f"no align/{modality}: patient {case_id} has no {modality} embedding")
+    return targets, case_id, notes
+
+
 def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: list[int] | None = None,
                      targets: dict[str, np.ndarray] | None = None, queries: list[int] | None = None) -> SlideHeatmaps:
     """Every requested score of one slide.

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from torch import Tensor
 
 from .checkpoints import CheckpointError
-from .hub import HubError, is_hub_id, resolve_source
+from .hub import HubError, is_hub_id, parse_hub_id, resolve_source
 
 FORMAT_VERSION = 1
 SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "training", "patch_encoder")
@@ -148,8 +148,15 @@ def resolve_folder(name: str | os.PathLike) -> Path:
     try:
         return resolve_source(name, allow_patterns=[WEIGHTS, CONFIG, CARD], what="a model folder")
     except HubError as e:
-        raise ConfigError(f"{name}: cannot resolve on the Hugging Face Hub or in its cache ({e}); "
-                          f"with HF_HUB_OFFLINE=1 the files must already be cached") from None
+        if name.strip().lower().startswith(("hf-hub:", "hf_hub:")):  # spelled as a Hub id: the Hub is what failed
+            raise ConfigError(f"{name}: cannot resolve on the Hugging Face Hub or in its cache ({e}); "
+                              f"with HF_HUB_OFFLINE=1 the files must already be cached") from None
+        # a bare ORG/NAME is also how a relative path is written ('run/model'): the missing folder is said first
+        why = str(e)
+        for prefix in (f"{name}: ", f"{parse_hub_id(name)[0]}: ", "no such local path, and "):
+            why = why.removeprefix(prefix)
+        raise ConfigError(f"{name}: no such local folder ({Path(name).absolute()}); not found as a Hub id "
+                          f"ORG/NAME either: {why}") from None
 
 
 def read_config(path: str | Path, architecture: str, legacy: Callable[[dict, Path], dict] | None = None,

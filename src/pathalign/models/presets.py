@@ -20,6 +20,9 @@ from ..registry import Registry
 from .slide_encoder_config import SLIDE_ENCODER_PRESETS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     import pandas as pd
 
 
@@ -101,3 +104,24 @@ def preset_for_cohort(manifest: pd.DataFrame, modalities: list[str]) -> str:
     cols = [f"has_{m}" for m in modalities if f"has_{m}" in manifest]
     n = int((manifest[cols].sum(axis=1) >= 2).sum()) if cols else 0
     return choose_preset(list(modalities), n)
+
+
+def resolve_preset(preset: str, cohort: str | Path, modalities: list[str] | None,
+                   report: Callable[[str], None] | None = None) -> str:
+    """``preset``, or for ``auto`` the one :func:`preset_for_cohort` picks for ``cohort`` (``train`` and ``ablate``).
+
+    Args:
+        preset: a preset name or ``auto``.
+        cohort: the cohort folder (read only for ``auto``).
+        modalities: the modalities to train (default: the cohort's).
+        report: called with one line saying what ``auto`` chose (the command line prints it).
+    """
+    if preset != AUTO:
+        return preset
+    from ..io.cohort_folder import load_cohort
+
+    co = load_cohort(cohort)
+    chosen = preset_for_cohort(co.manifest, modalities or co.modalities)
+    if report is not None:
+        report(f"--preset auto: {chosen} ({', '.join(modalities or co.modalities)}; {len(co.manifest)} patients)")
+    return chosen
