@@ -25,7 +25,9 @@ def test_a_model_file_round_trips(tmp_path):
     attrs = {"model": "m", "skipped_slides": {"s4": "why"}, "heldout_patients": ["p1"]}
     write_embeddings(tmp_path / "sub" / "e.h5", groups, pairs, attrs)
     got = read_embeddings(tmp_path / "sub" / "e.h5")
-    assert got["_attrs"] == {"model": "m", "skipped_slides": {"s4": "why"}, "heldout_patients": ["p1"]}
+    # a file written without wsi_level (as before patient-level encoding) reads back as slide level
+    assert got["_attrs"] == {"model": "m", "skipped_slides": {"s4": "why"}, "heldout_patients": ["p1"],
+                             "wsi_level": "slide"}
     assert got["wsi"]["ids"] == ["s1", "s2", "s3"] and got["wsi"]["case_ids"] == ["p2", "p1", "p2"]
     np.testing.assert_array_equal(got["wsi"]["embeddings"], wsi)
     np.testing.assert_array_equal(got["rna"]["imputed_fraction"], [0, .5])
@@ -33,6 +35,14 @@ def test_a_model_file_round_trips(tmp_path):
     np.testing.assert_array_equal(got["pairs"]["wsi-rna"]["rna"], rna[:, :2])
     assert slide_case_id(got, "s2") == "p1" and slide_case_id(got, "nope") is None
     assert patient_ids(got, "wsi") == ["p2", "p1", "p2"] and patient_ids(got, "rna") == ["p1", "p2"]
+
+
+def test_patient_level_attributes_round_trip(tmp_path):
+    groups = {"wsi": {"ids": ["s1", "s2"], "embeddings": np.ones((2, 3), np.float32), "case_ids": ["p1", "p1"]}}
+    attrs = {"model": "m", "wsi_level": "patient", "patient_token_cap": 100, "capped_patients": {"p1": 250}}
+    write_embeddings(tmp_path / "e.h5", groups, {}, attrs)
+    got = read_embeddings(tmp_path / "e.h5")["_attrs"]
+    assert got == {"model": "m", "wsi_level": "patient", "patient_token_cap": 100, "capped_patients": {"p1": 250}}
 
 
 def test_a_slides_file_has_no_pairs_and_falls_back_to_slide_ids(tmp_path):
