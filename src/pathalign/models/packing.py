@@ -217,6 +217,13 @@ def validate_slide(features: Tensor | np.ndarray, coords: Tensor | np.ndarray, f
     return feats, xy, frag
 
 
+def _cat_common_dtype(feats: Sequence[Tensor]) -> Tensor:
+    """``torch.cat`` of ``feats`` in their one dtype, or in float32 when they differ (slides of mixed precision)."""
+    dtypes = {f.dtype for f in feats}
+    common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
+    return torch.cat([f.to(common) for f in feats])
+
+
 def pack_slides(
     slides: Sequence[tuple],
     n_prefix: int,
@@ -267,10 +274,8 @@ def pack_slides(
         prefix_slots.append(torch.arange(start, start + n_prefix))
         patch_slots.append(torch.arange(start + n_prefix, start + n_prefix + n))
         start += n_prefix + n
-    dtypes = {f.dtype for f in feats_all}
-    common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
     return PackedSlides(
-        features=torch.cat([f.to(common) for f in feats_all]),
+        features=_cat_common_dtype(feats_all),
         coords=torch.cat(coords_all),
         patch_slots=torch.cat(patch_slots),
         prefix_slots=torch.stack(prefix_slots),
@@ -357,10 +362,7 @@ def pack_patients(
                 slide_lengths.append(n_prefix)
                 slide_lengths.extend(counts_per_slide)
         global_lengths.append(n_prefix + n)
-        dtypes = {f.dtype for f in feats}
-        common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
-        order_t = torch.from_numpy(order)
-        feats_all.append(torch.cat([f.to(common) for f in feats])[order_t])
+        feats_all.append(_cat_common_dtype(feats)[torch.from_numpy(order)])
         coords_all.append(torch.from_numpy(np.concatenate(xys)[order]))
         units_all.append(np.repeat(np.asarray(rope_units[p], np.float64), counts_per_slide)[order])
         order_all.append(order)
@@ -369,10 +371,8 @@ def pack_patients(
         prefix_slots.append(torch.arange(start, start + n_prefix))
         patch_slots.append(torch.arange(start + n_prefix, start + n_prefix + n))
         start += n_prefix + n
-    dtypes = {f.dtype for f in feats_all}
-    common = torch.float32 if len(dtypes) > 1 else dtypes.pop()
     return PackedSlides(
-        features=torch.cat([f.to(common) for f in feats_all]),
+        features=_cat_common_dtype(feats_all),
         coords=torch.cat(coords_all),
         patch_slots=torch.cat(patch_slots),
         prefix_slots=torch.stack(prefix_slots),
