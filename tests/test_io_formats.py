@@ -53,3 +53,16 @@ def test_heatmaps_file_round_trip_and_damaged_file(tmp_path):
     (tmp_path / "bad.heatmaps.h5").write_bytes(b"not hdf5")
     with pytest.raises(HeatmapFileError, match="bad.heatmaps.h5"):
         read_heatmaps(tmp_path / "bad.heatmaps.h5")
+
+
+def test_features_file_encoder_attribute(tmp_path):
+    import h5py
+
+    from pathalign.io.features_contract import file_encoder
+
+    with h5py.File(tmp_path / "a.h5", "w") as fh:
+        fh.attrs["encoder"] = "uni"
+    with h5py.File(tmp_path / "b.h5", "w") as fh:
+        fh.attrs["encoder"] = np.bytes_(b"conch")
+    h5py.File(tmp_path / "c.h5", "w").close()
+    assert [file_encoder(tmp_path / f"{n}.h5") for n in "abc"] == ["uni", "conch", None]

@@ -149,14 +149,10 @@ def _identity(batch):
 
 def _features_encoder(data: CohortData) -> str | None:
     """The ``encoder`` attribute of the first features file the data uses (None when not recorded)."""
-    import h5py
+    from ..io.features_contract import file_encoder
 
     first = next((s for ss in data.slides for s in ss), None)
-    if first is None:
-        return None
-    with h5py.File(data.features_dir / f"{first}.h5", "r") as fh:
-        enc = fh.attrs.get("encoder")
-    return enc.decode() if isinstance(enc, bytes) else (str(enc) if enc is not None else None)
+    return None if first is None else file_encoder(data.features_dir / f"{first}.h5")
 
 
 class Trainer:
