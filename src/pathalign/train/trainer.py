@@ -30,7 +30,8 @@ from ..hiding import hidden_in_training
 from ..cohort import load_cohort
 from ..cohort.model_view import CohortData
 from ..distributed import setup_distributed
-from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ..io.atomic import atomic_path, atomic_write_json
+from ..io.checkpoints import CheckpointError, checkpoint_name, latest_checkpoint, read_checkpoint, write_checkpoint
 from ..io.stale_tmp import remove_stale_tmp
 from ..io.model_folder import dataclass_from_dict
 from ..models.preprocessing import MODEL_TRANSFORMS
@@ -312,14 +313,13 @@ class Trainer:
         return self.run / "checkpoints"
 
     def _latest_checkpoint(self):
-        pointer = self._ckpt_dir() / "latest.txt"
-        if not pointer.is_file():
+        path = latest_checkpoint(self._ckpt_dir())
+        if path is None:
             raise TrainingError(f"--resume: no checkpoint in {self._ckpt_dir()}")
-        path = self._ckpt_dir() / pointer.read_text().strip()
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise TrainingError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+            return read_checkpoint(path)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
 
     def save_checkpoint(self, step: int) -> Path:
         """Write the full training state after ``step`` steps, atomically.
@@ -328,10 +328,8 @@ class Trainer:
         """
         rng = gather_states(self.rank, self.world, self.device)
         d = self._ckpt_dir()
-        name = f"step_{step:07d}.pt"
         if self.rank != 0:
-            return d / name
-        d.mkdir(parents=True, exist_ok=True)
+            return d / checkpoint_name(step)
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "step": step, "rng_torch": rng[0]["cpu"], "rng_states": rng,
                  "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
@@ -340,12 +338,7 @@ class Trainer:
                  **run_identity(self.cohort.meta, self.data.modalities, self.data.preprocessing)}
         if self.validation is not None:  # the best-so-far step, its score and weights
             state.update(self.validation.selector.state_dict())
-        with atomic_path(d / name) as tmp:
-            torch.save(state, tmp)
-        atomic_write_text(name, d / "latest.txt")
-        for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
-            old.unlink()
-        return d / name
+        return write_checkpoint(d, step, state, self.cfg.keep_checkpoints)
 
     # ------------------------------------------------------------------ training
     def _loader(self):
