@@ -25,6 +25,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -157,7 +158,7 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_meta(folder: Path, build_id: str, files: list[str], **facts) -> Path:
+def write_meta(folder: Path, build_id: str, files: list[str], **facts: Any) -> Path:
     """Write ``<folder>/cohort.json``: this format version, ``build_id``, the data ``files`` and the builder's ``facts``.
 
     ``folder`` is the staging folder of :func:`staged_folder`, so the file appears with the rest of the build.
