@@ -53,3 +53,48 @@ def test_heatmaps_file_round_trip_and_damaged_file(tmp_path):
     (tmp_path / "bad.heatmaps.h5").write_bytes(b"not hdf5")
     with pytest.raises(HeatmapFileError, match="bad.heatmaps.h5"):
         read_heatmaps(tmp_path / "bad.heatmaps.h5")
+
+
+def test_features_file_encoder_attribute(tmp_path):
+    import h5py
+
+    from pathalign.io.features_contract import file_encoder
+
+    with h5py.File(tmp_path / "a.h5", "w") as fh:
+        fh.attrs["encoder"] = "uni"
+    with h5py.File(tmp_path / "b.h5", "w") as fh:
+        fh.attrs["encoder"] = np.bytes_(b"conch")
+    h5py.File(tmp_path / "c.h5", "w").close()
+    assert [file_encoder(tmp_path / f"{n}.h5") for n in "abc"] == ["uni", "conch", None]
+
+
+def test_tissue_geojson_write_and_properties(tmp_path):
+    from pathalign.io.tissue import read_geojson_properties, write_geojson
+
+    ext = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]])
+    path = write_geojson(tmp_path / "s.geojson", [Fragment(1, ext)], {"mpp": 8.0, "segmenter": {"method": "otsu"}})
+    assert [f.id for f in read_geojson(path)] == [1]
+    assert read_geojson_properties(path) == {"mpp": 8.0, "segmenter": {"method": "otsu"}}
+    (tmp_path / "bare.geojson").write_text(json.dumps({"features": []}))
+    assert read_geojson_properties(tmp_path / "bare.geojson") == {}
+    for i, text in enumerate(["{oops", "[1]"]):
+        (tmp_path / f"bad{i}.geojson").write_text(text)
+        with pytest.raises(TissueFileError, match=f"bad{i}.geojson"):
+            read_geojson_properties(tmp_path / f"bad{i}.geojson")
+
+
+def test_training_checkpoints_pointer_and_rotation(tmp_path):
+    import torch
+
+    from pathalign.io.checkpoints import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint
+
+    d = tmp_path / "checkpoints"
+    assert latest_checkpoint(d) is None
+    for step in (5, 10, 15):
+        path = write_checkpoint(d, step, {"step": step, "w": torch.ones(2) * step}, keep=2)
+    assert path.name == "step_0000015.pt" and latest_checkpoint(d) == path
+    assert sorted(p.name for p in d.iterdir()) == ["latest.txt", "step_0000010.pt", "step_0000015.pt"]
+    assert read_checkpoint(path)["step"] == 15
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="step_0000015.pt: corrupt checkpoint"):
+        read_checkpoint(path)

@@ -95,3 +95,56 @@ def test_a_missing_deeper_path_is_not_a_hub_id(fake_hub, tmp_path):
     with pytest.raises(ConfigError, match="not a pathalign model folder"):
         pathalign.load_model(Path(tmp_path / "runs" / "x" / "model"))
     assert not fake_hub[0]
+
+
+def test_rna_foundation_model_takes_a_hub_id(fake_hub, tmp_path):
+    from pathalign.io.model_folder import write_pretrain_records
+    from pathalign.models.rna_fm import RNAFMConfig, RNAFoundationModel
+    from pathalign.train.rna_pretrain import val_patients_seen
+
+    calls, _ = fake_hub
+    fm = RNAFoundationModel(RNAFMConfig(n_genes=5, dim=8, depth=1))
+    folder = tmp_path / "hub" / "my-lab--fm"
+    fm.save(folder, {"kind": "rna", "features": list("ABCDE")})
+    write_pretrain_records(folder, {"ratio": 0.5}, {"fitted_on": ["P1", "P3"]})
+    loaded, prep = RNAFoundationModel.load("my-lab/fm")
+    assert calls[-1]["repo_id"] == "my-lab/fm" and prep["features"] == list("ABCDE")
+    _same(fm, loaded)
+    assert val_patients_seen("hf-hub:my-lab/fm", ["P1", "P2", "P3"]) == ["P1", "P3"]
+
+
+def test_baseline_options_come_from_a_hub_model_or_say_defaults(fake_hub, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from pathalign.evaluate.baselines import model_transform_options
+    from pathalign.models.preprocessing import make_transform
+
+    _, model = fake_hub
+    rna = make_transform("rna", {}, n_genes=3).fit(pd.DataFrame(np.arange(30.0).reshape(6, 5) % 7, columns=list("ABCDE")))
+    trained = type(model)(model.config, {"rna": rna.state_dict()})
+    trained.load_state_dict(model.state_dict())
+    trained.save_pretrained(tmp_path / "hub" / "my-lab--trained")
+    options, source = model_transform_options("my-lab/trained")
+    assert options["rna"]["n_genes"] == 3 and "features" not in options["rna"]
+    assert source.startswith("the model's preprocessing options")
+    # a model that records no preprocessing: defaults, and the report says so
+    options, source = model_transform_options("my-lab/tiny")
+    assert options == {} and source.startswith("transform defaults") and "records no preprocessing" in source
+    options, source = model_transform_options(tmp_path / "nowhere")
+    assert options == {} and source.startswith("transform defaults")
+
+
+def test_baseline_options_of_an_old_flat_model_folder(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from pathalign.evaluate.baselines import model_transform_options
+
+    model = pathalign.create_model("tiny", modalities=["wsi", "rna"], input_dims={"wsi": 10, "rna": 4})
+    old = tmp_path / "old"
+    model.save_pretrained(old)
+    (old / "config.json").write_text(json.dumps({"kind": "pathalign", **asdict(model.config)}))
+    (old / "preprocessing.json").write_text(json.dumps({"rna": {"kind": "rna", "n_genes": 4, "features": list("ABCD")}}))
+    options, source = model_transform_options(old)
+    assert options == {"rna": {"n_genes": 4}} and source.startswith("the model's preprocessing options")

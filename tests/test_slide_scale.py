@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import TEST_DATA
 from pathalign.slides.patch import PatchConfig, patch_geometry
 from pathalign.slides.pipeline import PipelineConfig, run_pipeline
 from pathalign.slides.reader import SlideError, SlideReader
@@ -133,12 +133,11 @@ def test_unknown_scale_is_refused():
         PatchConfig(scale="exact")
 
 
-@pytest.mark.skipif(not (DATA / "cmu_small_region.svs").is_file(), reason="needs /work/shared/data/cmu_small_region.svs")
 def test_coords_record_mpp_objective_power_and_scale(tmp_path):
     out = tmp_path / "out"
     for scale in ("nominal", "exact-mpp"):
         cfg = PipelineConfig(out=out / scale, stage="patch", progress=False, patch=PatchConfig(20, 256, scale=scale))
-        summary = run_pipeline([DATA / "cmu_small_region.svs"], cfg)
+        summary = run_pipeline([TEST_DATA / "cmu_small_region.svs"], cfg)
         assert (summary.status == "done").all(), summary.reason.tolist()
         with h5py.File(out / scale / "coords" / "cmu_small_region.h5") as fh:
             a = dict(fh["coords"].attrs)
@@ -149,7 +148,7 @@ def test_coords_record_mpp_objective_power_and_scale(tmp_path):
         assert a["patch_size_level0"] == want and np.all(coords % want == 0)
     # one output folder holds one scale
     cfg = PipelineConfig(out=out / "nominal", stage="patch", progress=False, patch=PatchConfig(20, 256, scale="exact-mpp"))
-    row = run_pipeline([DATA / "cmu_small_region.svs"], cfg).iloc[0]
+    row = run_pipeline([TEST_DATA / "cmu_small_region.svs"], cfg).iloc[0]
     assert row.status == "failed" and "scale 'nominal' (this run 'exact-mpp')" in row.reason
 
 
@@ -300,15 +299,14 @@ def test_doctor_flags_an_objective_power_that_disagrees_with_the_mpp(monkeypatch
     assert not row["ok"] and "above the scan's 20x" in row["problems"][0]
 
 
-@pytest.mark.skipif(not (DATA / "cmu_small_region.svs").is_file(), reason="needs /work/shared/data/cmu_small_region.svs")
 def test_preprocess_cli_takes_scale_and_refuses_an_unknown_one(tmp_path, capsys):
     from pathalign.cli import main
 
-    assert main(["patch", str(DATA / "cmu_small_region.svs"), "--out", str(tmp_path), "--scale", "exact-mpp",
+    assert main(["patch", str(TEST_DATA / "cmu_small_region.svs"), "--out", str(tmp_path), "--scale", "exact-mpp",
                  "--quiet"]) == 0
     with h5py.File(tmp_path / "coords" / "cmu_small_region.h5") as fh:
         assert fh["coords"].attrs["scale"] == "exact-mpp"
         assert fh["coords"].attrs["patch_size_level0"] == exaone_patch_size_level0(256, 0.499, 20)
     with pytest.raises(SystemExit):
-        main(["patch", str(DATA / "cmu_small_region.svs"), "--out", str(tmp_path), "--scale", "exact"])
+        main(["patch", str(TEST_DATA / "cmu_small_region.svs"), "--out", str(tmp_path), "--scale", "exact"])
     assert "invalid choice: 'exact'" in capsys.readouterr().err

@@ -17,7 +17,6 @@ the input rules (units, ids, duplicates, features folder) are in docs/cohort.md.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import pandas as pd
 
 from .checks import METHYLATION_UNITS, check_values, drop_empty_samples, feature_notes
 from .clinical import DECIMALS, ClinicalTable, read_clinical_table, render_clinical
-from ..io.cohort_folder import (FORMAT_VERSION, Cohort, load_cohort, new_build_id, staged_folder, write_matrix_frame,
+from ..io.cohort_folder import (Cohort, load_cohort, new_build_id, staged_folder, write_matrix_frame, write_meta,
                                 write_parquet)
 from ..modalities import MODALITIES, MOLECULAR
 from .gistic import read_gistic_folder
@@ -339,10 +338,8 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
         raise CohortInputError("the cohort would be empty: no patient has any modality")
 
     build_id = new_build_id()
+    files = ["manifest.parquet"] + [f"{mod}.h5" for mod in matrices]
     meta = {
-        "format_version": FORMAT_VERSION,
-        "build_id": build_id,
-        "files": ["manifest.parquet"] + [f"{mod}.h5" for mod in matrices],
         "sources": {k: v for k, v in vars(src).items() if v},
         # methylation is stored as beta and log RNA as log2(x + 1) whatever was declared
         "units": {**units, "methylation": "beta"},
@@ -359,7 +356,7 @@ def build_cohort(src: CohortSources, out: str | Path, progress: bool = True) -> 
             write_matrix_frame(mat, stage / f"{mod}.h5", build_id)
         write_parquet(manifest, stage / "manifest.parquet", build_id)
         (stage / "report.md").write_text(render_report(manifest, matrices, drops, warnings, build_id, sections))
-        (stage / "cohort.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        write_meta(stage, build_id, files, **meta)
     if progress:
         counts = ", ".join(f"{m} {int(manifest[f'has_{m}'].sum())}" for m in MODALITIES)
         for w in warnings:

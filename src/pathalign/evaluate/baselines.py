@@ -5,7 +5,8 @@
   frequently mutated genes, clipped copy number, methylation probes, every one standardised and with
   missing-value indicators), fitted in each fold on the training patients only. Its options (number of
   genes, probes, units) are those of the model's recorded preprocessing when the embeddings name a
-  model folder whose ``config.json`` can be read, else the transforms' defaults (what ``train`` uses).
+  model (folder or Hub id, read through :mod:`pathalign.io.model_folder`) whose ``config.json`` can be
+  read and records them, else the transforms' defaults (what ``train`` uses), and the report says which.
 * ``pca:<modality>``: those features reduced by PCA to :data:`PCA_COMPONENTS` components (fewer when
   the training fold has fewer patients or the modality fewer features), fitted on the training fold.
 * ``cca:<a>-<b>``: for every cross-modal pair the model's retrieval scores, scikit-learn's ``CCA``
@@ -20,7 +21,6 @@
 """
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -39,21 +39,32 @@ FITTED_FIELDS = frozenset({"features", "fill", "center", "scale", "na_features",
 
 
 def model_transform_options(model_path: str | Path | None) -> tuple[dict[str, dict], str]:
-    """Per-modality transform options recorded in a model folder's ``config.json`` (its ``preprocessing``
+    """Per-modality transform options recorded in a model's ``config.json`` (its ``preprocessing``
     section, fitted values removed), and where they came from.
 
+    Args:
+        model_path: the model folder or Hub id the embeddings name (read through
+            :mod:`pathalign.io.model_folder`, old folder layouts converted), or None.
+
     Returns:
-        ``(options, source)``; ``({}, "defaults ...")`` when the folder cannot be read.
+        ``(options, source)``; ``({}, "transform defaults ...")`` when the model cannot be read or
+        records no preprocessing options.
     """
+    from ..io.model_folder import ConfigError
+    from ..models.pathalign_model import read_model_config
+
     if not model_path:
         return {}, "transform defaults (the embeddings name no model)"
-    path = Path(str(model_path)) / "config.json"
     try:
-        pre = json.loads(path.read_text()).get("preprocessing") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}, f"transform defaults ({path} not readable)"
+        folder, cfg = read_model_config(str(model_path))
+    except ConfigError as e:
+        return {}, f"transform defaults (the model's config is not readable: {e})"
+    path = folder / "config.json"
+    pre = cfg.get("preprocessing") or {}
     out = {m: {k: v for k, v in state.items() if k not in FITTED_FIELDS}
            for m, state in pre.items() if isinstance(state, dict) and state.get("kind") == m}
+    if not out:
+        return {}, f"transform defaults ({path} records no preprocessing options)"
     return out, f"the model's preprocessing options ({path})"
 
 

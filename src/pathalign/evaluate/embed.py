@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 from ..errors import PathalignError
 from ..io.embeddings import write_embeddings, write_slides_file
 from ..io.features import FeatureFileError, is_complete, read_patch_features
-from ..io.features_contract import check_features_folder
+from ..io.features_contract import check_features_folder, file_encoder
 from ..io.pathobench import write_pathobench_files
 from ..models.feature_names import FeatureOverlap
 from .molecular_inputs import molecular_inputs
@@ -195,10 +194,9 @@ def _check_encoder(model, features_dir: Path, slide_ids: list[str]) -> None:
     for sid in slide_ids:
         path = features_dir / f"{sid}.h5"
         if path.is_file():
-            with h5py.File(path, "r") as fh:
-                encoder = fh.attrs.get("encoder")
+            encoder = file_encoder(path)
             if encoder is not None:
-                model.check_patch_encoder(encoder.decode() if isinstance(encoder, bytes) else str(encoder), str(path))
+                model.check_patch_encoder(encoder, str(path))
                 return
 
 

@@ -25,6 +25,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -37,6 +38,7 @@ from .matrix_store import MatrixStore, MatrixStoreError, matrix_attrs, write_mat
 BUILD_KEY = b"pathalign_cohort_build_id"
 FORMAT_VERSION = 2  # 1: molecular matrices as Parquet; 2: as float32 HDF5 matrices (matrix_store)
 REBUILD = "rebuild the cohort with pathalign cohort build"
+META = "cohort.json"  # format_version, build_id, files (the data files of the build), then the builder's facts
 
 
 class CohortInputError(PathalignError, ValueError):
@@ -109,7 +111,7 @@ def _check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise CohortInputError(f"{out}: exists and is not a folder; choose another --out")
-    if any(out.iterdir()) and not ((out / "cohort.json").is_file() or (out / "manifest.parquet").is_file()):
+    if any(out.iterdir()) and not ((out / META).is_file() or (out / "manifest.parquet").is_file()):
         raise CohortInputError(f"{out}: exists, is not empty and is not a cohort folder; refusing to replace it "
                                "(choose another --out)")
 
@@ -156,6 +158,17 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
         raise
 
 
+def write_meta(folder: Path, build_id: str, files: list[str], **facts: Any) -> Path:
+    """Write ``<folder>/cohort.json``: this format version, ``build_id``, the data ``files`` and the builder's ``facts``.
+
+    ``folder`` is the staging folder of :func:`staged_folder`, so the file appears with the rest of the build.
+    """
+    meta = {**facts, "format_version": FORMAT_VERSION, "build_id": build_id, "files": list(files)}
+    path = Path(folder) / META
+    path.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    return path
+
+
 def check_complete(path: Path) -> dict:
     """Check that ``path`` is one complete cohort build; return its ``cohort.json``.
 
@@ -170,7 +183,7 @@ def check_complete(path: Path) -> dict:
         if left:
             hint = f" (an interrupted build left {', '.join(p.name for p in left)} beside it)"
         raise CohortInputError(f"{path}: no such cohort folder{hint}; {rebuild}")
-    meta_path = path / "cohort.json"
+    meta_path = path / META
     if not meta_path.is_file():
         raise CohortInputError(f"{path}: not a complete cohort folder (no cohort.json with a build id; written by an "
                                f"interrupted build or an older pathalign); {rebuild}")

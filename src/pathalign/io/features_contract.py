@@ -63,6 +63,16 @@ def _positive(v) -> float | None:
     return f if np.isfinite(f) and f > 0 else None
 
 
+def file_encoder(path: str | Path) -> str | None:
+    """The ``encoder`` attribute of one features file (None when the file does not record it).
+
+    Raises OSError when the file cannot be opened, as ``h5py`` does.
+    """
+    with h5py.File(Path(path), "r") as fh:
+        enc = fh.attrs.get("encoder")
+    return None if enc is None else str(_value(enc))
+
+
 def file_contract(path: str | Path) -> dict:
     """The contract values of one coords/features file (None where unknown; see the module docstring).
 

@@ -21,6 +21,11 @@ are converted on load by the caller's ``legacy`` function.
 This module works on dicts and state dicts only; building a model from them is the model's
 (:func:`pathalign.models.pathalign_model.load_model`, :meth:`pathalign.models.rna_fm.RNAFoundationModel.load`).
 A folder is named by a local path or a Hub id (:func:`resolve_folder`, through :mod:`pathalign.io.hub`).
+
+An RNA foundation model folder (``pathalign pretrain-rna``) also holds ``metrics.json`` (its held-out
+metrics, as in ``training.metrics``) and ``patients.json`` (``{"split", "fitted_on", "left_out_val",
+"notes"}``: the patients whose RNA it was fitted on, which ``train`` checks against its validation
+patients); :func:`write_pretrain_records` writes them, :func:`read_fitted_patients` reads the list.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "tr
 TRAINING_KEYS = ("config", "splits", "data", "metrics", "selection")
 PATCH_ENCODER_KEYS = ("name", "feature_dim")
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+PATIENTS, METRICS = "patients.json", "metrics.json"  # beside an RNA foundation model: see write_pretrain_records
 
 T = TypeVar("T")
 
@@ -146,7 +152,7 @@ def resolve_folder(name: str | os.PathLike) -> Path:
     if not isinstance(name, str) or not is_hub_id(name):  # a Path object is a path
         return Path(name)
     try:
-        return resolve_source(name, allow_patterns=[WEIGHTS, CONFIG, CARD], what="a model folder")
+        return resolve_source(name, allow_patterns=[WEIGHTS, CONFIG, CARD, PATIENTS], what="a model folder")
     except HubError as e:
         if name.strip().lower().startswith(("hf-hub:", "hf_hub:")):  # spelled as a Hub id: the Hub is what failed
             raise ConfigError(f"{name}: cannot resolve on the Hugging Face Hub or in its cache ({e}); "
@@ -251,3 +257,17 @@ def model_card(config: dict, name: str = "pathalign model") -> str:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
     return "\n".join(lines) + "\n"
+
+
+def write_pretrain_records(folder: str | Path, metrics: dict, patients: dict) -> None:
+    """Write ``metrics.json`` and ``patients.json`` into an RNA foundation model folder, atomically."""
+    from .atomic import atomic_write_json
+
+    atomic_write_json(metrics, Path(folder) / METRICS)
+    atomic_write_json(patients, Path(folder) / PATIENTS)
+
+
+def read_fitted_patients(folder: str | Path) -> set[str] | None:
+    """The patients an RNA foundation model was fitted on (``patients.json``); None for a folder without one."""
+    f = Path(folder) / PATIENTS
+    return set(read_json(f).get("fitted_on", [])) if f.is_file() else None

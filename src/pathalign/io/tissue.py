@@ -3,7 +3,9 @@
 A GeoJSON ``FeatureCollection`` whose features are ``Polygon`` s (exterior ring, then holes, each
 closed), with ``properties.fragment_id`` (the id that patches carry in ``coords.h5``), QuPath's
 ``objectType: annotation`` and ``classification.name: Tissue``, so QuPath imports the file as
-annotations. Written by ``pathalign segment``; read by ``patch``, ``heatmap`` and the attention plot.
+annotations. The collection's ``properties`` record the ``mpp`` and the ``segmenter`` settings. Written
+by ``pathalign segment`` (:func:`write_geojson`); read by ``patch``, ``heatmap`` and the attention plot
+(:func:`read_geojson`) and by the pipeline's settings check (:func:`read_geojson_properties`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PathalignError
+from .atomic import atomic_write_text
 
 
 class TissueFileError(PathalignError, ValueError):
@@ -45,6 +48,28 @@ def fragments_to_geojson(fragments: list[Fragment], properties: dict | None = No
                       "properties": {"fragment_id": f.id, "objectType": "annotation",
                                      "classification": {"name": "Tissue"}, "n_holes": len(f.holes)}})
     return {"type": "FeatureCollection", "features": feats, "properties": dict(properties or {})}
+
+
+def write_geojson(path: str | Path, fragments: list[Fragment], properties: dict | None = None) -> Path:
+    """Write the tissue GeoJSON of ``fragments`` (``properties`` on the collection) to ``path``, atomically."""
+    atomic_write_text(json.dumps(fragments_to_geojson(fragments, properties)), path)
+    return Path(path)
+
+
+def read_geojson_properties(path: str | Path) -> dict:
+    """The collection's ``properties`` of a tissue GeoJSON (``{}`` when it has none).
+
+    Raises:
+        TissueFileError: the file cannot be read or is not a JSON object; the message names it.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise TissueFileError(f"{path}: not a readable tissue GeoJSON ({type(e).__name__}: {e})") from e
+    if not isinstance(data, dict):
+        raise TissueFileError(f"{path}: not a readable tissue GeoJSON (a {type(data).__name__}, not an object)")
+    props = data.get("properties")
+    return props if isinstance(props, dict) else {}
 
 
 def read_geojson(path: str | Path) -> list[Fragment]:

@@ -398,6 +398,18 @@ def _legacy_config(flat: dict, path: Path) -> dict:
     return make_config(ARCHITECTURE, model_args, legacy_preprocessing(path), training or None, pe)
 
 
+def read_model_config(path: str | Path) -> tuple[Path, dict]:
+    """The local folder of a saved model (a folder or a Hub id) and its checked ``config.json`` sections.
+
+    Folders of older pathalign versions are converted as :func:`load_model` converts them.
+
+    Raises:
+        ConfigError: not a pathalign model folder, or an unreadable or unknown config.
+    """
+    folder = resolve_folder(path)
+    return folder, read_config(folder, ARCHITECTURE, _legacy_config, hint="; train one with 'pathalign train'")
+
+
 def load_model(path: str | Path) -> PathAlignModel:
     """A saved :class:`PathAlignModel` in eval mode, from a folder or a Hub id (``ORG/NAME`` or
     ``"hf-hub:ORG/NAME[@revision]"``; an existing local path wins).
@@ -410,8 +422,7 @@ def load_model(path: str | Path) -> PathAlignModel:
         >>> model.patch_encoder["name"]  # doctest: +SKIP
         'exaone-path-2.5'
     """
-    folder = resolve_folder(path)
-    cfg = read_config(folder, ARCHITECTURE, _legacy_config, hint="; train one with 'pathalign train'")
+    folder, cfg = read_model_config(path)
     where = folder / "config.json"
     config = dataclass_from_dict(PathAlignConfig, cfg["model_args"], f"{where} model_args")
     model = PathAlignModel(config, cfg.get("preprocessing"), cfg.get("patch_encoder"), cfg.get("training"))

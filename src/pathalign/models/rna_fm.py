@@ -21,6 +21,7 @@ from ..io.model_folder import (
     make_config,
     read_config,
     read_weights,
+    resolve_folder,
     save_folder,
 )
 from .layers import ResidualSwiGLU
@@ -83,8 +84,12 @@ class RNAFoundationModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> tuple["RNAFoundationModel", dict]:
-        """Load a saved model (eval mode) and its RNA preprocessing state."""
-        path = Path(path)
+        """Load a saved model (eval mode) and its RNA preprocessing state.
+
+        Args:
+            path: the model folder, or a Hub id (``ORG/NAME``, ``hf-hub:ORG/NAME[@revision]``; a local path wins).
+        """
+        path = resolve_folder(path)
         cfg = read_config(path, ARCHITECTURE, _legacy_config, hint="; run 'pathalign pretrain-rna'")
         config = dataclass_from_dict(RNAFMConfig, cfg["model_args"], f"{path / 'config.json'} model_args")
         model = cls(config)

@@ -48,7 +48,7 @@ from ..distributed import setup_distributed
 from ..errors import PathalignError
 from ..io.atomic import atomic_write_df
 from ..io.features import is_complete, read_patch_features, write_patch_file
-from ..io.tissue import read_geojson
+from ..io.tissue import TissueFileError, read_geojson, read_geojson_properties
 from .extract import PatchDataset, extract_features
 from .locks import SlideLocks
 from .patch import PatchConfig, patch_slide
@@ -181,8 +181,8 @@ def _segment(path: Path, cfg: PipelineConfig, slide) -> list:
 
 def _check_geojson(gj: Path, cfg: PipelineConfig) -> None:
     try:
-        recorded = json.loads(gj.read_text()).get("properties", {}).get("segmenter")
-    except (OSError, ValueError, AttributeError):
+        recorded = read_geojson_properties(gj).get("segmenter")
+    except TissueFileError:
         return  # unreadable: read_geojson names the problem
     if isinstance(recorded, dict):
         check_settings(gj, {"segmenter": recorded}, stage_settings(cfg, "segment"))

@@ -9,7 +9,6 @@ More segmenters plug into ``SEGMENTERS``.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..io.atomic import atomic_path, atomic_write_text
-from ..io.tissue import Fragment, fragments_to_geojson
+from ..io.atomic import atomic_path
+from ..io.tissue import Fragment, fragments_to_geojson, write_geojson
 from ..registry import Registry
 from .reader import SlideReader
 
@@ -200,9 +199,14 @@ def label_map(fragments: list[Fragment], shape: tuple[int, int], scale: float, r
     return lab
 
 
+def _properties(seg: Segmentation) -> dict:
+    """What the tissue GeoJSON records about a segmentation: its mpp and the segmenter's settings."""
+    return {"mpp": seg.mpp, "segmenter": asdict(seg.config)}
+
+
 def to_geojson(seg: Segmentation) -> dict:
     """GeoJSON FeatureCollection of ``seg``'s fragments (:mod:`pathalign.io.tissue`), with its mpp and settings."""
-    return fragments_to_geojson(seg.fragments, {"mpp": seg.mpp, "segmenter": asdict(seg.config)})
+    return fragments_to_geojson(seg.fragments, _properties(seg))
 
 
 def draw_thumbnail(slide: SlideReader, fragments: list[Fragment], path: str | Path, max_side: int = 1024,
@@ -237,8 +241,7 @@ def write_segmentation(seg: Segmentation, slide: SlideReader, out_dir: str | Pat
     """Write ``<name>.geojson`` and ``<name>.png`` (thumbnail with outlines) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gj = out_dir / f"{name}.geojson"
-    atomic_write_text(json.dumps(to_geojson(seg)), gj)
+    gj = write_geojson(out_dir / f"{name}.geojson", seg.fragments, _properties(seg))
     png = out_dir / f"{name}.png"
     draw_thumbnail(slide, seg.fragments, png)
     return gj, png

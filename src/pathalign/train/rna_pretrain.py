@@ -20,13 +20,12 @@ from tqdm.auto import tqdm
 
 from ..cohort import load_cohort
 from ..errors import PathalignError
-from ..io.atomic import atomic_write_json
+from ..io.model_folder import read_fitted_patients, resolve_folder, write_pretrain_records
 from ..models.preprocessing import make_transform
 from ..models.rna_fm import RNAFMConfig, RNAFoundationModel
 from .data import split_notes, training_split
 
 MIN_SAMPLES = 10  # fewer leaves no meaningful held-out set
-PATIENTS_FILE = "patients.json"
 
 
 class RNAPretrainError(PathalignError):
@@ -140,11 +139,10 @@ def pretrain_rna(cohort_path: str | Path, out: str | Path, n_genes: int = 2000, 
                "steps": steps, "seconds": time.perf_counter() - t0, "final_train_loss": float(np.mean(losses[-50:])),
                "genes_requested": int(n_genes), "patients_excluded_val": int(len(rna_all) - len(rna))}
     model.cpu().save(out, transform.state_dict(), metrics=metrics)
-    atomic_write_json(metrics, Path(out) / "metrics.json")
-    atomic_write_json({"split": {k: split[k] for k in ("seed", "val_fraction", "stratify")},
-                       "fitted_on": [str(p) for p in rna.index],
-                       "left_out_val": [str(p) for p in rna_all.index if p not in set(rna.index)],
-                       "notes": notes}, Path(out) / PATIENTS_FILE)
+    write_pretrain_records(out, metrics, {"split": {k: split[k] for k in ("seed", "val_fraction", "stratify")},
+                                          "fitted_on": [str(p) for p in rna.index],
+                                          "left_out_val": [str(p) for p in rna_all.index if p not in set(rna.index)],
+                                          "notes": notes})
     _plot_loss(losses, Path(out) / "loss.png")
     if progress:
         print(f"pretrain-rna: held-out masked MSE {err:.3f} vs mean imputation {base:.3f} "
@@ -158,13 +156,8 @@ def val_patients_seen(fm_dir: str | Path, val_ids: Iterable[str]) -> list[str]:
     A folder written before ``patients.json`` existed was fitted on every RNA sample: all of ``val_ids``
     are returned then (the caller cannot tell which of them had RNA).
     """
-    import json
-
-    f = Path(fm_dir) / PATIENTS_FILE
-    if not f.is_file():
-        return list(val_ids)
-    seen = set(json.loads(f.read_text()).get("fitted_on", []))
-    return [p for p in val_ids if p in seen]
+    seen = read_fitted_patients(resolve_folder(fm_dir))
+    return list(val_ids) if seen is None else [p for p in val_ids if p in seen]
 
 
 def _plot_loss(losses, path: Path) -> None:

@@ -30,7 +30,8 @@ from ..hiding import hidden_in_training
 from ..cohort import load_cohort
 from ..cohort.model_view import CohortData
 from ..distributed import setup_distributed
-from ..io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ..io.atomic import atomic_path, atomic_write_json
+from ..io.checkpoints import CheckpointError, checkpoint_name, latest_checkpoint, read_checkpoint, write_checkpoint
 from ..io.stale_tmp import remove_stale_tmp
 from ..io.model_folder import dataclass_from_dict
 from ..models.pathalign_model import WSI_LEVELS, PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
@@ -155,14 +156,10 @@ def _identity(batch):
 
 def _features_encoder(data: CohortData) -> str | None:
     """The ``encoder`` attribute of the first features file the data uses (None when not recorded)."""
-    import h5py
+    from ..io.features_contract import file_encoder
 
     first = next((s for ss in data.slides for s in ss), None)
-    if first is None:
-        return None
-    with h5py.File(data.features_dir / f"{first}.h5", "r") as fh:
-        enc = fh.attrs.get("encoder")
-    return enc.decode() if isinstance(enc, bytes) else (str(enc) if enc is not None else None)
+    return None if first is None else file_encoder(data.features_dir / f"{first}.h5")
 
 
 class Trainer:
@@ -323,14 +320,13 @@ class Trainer:
         return self.run / "checkpoints"
 
     def _latest_checkpoint(self):
-        pointer = self._ckpt_dir() / "latest.txt"
-        if not pointer.is_file():
+        path = latest_checkpoint(self._ckpt_dir())
+        if path is None:
             raise TrainingError(f"--resume: no checkpoint in {self._ckpt_dir()}")
-        path = self._ckpt_dir() / pointer.read_text().strip()
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise TrainingError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+            return read_checkpoint(path)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
 
     def save_checkpoint(self, step: int) -> Path:
         """Write the full training state after ``step`` steps, atomically.
@@ -339,10 +335,8 @@ class Trainer:
         """
         rng = gather_states(self.rank, self.world, self.device)
         d = self._ckpt_dir()
-        name = f"step_{step:07d}.pt"
         if self.rank != 0:
-            return d / name
-        d.mkdir(parents=True, exist_ok=True)
+            return d / checkpoint_name(step)
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "step": step, "rng_torch": rng[0]["cpu"], "rng_states": rng,
                  "sampler": {"step": step, "steps_per_epoch": self.batches.steps_per_epoch},
@@ -351,12 +345,7 @@ class Trainer:
                  **run_identity(self.cohort.meta, self.data.modalities, self.data.preprocessing)}
         if self.validation is not None:  # the best-so-far step, its score and weights
             state.update(self.validation.selector.state_dict())
-        with atomic_path(d / name) as tmp:
-            torch.save(state, tmp)
-        atomic_write_text(name, d / "latest.txt")
-        for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
-            old.unlink()
-        return d / name
+        return write_checkpoint(d, step, state, self.cfg.keep_checkpoints)
 
     # ------------------------------------------------------------------ training
     def _loader(self):
