@@ -105,11 +105,12 @@ class CohortData:
             self.arrays[m] = arr
         self.slides: list[list[str]] = [[] for _ in self.ids]
         self.slide_problems: dict[str, str] = {}
+        self.features_contracts: dict[str, dict] = {}  # slide id -> file_contract, of the slides used
         if "wsi" in self.modalities:
             for i, sids in enumerate(man.slide_ids):
                 self.slides[i] = [s for s in sids if is_complete(self.features_dir / f"{s}.h5")]
             self._drop_unusable_slides(report_slides)
-            check_features_folder(self.features_dir, [s for ss in self.slides for s in ss])
+            self.features_contracts = check_features_folder(self.features_dir, [s for ss in self.slides for s in ss])
             self.valid["wsi"] = np.array([len(s) > 0 for s in self.slides])
             if not self.valid["wsi"].any():
                 raise CohortInputError(f"no patient has a complete features file in {self.features_dir}")

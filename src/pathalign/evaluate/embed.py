@@ -251,6 +251,7 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
             slide_ids += sids
             case_of += [p] * len(sids)
         _check_encoder(model, data.features_dir, slide_ids)
+        model.check_features_scale(data.features_contracts, str(data.features_dir))
         if level == "patient":
             kept, _, emb, skipped, capped = _patient_embeddings(
                 model.encode_patient, list(zip(data.ids, data.slides)), data.features_dir, batch_size, progress,

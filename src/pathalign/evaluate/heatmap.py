@@ -162,6 +162,7 @@ def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: l
         The slide's :class:`SlideHeatmaps`.
     """
     from ..io.features import read_patch_features
+    from ..io.features_contract import file_contract
 
     encoder = model.slide_encoder
     if encoder is None:
@@ -172,6 +173,7 @@ def compute_heatmaps(model: PathAlignModel, features_file: str | Path, blocks: l
         raise HeatmapError(f"{features_file}: the slide has no patches")
     encoder_name = pf.attrs.get("encoder")
     model.check_patch_encoder(None if encoder_name is None else str(encoder_name), where=str(features_file))
+    model.check_features_scale({Path(features_file).stem: file_contract(features_file)}, where=str(features_file))
     feats, coords, fragment = (torch.from_numpy(a) for a in pf.as_inputs())
     packed = encoder.pack([(feats, coords, fragment)], mpps=[pf.attrs.get("mpp")], names=[Path(features_file).stem])
     hm = SlideHeatmaps(Path(features_file).stem, pf.coords, pf.fragment, float(pf.attrs["patch_size_level0"]))

@@ -26,6 +26,13 @@ target, where a slide patched at another magnification is a factor off). An unkn
 not compared: a Trident, CLAM or EXAONE file lacking an attribute passes on it. ``mpp`` and
 ``patch_size_level0`` differ between scanners by design and are compared only through
 ``effective_magnification``.
+
+A trained model records the scale of its training folder (``features_scale``: the agreed
+``target_magnification`` and ``patch_size``, the median ``effective_magnification``) in its
+``patch_encoder`` record. ``check_model_scale`` applies the same rule between the features a model
+is given at inference and that record: equal ``target_magnification`` and ``patch_size`` where both
+are known, each file's ``effective_magnification`` within ``EFFECTIVE_TOLERANCE`` of the model's;
+a value unknown on either side is not compared (a model saved before the record has none).
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ from ..errors import PathalignError
 
 EFFECTIVE_TOLERANCE = 0.05
 COMPARED = ("encoder", "target_magnification", "patch_size")
+SCALE_KEYS = ("target_magnification", "patch_size", "effective_magnification")
 
 
 class ContractError(PathalignError, ValueError):
@@ -166,3 +174,67 @@ def check_features_folder(features_dir: str | Path, slide_ids: list[str] | None 
                             "mixed in one model — " + " | ".join(problems) + ". Re-extract the odd slides with the "
                             "folder's settings, or give them their own folder")
     return contracts
+
+
+def features_scale(contracts: dict[str, dict]) -> dict:
+    """The scale of a checked folder, as a model records it (None where no file knows it).
+
+    Args:
+        contracts: ``check_features_folder``'s result (its files agree on the compared values).
+
+    Returns:
+        ``{"target_magnification", "patch_size", "effective_magnification"}``: the first known
+        target magnification and patch size, the median effective magnification.
+    """
+    def known(key):
+        return [c[key] for c in contracts.values() if c.get(key) is not None]
+
+    target, size, eff = known("target_magnification"), known("patch_size"), known("effective_magnification")
+    return {"target_magnification": float(target[0]) if target else None,
+            "patch_size": int(size[0]) if size else None,
+            "effective_magnification": float(np.median(eff)) if eff else None}
+
+
+def check_model_scale(trained: dict | None, contracts: dict[str, dict], where: str) -> None:
+    """Refuse features at another scale than the model's record (see the module docstring).
+
+    Args:
+        trained: the model's ``patch_encoder`` record (None or without scale keys: nothing compared).
+        contracts: ``{slide_id: file_contract(...)}`` of a folder (``check_features_folder``'s result), or
+            of the one file a command reads.
+        where: the file or folder named in the error.
+
+    Raises:
+        ContractError: naming ``where``, the slides and values that differ, the model's values and
+            the ``pathalign preprocess`` options that make features at the model's scale.
+    """
+    trained = {k: (trained or {}).get(k) for k in SCALE_KEYS}
+    if all(v is None for v in trained.values()):
+        return
+    problems = []
+    for key in ("target_magnification", "patch_size"):
+        if trained[key] is None:
+            continue
+        groups: dict = defaultdict(list)
+        for s, c in contracts.items():
+            if c.get(key) is not None and round(float(c[key]), 6) != round(float(trained[key]), 6):
+                groups[c[key]].append(s)
+        if groups:
+            problems.append(f"{key} " + "; ".join(f"{_fmt(v)} ({len(ids)} slide{'s' * (len(ids) > 1)}: {_names(ids)})"
+                                                  for v, ids in groups.items())
+                            + f", the model's {_fmt(trained[key])}")
+    if trained["effective_magnification"] is not None:
+        ref = float(trained["effective_magnification"])
+        off = {s: c["effective_magnification"] for s, c in contracts.items()
+               if c.get("effective_magnification") and abs(c["effective_magnification"] / ref - 1) > EFFECTIVE_TOLERANCE}
+        if off:
+            problems.append("effective magnification " + "; ".join(f"{s} {v:.3g}x" for s, v in list(off.items())[:8])
+                            + (f" and {len(off) - 8} more" if len(off) > 8 else "") + f", the model's {ref:.3g}x")
+    if problems:
+        flags = " ".join(f"--{k.replace('target_', '').replace('_', '-')} {_fmt(trained[k])}"
+                         for k in ("target_magnification", "patch_size") if trained[k] is not None)
+        fix = f"'pathalign preprocess {flags}'" if flags else "'pathalign preprocess'"
+        raise ContractError(f"{where}: these patch features are not at the scale this model was trained at, so their "
+                            "positions and tokens would mean something else — " + " | ".join(problems)
+                            + f". Re-extract them at the model's scale with {fix} (and the --scale of its training "
+                            "features), or use a model trained at theirs")

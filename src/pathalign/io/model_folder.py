@@ -11,7 +11,9 @@ else::
     training        {"config", "splits", "data", "metrics", "selection"} (each optional), or null;
                     selection: which training step the weights are from and why ({"step", "metric",
                     "value", "final_step", "reason", ...}; see pathalign.train.validation)
-    patch_encoder   {"name", "feature_dim"} the slide features were made with, or null
+    patch_encoder   {"name", "feature_dim"} the slide features were made with, and their scale
+                    ("target_magnification", "patch_size", "effective_magnification"; null where
+                    unknown, absent in folders written before pathalign recorded it), or null
 
 Unknown keys are an error at every level, with a message naming them. Old formats follow the one
 policy of ``docs/choices.md``: a newer ``format_version`` is refused (upgrade pathalign); folders
@@ -44,7 +46,7 @@ from .hub import HubError, is_hub_id, parse_hub_id, resolve_source
 FORMAT_VERSION = 1
 SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "training", "patch_encoder")
 TRAINING_KEYS = ("config", "splits", "data", "metrics", "selection")
-PATCH_ENCODER_KEYS = ("name", "feature_dim")
+PATCH_ENCODER_KEYS = ("name", "feature_dim", "target_magnification", "patch_size", "effective_magnification")
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 PATIENTS, METRICS = "patients.json", "metrics.json"  # beside an RNA foundation model: see write_pretrain_records
 
@@ -233,6 +235,10 @@ def model_card(config: dict, name: str = "pathalign model") -> str:
         lines.append(f"- **Slides**: patch features from the patch encoder `{pe.get('name') or 'unknown'}` "
                      f"({pe.get('feature_dim') or args['input_dims'].get('wsi')} dims), made with `pathalign "
                      f"preprocess --encoder {pe.get('name') or '<encoder>'}`. Features from another encoder are refused.")
+        if pe.get("target_magnification") and pe.get("patch_size"):
+            lines.append(f"- **Scale**: patches of {pe['patch_size']} px at {pe['target_magnification']:g}x "
+                         f"(`--magnification {pe['target_magnification']:g} --patch-size {pe['patch_size']}`); "
+                         "features at another scale are refused.")
     for m, state in sorted((config.get("preprocessing") or {}).items()):
         kind = state.get("kind", "?") if isinstance(state, dict) else "?"
         n = len(state.get("features", [])) if isinstance(state, dict) else 0

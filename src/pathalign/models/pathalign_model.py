@@ -155,7 +155,9 @@ class PathAlignModel(nn.Module):
     Args:
         config: the architecture.
         preprocessing: per-modality molecular transform states (see :meth:`transform`).
-        patch_encoder: ``{"name", "feature_dim"}`` of the patch features the slide encoder was trained on.
+        patch_encoder: ``{"name", "feature_dim"}`` of the patch features the slide encoder was trained on, and
+            their scale (``target_magnification``, ``patch_size``, ``effective_magnification``; see
+            :meth:`check_features_scale`).
         training: ``{"config", "splits", "data", "metrics"}`` of the training run (saved in the model card).
 
     Example:
@@ -274,6 +276,25 @@ class PathAlignModel(nn.Module):
         if trained and encoder and str(encoder) != trained:
             raise ConfigError(f"{where}: patch features from encoder {encoder!r}, but this model was trained on "
                               f"{trained!r} features; extract them with 'pathalign preprocess --encoder {trained}'")
+
+    def check_features_scale(self, contracts: dict[str, dict], where: str = "features") -> None:
+        """Refuse patch features at another scale than the one this model was trained at.
+
+        The rule of a features folder, against the model's record: ``target_magnification`` and
+        ``patch_size`` equal where both are known, the effective magnification within
+        ``EFFECTIVE_TOLERANCE`` (see :mod:`pathalign.io.features_contract`). A model saved without
+        the record (older pathalign) is not checked.
+
+        Args:
+            contracts: ``{slide_id: file_contract(...)}`` of the files (``check_features_folder``'s result).
+            where: the file or folder named in the error.
+
+        Raises:
+            ContractError: naming ``where``, the slides and values found and the model's values.
+        """
+        from ..io.features_contract import check_model_scale
+
+        check_model_scale(self.patch_encoder, contracts, where)
 
     # ------------------------------------------------------------------ training interface
     def embed_batch(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

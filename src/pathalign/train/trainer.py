@@ -32,6 +32,7 @@ from ..cohort.model_view import CohortData
 from ..distributed import setup_distributed
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.checkpoints import CheckpointError, checkpoint_name, latest_checkpoint, read_checkpoint, write_checkpoint
+from ..io.features_contract import features_scale
 from ..io.stale_tmp import remove_stale_tmp
 from ..io.model_folder import dataclass_from_dict
 from ..models.pathalign_model import WSI_LEVELS, PathAlignConfig, PathAlignModel, load_preset, upgrade_state_dict
@@ -230,7 +231,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         patch_encoder = None
         if "wsi" in modalities:
-            patch_encoder = {"name": _features_encoder(self.data), "feature_dim": self.data.input_dims["wsi"]}
+            patch_encoder = {"name": _features_encoder(self.data), "feature_dim": self.data.input_dims["wsi"],
+                             **features_scale(self.data.features_contracts)}
         self.model = PathAlignModel(self.model_config, self.data.preprocessing, patch_encoder,
                                     self._training_info()).to(self.device)
         if cfg.slide_encoder_weights and "wsi" in modalities and self.state is None:
