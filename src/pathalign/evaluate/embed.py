@@ -94,8 +94,10 @@ def _read_slide(path: Path):
 
 def _slide_embeddings(encode, slide_ids, features_dir: Path, batch_size: int, progress: bool,
                       device: str | torch.device = "cpu"):
-    """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``."""
-    check_features_folder(features_dir, list(slide_ids))
+    """Embed ``slide_ids`` (inputs moved to ``device``); returns ``(kept ids, [n, d] embeddings, {skipped id: reason})``.
+
+    The folder's coordinate contract is the caller's to check (once, before any slide is read).
+    """
     out, kept, skipped = [], [], {}
     bar = tqdm(range(0, len(slide_ids), batch_size), desc="embed slides", disable=not progress, leave=False)
     for start in bar:
@@ -128,24 +130,22 @@ def _patient_embeddings(encode_patient, patients: Sequence[tuple[str, list[str]]
     """Embed each patient's slides as one sequence.
 
     Returns:
-        ``(kept slide ids, case id of each, [n, d] embeddings: the patient's for each of its slides,
-        {skipped slide: reason}, {capped patient: its patches before the cap})``.
+        ``(kept slide ids, [n, d] embeddings: the patient's for each of its slides, {skipped slide: reason},
+        {capped patient: its patches before the cap})``. The folder's coordinate contract is the caller's to check.
     """
     from ..models.packing import draw_patient_rows
 
-    check_features_folder(features_dir, [s for _, sids in patients for s in sids])
-    out, kept, cases, skipped, capped = [], [], [], {}, {}
-    pending: list[tuple[str, list[str], list[tuple]]] = []
+    out, kept, skipped, capped = [], [], {}, {}
+    pending: list[tuple[list[str], list[tuple]]] = []  # (slide ids, their inputs) per patient
 
     def flush():
         if not pending:
             return
         with torch.no_grad():
-            z = encode_patient([p[2] for p in pending], names=[p[1] for p in pending]).float().cpu().numpy()
-        for (case, sids, _), row in zip(pending, z):
+            z = encode_patient([p[1] for p in pending], names=[p[0] for p in pending]).float().cpu().numpy()
+        for (sids, _), row in zip(pending, z):
             out.append(np.repeat(row[None], len(sids), 0))
             kept.extend(sids)
-            cases.extend([case] * len(sids))
         pending.clear()
 
     bar = tqdm(patients, desc="embed patients", disable=not progress, leave=False)
@@ -165,13 +165,13 @@ def _patient_embeddings(encode_patient, patients: Sequence[tuple[str, list[str]]
             capped[case] = int(sum(lengths))
             rows = draw_patient_rows(lengths, max_tokens, patient_token_seed(case))
             inputs = [a if r is None else tuple(x[r] for x in a) for a, r in zip(inputs, rows)]
-        pending.append((case, names, [tuple(torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in a)
-                                      for a in inputs]))
-        if sum(len(p[1]) for p in pending) >= batch_size:
+        pending.append((names, [tuple(torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in a)
+                                for a in inputs]))
+        if sum(len(p[0]) for p in pending) >= batch_size:
             flush()
     flush()
     emb = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-    return kept, cases, emb, skipped, capped
+    return kept, emb, skipped, capped
 
 
 def pathobench_dir(out_path: str | Path, name: str) -> Path:
@@ -230,12 +230,12 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
     name = name or trident_name
     from ..cohort import load_cohort
     from ..cohort.model_view import CohortData
-    from ..models.pathalign_model import load_model
+    from ..models.pathalign_model import WSI_LEVELS, load_model
 
     model = load_model(model_path).to(device)
     level = wsi_level or model.config.wsi_level
-    if level not in ("slide", "patient"):
-        raise EmbedError(f"--wsi-level must be slide or patient, got {level!r}")
+    if level not in WSI_LEVELS:
+        raise EmbedError(f"--wsi-level must be one of {WSI_LEVELS}, got {level!r}")
     if max_tokens is not None and (level != "patient" or max_tokens < 1):
         raise EmbedError("--max-tokens caps the patches of a patient: it needs --wsi-level patient and a value >= 1")
     capped: dict[str, int] = {}
@@ -250,10 +250,10 @@ def embed_with_model(model_path: str | Path, cohort_path: str | Path, out_path: 
         for p, sids in zip(data.ids, data.slides):
             slide_ids += sids
             case_of += [p] * len(sids)
-        _check_encoder(model, data.features_dir, slide_ids)
+        _check_encoder(model, data.features_dir, slide_ids)  # the folder's contract: checked by CohortData
         model.check_features_scale(data.features_contracts, str(data.features_dir))
         if level == "patient":
-            kept, _, emb, skipped, capped = _patient_embeddings(
+            kept, emb, skipped, capped = _patient_embeddings(
                 model.encode_patient, list(zip(data.ids, data.slides)), data.features_dir, batch_size, progress,
                 device, max_tokens)
         else:
@@ -367,6 +367,7 @@ def embed_with_slide_encoder(name: str, weights: str | Path, features_dir: str |
     def encode(slides: Sequence[tuple], names: Sequence[str] | None = None) -> torch.Tensor:
         return torch.stack([o["slide_embedding"] for o in enc.encode_batch(slides, names=names)])
 
+    check_features_folder(features_dir, slide_ids)
     kept, emb, more = _slide_embeddings(encode, slide_ids, features_dir, batch_size, progress, device)
     skipped.update(more)
     if not kept:
@@ -398,6 +399,7 @@ def embed_mean_pool(features_dir: str | Path, out_path: str | Path, cohort_path:
     def encode(slides: Sequence[tuple], names: Sequence[str] | None = None) -> torch.Tensor:  # names: the slide ids, unused by a mean
         return torch.stack([f.float().mean(0) for f, *_ in slides])
 
+    check_features_folder(features_dir, slide_ids)
     ids, emb, more = _slide_embeddings(encode, slide_ids, features_dir, 64, False)
     skipped.update(more)
     if not ids:
