@@ -277,14 +277,8 @@ class SlideEncoder(nn.Module):
         """
         packed = self.pack(slides, mpps, names)
         out = self.forward_packed(packed)
-        results, start = [], 0
-        for s, (n, order) in enumerate(zip(packed.n_patches, packed.order)):
-            tok = out["tokens"][start : start + n]
-            inverse = torch.empty(n, dtype=torch.long, device=tok.device)
-            inverse[torch.as_tensor(order, device=tok.device)] = torch.arange(n, device=tok.device)
-            results.append({"slide_embedding": out["slide_embedding"][s], "patch_tokens": tok[inverse], "cls": out["cls"][s]})
-            start += n
-        return results
+        return [{"slide_embedding": out["slide_embedding"][s], "patch_tokens": tok, "cls": out["cls"][s]}
+                for s, tok in enumerate(_tokens_in_input_order(packed, out["tokens"]))]
 
     def encode(self, features: Tensor, coords: Tensor, fragment: Tensor | None = None,
                mpp: float | None = None) -> dict[str, Tensor]:
@@ -316,18 +310,24 @@ class SlideEncoder(nn.Module):
         """
         packed = self.pack_patients(patients, mpps, names)
         out = self.forward_packed(packed)
-        results, start = [], 0
-        for p, (n, order) in enumerate(zip(packed.n_patches, packed.order)):
-            tok = out["tokens"][start : start + n]
-            inverse = torch.empty(n, dtype=torch.long, device=tok.device)
-            inverse[torch.as_tensor(order, device=tok.device)] = torch.arange(n, device=tok.device)
-            per_slide = list(torch.split(tok[inverse], packed.slides_per_item[p]))
-            results.append({"slide_embedding": out["slide_embedding"][p], "patch_tokens": per_slide, "cls": out["cls"][p]})
-            start += n
-        return results
+        return [{"slide_embedding": out["slide_embedding"][p], "cls": out["cls"][p],
+                 "patch_tokens": list(torch.split(tok, packed.slides_per_item[p]))}  # one [N_s, D] per slide
+                for p, tok in enumerate(_tokens_in_input_order(packed, out["tokens"]))]
 
     def forward_patients(self, patients: Sequence[Sequence[SlideInput]],
                          mpps: Sequence[Sequence[float | None]] | None = None,
                          names: Sequence[Sequence[str]] | None = None) -> Tensor:
         """Patient embeddings ``[B, output_dim]``, one packed sequence per patient (see :meth:`encode_patients`)."""
         return self.forward_packed(self.pack_patients(patients, mpps, names))["slide_embedding"]
+
+
+def _tokens_in_input_order(packed: PackedSlides, tokens: Tensor) -> list[Tensor]:
+    """Per packed item (slide or patient), its patch tokens ``[N, D]`` back in input order (``packed.order`` undone)."""
+    items, start = [], 0
+    for n, order in zip(packed.n_patches, packed.order):
+        tok = tokens[start : start + n]
+        inverse = torch.empty(n, dtype=torch.long, device=tok.device)
+        inverse[torch.as_tensor(order, device=tok.device)] = torch.arange(n, device=tok.device)
+        items.append(tok[inverse])
+        start += n
+    return items
