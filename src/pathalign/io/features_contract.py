@@ -122,6 +122,22 @@ def file_contract(path: str | Path) -> dict:
             "effective_magnification": effective}
 
 
+def _slides_by_value(contracts: dict[str, dict], key: str) -> dict:
+    """``{value: [slide ids]}`` of the files that know ``key`` (floats rounded to 6 decimals)."""
+    groups: dict = defaultdict(list)
+    for s, c in contracts.items():
+        v = c.get(key)
+        if v is not None:
+            groups[round(v, 6) if isinstance(v, float) else v].append(s)
+    return groups
+
+
+def _describe(groups: dict) -> str:
+    """``"40 (3 slides: a, b, c); 20 (1 slide: d)"``, the most common value first."""
+    parts = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    return "; ".join(f"{_fmt(v)} ({len(ids)} slide{'s' * (len(ids) > 1)}: {_names(ids)})" for v, ids in parts)
+
+
 def _names(ids: list[str], limit: int = 8) -> str:
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
@@ -153,14 +169,9 @@ def check_features_folder(features_dir: str | Path, slide_ids: list[str] | None 
     contracts = {s: file_contract(p) for s, p in paths.items() if p.is_file()}
     problems = []
     for key in COMPARED:
-        groups: dict = defaultdict(list)
-        for s, c in contracts.items():
-            if c[key] is not None:
-                groups[round(c[key], 6) if isinstance(c[key], float) else c[key]].append(s)
+        groups = _slides_by_value(contracts, key)
         if len(groups) > 1:
-            parts = sorted(groups.items(), key=lambda kv: -len(kv[1]))
-            problems.append(f"{key}: " + "; ".join(f"{_fmt(v)} ({len(ids)} slide{'s' * (len(ids) > 1)}: "
-                                                    f"{_names(ids)})" for v, ids in parts))
+            problems.append(f"{key}: " + _describe(groups))
     eff = {s: c["effective_magnification"] for s, c in contracts.items() if c["effective_magnification"]}
     if len(eff) > 1:
         median = float(np.median(list(eff.values())))
@@ -215,14 +226,10 @@ def check_model_scale(trained: dict | None, contracts: dict[str, dict], where: s
     for key in ("target_magnification", "patch_size"):
         if trained[key] is None:
             continue
-        groups: dict = defaultdict(list)
-        for s, c in contracts.items():
-            if c.get(key) is not None and round(float(c[key]), 6) != round(float(trained[key]), 6):
-                groups[c[key]].append(s)
+        groups = {v: ids for v, ids in _slides_by_value(contracts, key).items()
+                  if round(float(v), 6) != round(float(trained[key]), 6)}
         if groups:
-            problems.append(f"{key} " + "; ".join(f"{_fmt(v)} ({len(ids)} slide{'s' * (len(ids) > 1)}: {_names(ids)})"
-                                                  for v, ids in groups.items())
-                            + f", the model's {_fmt(trained[key])}")
+            problems.append(f"{key} " + _describe(groups) + f", the model's {_fmt(trained[key])}")
     if trained["effective_magnification"] is not None:
         ref = float(trained["effective_magnification"])
         off = {s: c["effective_magnification"] for s, c in contracts.items()
