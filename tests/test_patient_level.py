@@ -295,9 +295,15 @@ def test_train_at_patient_level_records_it_and_old_configs_load_as_slide(patient
     old = tmp_path / "old"
     shutil.copytree(run / "model", old)
     cfg = json.loads((old / "config.json").read_text())
+    assert cfg["format_version"] == 2  # a reader of format 1 (pathalign 0.2) says "upgrade", not "unknown key"
     del cfg["model_args"]["wsi_level"]  # a model saved before the setting existed
+    cfg["format_version"] = 1
     (old / "config.json").write_text(json.dumps(cfg))
     assert load_model(old).config.wsi_level == "slide"
+    cfg["format_version"] = 3
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="format_version 3 is newer .*upgrade pathalign"):
+        load_model(old)
 
 
 def test_train_config_refuses_a_bad_level():

@@ -43,7 +43,9 @@ from torch import Tensor
 from .checkpoints import CheckpointError
 from .hub import HubError, is_hub_id, parse_hub_id, resolve_source
 
-FORMAT_VERSION = 1
+# 1: the sections; 2 (pathalign 0.3): model_args.wsi_level and the patch_encoder scale keys, which a
+# reader of format 1 refuses as unknown keys; a format-1 folder reads unchanged (the new keys take their defaults)
+FORMAT_VERSION = 2
 SECTIONS = ("format_version", "architecture", "model_args", "preprocessing", "training", "patch_encoder")
 TRAINING_KEYS = ("config", "splits", "data", "metrics", "selection")
 PATCH_ENCODER_KEYS = ("name", "feature_dim", "target_magnification", "patch_size", "effective_magnification")
